@@ -1,0 +1,197 @@
+"""Cleaning: parse the canonical tables, apply the validation rules, quarantine what fails.
+
+Rules (``rule`` in the quarantine table; ``row_rejected`` drops the row, ``field_nulled`` keeps the row
+without the named fields):
+
+========================== ========= ============= ===============================================
+rule                       table     action        when
+========================== ========= ============= ===============================================
+unparsable_id              any       row_rejected  an id is not an integer
+duplicate_item_id          items     row_rejected  second and later rows of one item_id
+duplicate_user_id          users     row_rejected  second and later rows of one user_id
+missing_title              items     row_rejected  empty title
+low_enrichment_confidence  items     field_nulled  ``enrichment_confidence`` < threshold (default 0.5):
+                                                   description, tagline, image and runtime are a
+                                                   third-party match that may be another item's
+                                                   (MovieLens 72 carries Pulp Fiction's text)
+empty_description          items     field_nulled  no description: text embedding from title + genres
+runtime_out_of_range       items     field_nulled  runtime not in (0, 1000] minutes
+age_out_of_range           users     field_nulled  age not a number in [1, 120]
+unparsable_timestamp       events    row_rejected  not unix seconds nor ISO-8601
+unparsable_value           events    row_rejected  value is not a number
+value_out_of_range         events    row_rejected  rating outside the catalog's scale (1..5)
+unknown_user               events    row_rejected  user_id not in the (clean) users table
+unknown_item               events    row_rejected  item_id not in the (clean) items table
+duplicate_event            events    row_rejected  exact repeat of an earlier event
+========================== ========= ============= ===============================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from recfeast.materialize.schema import FIELD_NULLED, ROW_REJECTED, Catalog, Quarantine
+
+ENRICHMENT_FIELDS = ("description", "tagline", "image_path", "runtime_min")
+
+
+@dataclass
+class CleanCatalog:
+    """Typed, validated tables.
+
+    ``items``: item_id int64 (unique), title str, description/tagline str|None, genres list[str],
+    image_path str|None (absolute), release_date datetime64[ns, UTC] (NaT when unknown), runtime_min
+    float64 (NaN when unknown). ``users``: user_id int64, age float64 (NaN unknown), gender, occupation.
+    ``events``: user_id int64, item_id int64, action str, value float64, event_timestamp
+    datetime64[ns, UTC], sorted by (event_timestamp, user_id, item_id).
+    """
+
+    items: pd.DataFrame
+    users: pd.DataFrame
+    events: pd.DataFrame
+    quarantine: Quarantine
+
+
+def _parse_ids(df: pd.DataFrame, cols: list[str], table: str, q: Quarantine) -> pd.DataFrame:
+    for col in cols:
+        parsed = pd.to_numeric(df[col], errors="coerce")
+        bad = parsed.isna() | (parsed != np.floor(parsed))
+        if bad.any():
+            q.add_frame(df[bad], table, "unparsable_id", ROW_REJECTED, None,
+                        lambda r, c=col: f"{c}={r[c]!r} is not an integer")
+        df = df[~bad].copy()
+        df[col] = parsed[~bad].astype("int64")
+    return df
+
+
+def _dedupe_key(df: pd.DataFrame, key: str, table: str, q: Quarantine) -> pd.DataFrame:
+    dup = df.duplicated(key, keep="first")
+    if dup.any():
+        q.add_frame(df[dup], table, f"duplicate_{key}", ROW_REJECTED, key,
+                    lambda r: f"{key}={r[key]} already defined earlier")
+    return df[~dup]
+
+
+def _blank(s: pd.Series) -> pd.Series:
+    return s.isna() | (s.astype("string").str.strip().fillna("") == "")
+
+
+def clean_items(items: pd.DataFrame, data_dir, q: Quarantine, min_confidence: float = 0.5) -> pd.DataFrame:
+    """Validate items; see the module table for the rules. Returns the typed items table."""
+    df = _parse_ids(items.copy(), ["item_id"], "items", q)
+    df = _dedupe_key(df, "item_id", "items", q)
+    no_title = _blank(df["title"])
+    if no_title.any():
+        q.add_frame(df[no_title], "items", "missing_title", ROW_REJECTED, "item_id", "title is empty")
+    df = df[~no_title].copy()
+
+    conf = pd.to_numeric(df["enrichment_confidence"], errors="coerce")
+    low = conf.notna() & (conf < min_confidence)
+    if low.any():
+        q.add_frame(df[low], "items", "low_enrichment_confidence", FIELD_NULLED, "item_id",
+                    lambda r: f"enrichment_confidence={r['enrichment_confidence']} < {min_confidence}: "
+                              f"{', '.join(ENRICHMENT_FIELDS)} dropped")
+        for col in ENRICHMENT_FIELDS:
+            df.loc[low, col] = None
+    for col in ("description", "tagline", "image_path"):
+        df[col] = df[col].where(~_blank(df[col]), None).astype(object)
+    empty = df["description"].isna() & ~low
+    if empty.any():
+        q.add_frame(df[empty], "items", "empty_description", FIELD_NULLED, "item_id",
+                    "no description: text embedding from title and genres only")
+
+    runtime = pd.to_numeric(df["runtime_min"], errors="coerce")
+    bad_rt = runtime.notna() & ~((runtime > 0) & (runtime <= 1000))
+    if bad_rt.any():
+        q.add_frame(df[bad_rt], "items", "runtime_out_of_range", FIELD_NULLED, "item_id",
+                    lambda r: f"runtime_min={r['runtime_min']} not in (0, 1000]")
+    df["runtime_min"] = runtime.where(~bad_rt).astype("float64")
+    df["release_date"] = pd.to_datetime(df["release_date"], utc=True, errors="coerce")
+    df["image_path"] = [
+        None if p is None else str(p if str(p).startswith("/") else (data_dir / p)) for p in df["image_path"]
+    ]
+    df["genres"] = [list(g) if g is not None else [] for g in df["genres"]]
+    df["title"] = df["title"].astype(str).str.strip()
+    return df.sort_values("item_id").reset_index(drop=True)
+
+
+def clean_users(users: pd.DataFrame, q: Quarantine) -> pd.DataFrame:
+    """Validate users; see the module table for the rules. Returns the typed users table."""
+    df = _parse_ids(users.copy(), ["user_id"], "users", q)
+    df = _dedupe_key(df, "user_id", "users", q)
+    age = pd.to_numeric(df["age"], errors="coerce")
+    bad = df["age"].notna() & ~((age >= 1) & (age <= 120))
+    if bad.any():
+        q.add_frame(df[bad], "users", "age_out_of_range", FIELD_NULLED, "user_id",
+                    lambda r: f"age={r['age']!r} is not a number in [1, 120]")
+    df["age"] = age.where(~bad).astype("float64")
+    for col in ("gender", "occupation"):
+        df[col] = df[col].where(~_blank(df[col]), None).astype(object)
+    return df.sort_values("user_id").reset_index(drop=True)
+
+
+def _parse_timestamps(raw: pd.Series) -> pd.Series:
+    """Unix seconds (int or float strings) or ISO-8601 -> datetime64[ns, UTC]; NaT when unparsable."""
+    as_num = pd.to_numeric(raw, errors="coerce")
+    out = pd.to_datetime(as_num, unit="s", utc=True, errors="coerce")
+    iso = as_num.isna() & raw.notna()
+    if iso.any():
+        out[iso] = pd.to_datetime(raw[iso].astype(str), utc=True, errors="coerce", format="ISO8601")
+    return out
+
+
+def clean_events(events: pd.DataFrame, item_ids, user_ids, q: Quarantine,
+                 rating_scale: tuple[float, float] = (1.0, 5.0)) -> pd.DataFrame:
+    """Validate events against the clean ``item_ids`` and ``user_ids``; see the module table."""
+    df = _parse_ids(events.copy(), ["user_id", "item_id"], "events", q)
+
+    ts = _parse_timestamps(df["event_timestamp"])
+    bad = ts.isna()
+    if bad.any():
+        q.add_frame(df[bad], "events", "unparsable_timestamp", ROW_REJECTED, "user_id",
+                    lambda r: f"event_timestamp={r['event_timestamp']!r}: expected unix seconds or ISO-8601")
+    df, ts = df[~bad].copy(), ts[~bad]
+    df["event_timestamp"] = ts.astype("datetime64[ns, UTC]")
+
+    value = pd.to_numeric(df["value"], errors="coerce")
+    bad = value.isna()
+    if bad.any():
+        q.add_frame(df[bad], "events", "unparsable_value", ROW_REJECTED, "user_id",
+                    lambda r: f"value={r['value']!r} is not a number")
+    df, value = df[~bad].copy(), value[~bad]
+    lo, hi = rating_scale
+    is_rating = df["action"].fillna("rate") == "rate"
+    bad = is_rating & ~((value >= lo) & (value <= hi))
+    if bad.any():
+        q.add_frame(df[bad], "events", "value_out_of_range", ROW_REJECTED, "user_id",
+                    lambda r: f"rating {r['value']} outside the scale [{lo:g}, {hi:g}]")
+    df, value = df[~bad].copy(), value[~bad]
+    df["value"] = value.astype("float64")
+
+    for col, known, rule in (("user_id", user_ids, "unknown_user"), ("item_id", item_ids, "unknown_item")):
+        bad = ~df[col].isin(pd.Index(known))
+        if bad.any():
+            q.add_frame(df[bad], "events", rule, ROW_REJECTED, col,
+                        lambda r, c=col: f"{c}={r[c]} is not in the clean {c.split('_')[0]}s table")
+        df = df[~bad]
+
+    df["action"] = df["action"].fillna("rate").astype(str)
+    key = ["user_id", "item_id", "action", "value", "event_timestamp"]
+    dup = df.duplicated(key, keep="first")
+    if dup.any():
+        q.add_frame(df[dup], "events", "duplicate_event", ROW_REJECTED, "user_id",
+                    "exact repeat of an earlier event (user, item, action, value, timestamp)")
+    df = df[~dup]
+    return df.sort_values(["event_timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+
+
+def clean(catalog: Catalog, min_enrichment_confidence: float = 0.5) -> CleanCatalog:
+    """Apply every rule to ``catalog``; quarantine records are added to ``catalog.quarantine``."""
+    q = catalog.quarantine
+    items = clean_items(catalog.items, catalog.data_dir, q, min_enrichment_confidence)
+    users = clean_users(catalog.users, q)
+    events = clean_events(catalog.events, items["item_id"], users["user_id"], q, catalog.rating_scale)
+    return CleanCatalog(items=items, users=users, events=events, quarantine=q)

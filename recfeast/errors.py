@@ -1,0 +1,32 @@
+"""The one exception hierarchy of recfeast.
+
+Every error recfeast raises on purpose derives from :class:`RecfeastError`, so callers can catch the
+family with one ``except``. Messages name the file, row or field at fault and what was expected.
+"""
+
+
+class RecfeastError(Exception):
+    """Base class of every error raised by recfeast on purpose."""
+
+
+class ConfigError(RecfeastError):
+    """A setting, path or environment variable is missing or has an unusable value."""
+
+
+class DataError(RecfeastError):
+    """Input data cannot be used at all (missing file, missing column, wrong layout).
+
+    Individual bad rows are never raised: they go to the quarantine table with a reason.
+    """
+
+
+class ModelError(RecfeastError):
+    """A model's weights or configuration cannot be found or loaded."""
+
+
+class StoreError(RecfeastError):
+    """The feature store (registry, offline or online store) refused an operation."""
+
+
+class FeatureLookupError(RecfeastError):
+    """An online lookup was asked for something malformed (e.g. no items)."""
