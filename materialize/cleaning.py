@@ -44,7 +44,8 @@ class CleanCatalog:
 
     ``items``: item_id int64 (unique), title str, description/tagline str|None, genres list[str],
     image_path str|None (absolute), release_date datetime64[ns, UTC] (NaT when unknown), runtime_min
-    float64 (NaN when unknown). ``users``: user_id int64, age float64 (NaN unknown), gender, occupation.
+    float64 (NaN when unknown), enrichment_dropped bool (rule low_enrichment_confidence applied).
+    ``users``: user_id int64, age float64 (NaN unknown), gender, occupation.
     ``events``: user_id int64, item_id int64, action str, value float64, event_timestamp
     datetime64[ns, UTC], sorted by (event_timestamp, user_id, item_id).
     """
@@ -96,6 +97,7 @@ def clean_items(items: pd.DataFrame, data_dir, q: Quarantine, min_confidence: fl
                               f"{', '.join(ENRICHMENT_FIELDS)} dropped")
         for col in ENRICHMENT_FIELDS:
             df.loc[low, col] = None
+    df["enrichment_dropped"] = low.to_numpy()
     for col in ("description", "tagline", "image_path"):
         df[col] = df[col].where(~_blank(df[col]), None).astype(object)
     empty = df["description"].isna() & ~low

@@ -1,0 +1,252 @@
+"""The main job: read -> clean -> select -> encode -> feature tables -> feast apply -> materialize.
+
+``recfeast materialize`` is a thin wrapper over :func:`run`. The job is idempotent: a rerun on the
+same input writes the same tables (unchanged rows keep their ``created_timestamp``; embeddings whose
+input and model did not change are reused, not recomputed) and writes the same values online.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recfeast import config
+from recfeast.materialize import features as F
+from recfeast.materialize.schema import FIELD_NULLED
+
+TABLES = ("item_text_embedding", "item_image_embedding", "item_content",
+          "user_profile", "user_behavior", "user_sequence_embedding")
+
+
+@dataclass
+class JobConfig:
+    """Settings of one run of the main job."""
+
+    data_dir: Path                      # raw input folder (MovieLens-100k layout or canonical files)
+    repo: Path | None = None            # feature repository; default recfeast.config.repo_path()
+    online_store: str | None = None     # sqlite | redis; default $RECFEAST_ONLINE_STORE or sqlite
+    project: str | None = None          # override feature_store.yaml's project (tests)
+    image_backbone: str = "efficientnet-lite0"  # or resnet18 / resnet50 with local weights
+    image_weights: Path | None = None   # local weights file for the image backbone
+    text_batch_size: int = 64           # texts per forward pass
+    image_batch_size: int = 32          # images per forward pass
+    sequence_max_len: int = 20          # N: items read by the sequence encoder
+    min_enrichment_confidence: float = 0.5  # below: third-party text/image treated as absent
+    max_dominant_share: float = 0.995   # feature selection: drop columns more constant than this
+    apply: bool = True                  # run feast apply after writing the tables
+    materialize: bool = True            # load the online store after apply
+    progress: bool = True               # progress bars and stage lines
+
+
+@dataclass
+class JobSummary:
+    """What a run did: rows per table, quarantined rows per rule, seconds per stage."""
+
+    tables: dict[str, dict] = field(default_factory=dict)
+    quarantine: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)
+    online_store: str = ""
+    tables_dir: str = ""
+
+    def render(self) -> str:
+        """Human-readable summary (plain text table)."""
+        lines = [f"tables in {self.tables_dir} (online store: {self.online_store or 'not loaded'})",
+                 f"  {'table':<26}{'rows':>9}{'new/changed':>13}{'unchanged':>11}"]
+        for name, t in self.tables.items():
+            lines.append(f"  {name:<26}{t['rows']:>9}{t.get('new_or_changed', 0):>13}{t.get('unchanged', 0):>11}")
+        lines.append("quarantined (table/rule: rows)")
+        lines += [f"  {k:<40}{v:>7}" for k, v in self.quarantine.items()] or ["  none"]
+        dropped = self.selection.get("dropped", {})
+        lines.append(f"feature selection: kept {len(self.selection.get('kept', []))} genre columns, "
+                     f"dropped {', '.join(dropped) or 'none'}")
+        lines.append("models: " + ", ".join(f"{k}={v}" for k, v in self.models.items()))
+        lines.append("seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items())
+                     + f" (total {sum(self.seconds.values()):.1f})")
+        return "\n".join(lines)
+
+
+def _sha(text: str | bytes) -> str:
+    return hashlib.sha256(text if isinstance(text, bytes) else text.encode("utf-8")).hexdigest()[:16]
+
+
+def _file_hash(path) -> str:
+    try:
+        return _sha(Path(path).read_bytes()) if path else "none"
+    except OSError:
+        return f"unreadable:{path}"
+
+
+def reuse_or_encode(path: Path, key: str, keys: np.ndarray, hashes: list[str], model_id: str,
+                    vector_col: str, model_col: str, encode, dim: int) -> tuple[np.ndarray, int]:
+    """Embeddings for ``keys``: reused from the existing table at ``path`` where the input hash and
+    model identity match, computed with ``encode(positions)`` for the rest.
+
+    Returns:
+        ``((n, dim) float32, number reused)``; rows ``encode`` could not embed are NaN.
+    """
+    out = np.full((len(keys), dim), np.nan, dtype=np.float32)
+    todo = list(range(len(keys)))
+    if Path(path).is_file():
+        old = pd.read_parquet(path, columns=[key, vector_col, model_col, "content_hash"])
+        old = {(k, h, m): v for k, v, m, h in zip(old[key], old[vector_col], old[model_col], old["content_hash"])}
+        todo = []
+        for i, (k, h) in enumerate(zip(keys, hashes)):
+            vec = old.get((k, h, model_id))
+            if vec is not None and len(vec) == dim:
+                out[i] = vec
+            else:
+                todo.append(i)
+    if todo:
+        out[todo] = encode(todo)
+    return out, len(keys) - len(todo)
+
+
+class _Stages:
+    def __init__(self, progress: bool):
+        self.progress, self.seconds, self._n = progress, {}, 0
+
+    def __call__(self, name: str):
+        stages = self
+
+        class _Ctx:
+            def __enter__(self):
+                stages._n += 1
+                if stages.progress:
+                    print(f"[{stages._n}] {name} ...", flush=True)
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                stages.seconds[name] = round(time.perf_counter() - self.t, 2)
+        return _Ctx()
+
+
+def run(cfg: JobConfig) -> JobSummary:
+    """Run the main job; see the module docstring.
+
+    Raises:
+        ConfigError: bad paths or settings. DataError: the input folder is unusable.
+        ModelError: an encoder cannot be loaded. StoreError: Feast apply/materialize failed.
+        Bad rows never raise: they are quarantined (``quarantine.parquet``) and counted.
+    """
+    from recfeast.materialize import io, store
+    from recfeast.materialize.adapters import read_catalog
+    from recfeast.materialize.cleaning import clean
+    from recfeast.materialize.preprocess import select_columns
+
+    data_dir = config.data_dir(cfg.data_dir)
+    repo = config.repo_path(cfg.repo)
+    out_dir = config.tables_dir(repo)
+    run_ts = pd.Timestamp.now(tz="UTC")
+    stage = _Stages(cfg.progress)
+    summary = JobSummary(tables_dir=str(out_dir))
+
+    with stage("read"):
+        catalog = read_catalog(data_dir)
+    with stage("clean"):
+        data = clean(catalog, cfg.min_enrichment_confidence)
+        items, users, events, q = data.items, data.users, data.events, data.quarantine
+
+    with stage("select features"):
+        candidates = sorted({g for gs in items["genres"] for g in gs},
+                            key=lambda g: (min(i for i, gs in enumerate(items["genres"]) if g in gs), g))
+        flags = pd.DataFrame(F.genre_matrix(items, candidates), columns=candidates)
+        kept, dropped = select_columns(flags, cfg.max_dominant_share)
+        summary.selection = {"candidates": candidates, "kept": kept, "dropped": dropped,
+                             "rule": f"dominant value share > {cfg.max_dominant_share}"}
+
+    with stage("encode text"):
+        from recfeast.materialize.encoders import TextEncoder
+
+        text_enc = TextEncoder()
+        texts = F.item_text(items)
+        ids = items["item_id"].to_numpy()
+        text_emb, reused = reuse_or_encode(
+            out_dir / "item_text_embedding.parquet", "item_id", ids, [_sha(t) for t in texts],
+            text_enc.model_id, "text_embedding", "text_model",
+            lambda pos: text_enc.encode([texts[i] for i in pos], cfg.text_batch_size,
+                                        show_progress_bar=cfg.progress), text_enc.dim)
+        summary.models["text"] = text_enc.model_id
+        summary.tables["item_text_embedding"] = {"reused_embeddings": reused}
+
+    with stage("encode images"):
+        from recfeast.materialize.encoders import ImageEncoder
+
+        img_enc = ImageEncoder(cfg.image_backbone, cfg.image_weights)
+        paths = items["image_path"].tolist()
+        errors: dict[int, tuple[str, str]] = {}
+
+        def encode_images(pos):
+            res = img_enc.encode([paths[i] for i in pos], cfg.image_batch_size, show_progress_bar=cfg.progress)
+            errors.update({pos[j]: e for j, e in res.errors.items()})
+            return res.embeddings
+
+        img_hashes = [_file_hash(p) for p in paths]
+        img_emb, reused_img = reuse_or_encode(
+            out_dir / "item_image_embedding.parquet", "item_id", ids, img_hashes, img_enc.model_id,
+            "image_embedding", "image_model", encode_images, img_enc.dim)
+        for i, (rule, detail) in sorted(errors.items()):
+            if rule == "image_missing" and items["enrichment_dropped"].iat[i]:
+                continue  # already quarantined as low_enrichment_confidence
+            q.add("items", rule, FIELD_NULLED, ids[i], items["source"].iat[i], detail + "; no image embedding")
+        summary.models["image"] = img_enc.model_id
+
+    with stage("encode sequences"):
+        from recfeast.materialize.encoders.sequence import SequenceEncoder, SequenceEncoderConfig
+
+        seq_enc = SequenceEncoder(SequenceEncoderConfig(input_dim=text_enc.dim, max_len=cfg.sequence_max_len))
+        hist = F.user_histories(events, cfg.sequence_max_len)
+        row_of = pd.Series(np.arange(len(ids)), index=ids)
+        seq_emb = seq_enc.encode([text_emb[row_of[np.asarray(h, dtype=np.int64)].to_numpy()] for h in hist["item_ids"]])
+        summary.models["sequence"] = seq_enc.model_id
+
+    with stage("build tables"):
+        avail = F.item_available_from(items, events).to_numpy()
+        tables, keys = {}, {}
+        tables["item_text_embedding"] = pd.DataFrame({
+            "item_id": ids, "event_timestamp": avail, "text_embedding": list(text_emb),
+            "text_model": text_enc.model_id, "content_hash": [_sha(t) for t in texts]})
+        ok = ~np.isnan(img_emb).any(axis=1)
+        tables["item_image_embedding"] = pd.DataFrame({
+            "item_id": ids[ok], "event_timestamp": avail[ok], "image_embedding": list(img_emb[ok]),
+            "image_model": img_enc.model_id, "content_hash": np.asarray(img_hashes, dtype=object)[ok]})
+        tables["item_content"], stats = F.build_item_content(items, events, kept)
+        tables["user_profile"], user_stats = F.build_user_profile(users, events)
+        stats.update(user_stats)
+        tables["user_behavior"] = F.build_user_behavior(events, items, kept)
+        tables["user_sequence_embedding"] = pd.DataFrame({
+            "user_id": hist["user_id"].to_numpy(), "event_timestamp": hist["event_timestamp"].to_numpy(),
+            "sequence_embedding": list(seq_emb), "sequence_length": hist["item_ids"].map(len).astype("int64"),
+            "sequence_model": seq_enc.model_id})
+        for name in TABLES:
+            keys[name] = [("user_id" if name.startswith("user") else "item_id"), "event_timestamp"]
+
+    with stage("write tables"):
+        for name in TABLES:
+            vec_cols = [c for c in tables[name].columns if c.endswith(("embedding", "genre_flags", "genre_share"))]
+            info = io.write_feature_table(tables[name], out_dir / f"{name}.parquet", keys[name], run_ts, vec_cols)
+            summary.tables[name] = {**summary.tables.get(name, {}), **info}
+        qf = q.frame()
+        io.atomic_write_bytes(out_dir / "quarantine.parquet", lambda p: qf.to_parquet(p, index=False))
+        io.write_json(out_dir / "normalization.json", stats)
+        io.write_json(out_dir / "feature_selection.json", summary.selection)
+        summary.quarantine = q.counts()
+
+    if cfg.apply:
+        with stage("feast apply"):
+            fs = store.feature_store(repo, cfg.online_store, cfg.project)
+            store.apply(fs)
+        if cfg.materialize:
+            with stage("feast materialize"):
+                store.materialize(fs)
+                summary.online_store = fs.config.online_store.type
+    summary.seconds = stage.seconds
+    io.write_json(out_dir / "run_summary.json", {**asdict(summary), "run_at": run_ts.isoformat(),
+                                                 "data_dir": str(data_dir)})
+    return summary

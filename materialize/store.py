@@ -1,0 +1,127 @@
+"""Feast operations recfeast runs: build the store for a repo, apply its definitions, materialize.
+
+Feast is imported lazily (``import feast`` costs seconds: it imports torch).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from recfeast import config
+from recfeast.errors import ConfigError, StoreError
+
+DEFINITIONS_FILE = "feature_definitions.py"
+
+
+def repo_config(repo: Path, online_store: str | None = None, project: str | None = None,
+                redis_connection_string: str | None = None):
+    """Feast ``RepoConfig`` from ``repo/feature_store.yaml`` with recfeast's overrides.
+
+    Args:
+        repo: feature repository folder.
+        online_store: ``sqlite`` or ``redis``; default :func:`recfeast.config.online_store`
+            (``$RECFEAST_ONLINE_STORE``, else sqlite). ``redis`` swaps in a Redis online store at
+            :func:`recfeast.config.redis_connection_string`.
+        project: override the project name (tests use their own so they never touch the user's keys).
+
+    Raises:
+        ConfigError: the yaml is missing or Feast rejects it.
+    """
+    from feast.repo_config import RepoConfig
+
+    repo = Path(repo).resolve()
+    path = repo / "feature_store.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no feature_store.yaml")
+    raw = yaml.safe_load(os.path.expandvars(path.read_text()))
+    kind = config.online_store(online_store)
+    if kind == "redis":
+        raw["online_store"] = {"type": "redis",
+                               "connection_string": config.redis_connection_string(redis_connection_string)}
+    if project:
+        raw["project"] = project
+    try:
+        cfg = RepoConfig(**raw)
+    except Exception as exc:  # pydantic ValidationError and Feast's own
+        raise ConfigError(f"{path}: {exc}") from exc
+    cfg.repo_path = repo
+    return cfg
+
+
+def feature_store(repo: Path | None = None, online_store: str | None = None, project: str | None = None):
+    """A ``feast.FeatureStore`` for ``repo`` (default :func:`recfeast.config.repo_path`)."""
+    from feast import FeatureStore
+
+    repo = config.repo_path(repo)
+    return FeatureStore(repo_path=str(repo), config=repo_config(repo, online_store, project))
+
+
+def load_definitions(repo: Path) -> list:
+    """Import ``repo/feature_definitions.py`` (fresh each call) and return its Feast objects.
+
+    Raises:
+        ConfigError: the file is missing or fails to import.
+    """
+    from feast import Entity, FeatureService, FeatureView, OnDemandFeatureView
+    from feast.data_source import DataSource
+
+    path = Path(repo) / DEFINITIONS_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing feature definitions")
+    name = f"_recfeast_defs_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses/dill need the module registered while it runs
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ConfigError(f"{path}: cannot import feature definitions: {exc}") from exc
+    finally:
+        sys.modules.pop(name, None)
+    kinds = (Entity, DataSource, FeatureView, OnDemandFeatureView, FeatureService)
+    seen, objects = set(), []
+    for value in vars(module).values():
+        if isinstance(value, kinds) and id(value) not in seen:
+            seen.add(id(value))
+            objects.append(value)
+    return objects
+
+
+def apply(store) -> int:
+    """Register the repo's definitions and create online tables (what ``feast apply`` does).
+
+    Returns:
+        Number of Feast objects applied.
+
+    Raises:
+        StoreError: Feast refuses the definitions.
+    """
+    objects = load_definitions(Path(store.repo_path))
+    try:
+        store.apply(objects)
+    except Exception as exc:
+        raise StoreError(f"feast apply failed for {store.repo_path}: {exc}") from exc
+    return len(objects)
+
+
+def materialize(store, views: list[str] | None = None, end: datetime | None = None) -> None:
+    """Load the latest row per entity of every (or the named) feature view into the online store.
+
+    Covers all event time from 1970-01-01 to ``end`` (default now): the online store ends up with
+    each entity's latest values whatever their age. Rerunning writes the same values again (Redis
+    skips them, SQLite overwrites them), so nothing is duplicated.
+
+    Raises:
+        StoreError: the offline read or the online write fails (e.g. Redis unreachable).
+    """
+    start = datetime(1970, 1, 2, tzinfo=timezone.utc)
+    try:
+        store.materialize(start_date=start, end_date=end or datetime.now(timezone.utc), feature_views=views)
+    except Exception as exc:
+        raise StoreError(f"feast materialize into {store.config.online_store.type} failed: {exc}") from exc

@@ -1,0 +1,102 @@
+"""The ``recfeast`` command: thin wrappers over importable functions.
+
+- ``recfeast materialize --data-dir DIR``: :func:`recfeast.materialize.job.run`
+- ``recfeast lookup --user U --items I1,I2``: :class:`recfeast.serving.sdk.OnlineFeatureClient`
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import warnings
+
+import click
+
+from recfeast.errors import RecfeastError
+
+
+def _quiet_library_warnings() -> None:
+    # Feast warns that on-demand views are experimental on every apply; ibis warns about a
+    # DuckDB deprecation on every read. Neither is actionable for a recfeast user.
+    for category in (DeprecationWarning, RuntimeWarning, UserWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(feast|ibis|duckdb|transformers)(\.|$)")
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+@click.version_option(package_name="recfeast")
+def main() -> None:
+    """recfeast: real-time feature platform for search and recommendation, on Feast."""
+    _quiet_library_warnings()
+
+
+_repo_opt = click.option("--repo-path", type=click.Path(file_okay=False), default=None,
+                         help="Feature repository (folder with feature_store.yaml). "
+                              "Default: $RECFEAST_REPO_PATH or ./feature_repo.")
+_store_opt = click.option("--online-store", type=click.Choice(["sqlite", "redis"]), default=None,
+                          help="Online store. Default: $RECFEAST_ONLINE_STORE or sqlite. "
+                               "Redis address: $REDIS_CONNECTION_STRING (default 127.0.0.1:6379).")
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="RECFEAST_DATA_DIR", required=True,
+              help="Raw data folder (MovieLens-100k layout or canonical items/users/events files). "
+                   "Default: $RECFEAST_DATA_DIR.")
+@_repo_opt
+@_store_opt
+@click.option("--image-backbone", type=click.Choice(["efficientnet-lite0", "resnet18", "resnet50"]),
+              default="efficientnet-lite0", show_default=True, help="CNN for image embeddings.")
+@click.option("--image-weights", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Local weights file for the image backbone (needed for ResNets without torchvision's cache).")
+@click.option("--no-apply", is_flag=True, help="Write the feature tables only; skip feast apply and materialize.")
+@click.option("--no-online", is_flag=True, help="Apply, but do not load the online store.")
+@click.option("--quiet", is_flag=True, help="No progress output; print only the summary.")
+def materialize(data_dir, repo_path, online_store, image_backbone, image_weights, no_apply, no_online, quiet):
+    """Read, clean and encode DATA_DIR into feature tables, then feast apply and materialize."""
+    from recfeast.materialize.job import JobConfig, run
+
+    cfg = JobConfig(data_dir=data_dir, repo=repo_path, online_store=online_store, image_backbone=image_backbone,
+                    image_weights=image_weights, apply=not no_apply, materialize=not no_online, progress=not quiet)
+    try:
+        summary = run(cfg)
+    except RecfeastError as exc:
+        _fail(exc)
+    click.echo(summary.render())
+
+
+def _compact_json(obj) -> str:
+    """Indented JSON with each list of numbers kept on one line."""
+    text = json.dumps(obj, indent=2)
+    return re.sub(r"\[\s+([-0-9.eE,\s]+?)\s+\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text)
+
+
+@main.command()
+@click.option("--user", "user_id", type=int, required=True, help="User id.")
+@click.option("--items", "items", required=True, help="Comma-separated item ids, e.g. 242,302,377.")
+@click.option("--feature-service", default="ranking_v1", show_default=True)
+@click.option("--request-ts", type=int, default=None, help="Request time, unix seconds (default: now).")
+@_repo_opt
+@_store_opt
+def lookup(user_id, items, feature_service, request_ts, repo_path, online_store):
+    """Print, as JSON, the feature service's online features for one user and some items."""
+    from recfeast.serving.sdk import OnlineFeatureClient
+
+    try:
+        item_ids = [int(x) for x in items.split(",") if x.strip()]
+    except ValueError:
+        _fail(RecfeastError(f"--items {items!r}: expected comma-separated integers, e.g. 242,302,377"))
+    try:
+        client = OnlineFeatureClient(repo_path, online_store, feature_service)
+        feats = client.get_features(user_id, item_ids, request_ts)
+    except RecfeastError as exc:
+        _fail(exc)
+    click.echo(_compact_json(feats.to_json()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
