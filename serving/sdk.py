@@ -147,30 +147,34 @@ class OnlineFeatureClient:
         return self._to_features(resp, user_id, item_ids, ts)
 
     def _to_features(self, resp, user_id, item_ids, ts) -> RankingFeatures:
+        """Decode Feast's response protos straight into typed columns (skipping ``to_dict``, which
+        builds Python lists of every vector first)."""
         from feast.types import Array, Float32, Float64, Int64
 
-        data = resp.to_dict()
-        statuses = {name: list(r.statuses) for name, r in zip(resp.proto.metadata.feature_names.val,
-                                                               resp.proto.results)}
+        proto = resp.proto
+        results = dict(zip(proto.metadata.feature_names.val, proto.results))
         n = len(item_ids)
         cols: dict[str, object] = {"user_id": np.full(n, user_id, np.int64), "item_id": np.asarray(item_ids, np.int64)}
         status: dict[str, list[str]] = {}
         for view, feats in self.views:
             found = np.zeros(n, bool)
             for f in feats:
-                values, dtype = data[f], self.dtypes[f]
-                present = np.array([s == _PRESENT and v is not None for s, v in zip(statuses[f], values)])
+                res, dtype = results[f], self.dtypes[f]
+                kinds = [v.WhichOneof("val") for v in res.values]
+                present = np.array([s == _PRESENT and k is not None for s, k in zip(res.statuses, kinds)])
                 found |= present
+                vals = res.values
                 if isinstance(dtype, Array):
-                    cols[f] = [np.asarray(v, np.float32) if p and len(v) else None for v, p in zip(values, present)]
+                    cols[f] = [np.array(v.float_list_val.val, np.float32) if p and len(v.float_list_val.val)
+                               else None for v, p in zip(vals, present)]
                 elif dtype == Float32:
-                    cols[f] = np.array([v if p else np.nan for v, p in zip(values, present)], np.float32)
+                    cols[f] = np.array([v.float_val if p else np.nan for v, p in zip(vals, present)], np.float32)
                 elif dtype == Float64:
-                    cols[f] = np.array([v if p else np.nan for v, p in zip(values, present)], np.float64)
+                    cols[f] = np.array([v.double_val if p else np.nan for v, p in zip(vals, present)], np.float64)
                 elif dtype == Int64:
-                    cols[f] = pd.array([v if p else None for v, p in zip(values, present)], dtype="Int64")
+                    cols[f] = pd.array([v.int64_val if p else None for v, p in zip(vals, present)], dtype="Int64")
                 else:
-                    cols[f] = [v if p else None for v, p in zip(values, present)]
+                    cols[f] = [v.string_val if p else None for v, p in zip(vals, present)]
             status[view] = np.where(found, "found", "missing").tolist()
         frame = pd.DataFrame({k: (pd.Series(v, dtype=object) if isinstance(v, list) else v) for k, v in cols.items()})
         return RankingFeatures(frame=frame, status=pd.DataFrame(status), feature_service=self.service.name,
