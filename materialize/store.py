@@ -5,9 +5,11 @@ Feast is imported lazily (``import feast`` costs seconds: it imports torch).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,6 +19,16 @@ from recfeast import config
 from recfeast.errors import ConfigError, StoreError
 
 DEFINITIONS_FILE = "feature_definitions.py"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence warnings that are not actionable for a recfeast user: Feast's "on demand feature
+    view is experimental" on every apply and ibis' DuckDB deprecation notice on every read."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
+        yield
 
 
 def repo_config(repo: Path, online_store: str | None = None, project: str | None = None,
@@ -104,7 +116,8 @@ def apply(store) -> int:
     """
     objects = load_definitions(Path(store.repo_path))
     try:
-        store.apply(objects)
+        with _quiet():
+            store.apply(objects)
     except Exception as exc:
         raise StoreError(f"feast apply failed for {store.repo_path}: {exc}") from exc
     return len(objects)
@@ -122,6 +135,7 @@ def materialize(store, views: list[str] | None = None, end: datetime | None = No
     """
     start = datetime(1970, 1, 2, tzinfo=timezone.utc)
     try:
-        store.materialize(start_date=start, end_date=end or datetime.now(timezone.utc), feature_views=views)
+        with _quiet():
+            store.materialize(start_date=start, end_date=end or datetime.now(timezone.utc), feature_views=views)
     except Exception as exc:
         raise StoreError(f"feast materialize into {store.config.online_store.type} failed: {exc}") from exc
