@@ -12,6 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recfeast.errors import DataError
+
 
 def atomic_write_bytes(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``: readers see the old file or the new one."""
@@ -87,21 +89,35 @@ def write_feature_table(df: pd.DataFrame, path: Path, key_cols: list[str], run_t
     the same table, and ``created_timestamp`` says when each value was first written.
 
     Returns:
-        ``{"rows", "new_or_changed", "unchanged"}`` counts.
+        ``{"rows", "new_or_changed", "unchanged"}`` counts and ``stale_entities``: keys whose latest
+        row changed or disappeared (their online rows must be cleared before the next load).
+
+    Raises:
+        DataError: the existing table is damaged (the message says to delete it).
     """
+    from recfeast.materialize.online import changed_entities
+
     df = df.reset_index(drop=True).copy()
     digest = row_digest(df)
     created = pd.Series(pd.Timestamp(run_ts).tz_convert("UTC"), index=df.index, dtype="datetime64[ns, UTC]")
-    unchanged = 0
+    unchanged, stale = 0, []
     if Path(path).is_file():
-        old = pd.read_parquet(path)
+        try:
+            old = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for a damaged file
+            raise DataError(f"{path}: existing feature table cannot be read ({exc}); delete it and rerun "
+                            "(it is rebuilt from the raw data)") from exc
         if set(old.columns) == set(df.columns) | {"created_timestamp"}:
-            old_digest = dict(zip(row_digest(old[list(df.columns)]), old["created_timestamp"]))
+            old_digest_s = row_digest(old[list(df.columns)])
+            old_digest = dict(zip(old_digest_s, old["created_timestamp"]))
             hit = digest.map(old_digest)
             created = hit.where(hit.notna(), created).astype("datetime64[ns, UTC]")
             unchanged = int(hit.notna().sum())
+            stale = changed_entities(old, df, key_cols[0], old_digest_s, digest)
+        else:  # schema changed: every entity's online row is rewritten
+            stale = sorted(int(k) for k in old[key_cols[0]].unique())
     df["created_timestamp"] = created
     ordered = key_cols + ["created_timestamp"] + [c for c in df.columns if c not in key_cols + ["created_timestamp"]]
     table = to_arrow(df[ordered], vector_cols)
     atomic_write_bytes(path, lambda p: pq.write_table(table, p))
-    return {"rows": len(df), "new_or_changed": len(df) - unchanged, "unchanged": unchanged}
+    return {"rows": len(df), "new_or_changed": len(df) - unchanged, "unchanged": unchanged, "stale_entities": stale}

@@ -135,7 +135,7 @@ def run(cfg: JobConfig) -> JobSummary:
         ModelError: an encoder cannot be loaded. StoreError: Feast apply/materialize failed.
         Bad rows never raise: they are quarantined (``quarantine.parquet``) and counted.
     """
-    from recfeast.materialize import io, store
+    from recfeast.materialize import io, online, store
     from recfeast.materialize.adapters import read_catalog
     from recfeast.materialize.cleaning import clean
     from recfeast.materialize.preprocess import select_columns
@@ -231,6 +231,7 @@ def run(cfg: JobConfig) -> JobSummary:
         for name in TABLES:
             vec_cols = [c for c in tables[name].columns if c.endswith(("embedding", "genre_flags", "genre_share"))]
             info = io.write_feature_table(tables[name], out_dir / f"{name}.parquet", keys[name], run_ts, vec_cols)
+            online.add_pending(out_dir, name, info.pop("stale_entities"))
             summary.tables[name] = {**summary.tables.get(name, {}), **info}
         qf = q.frame()
         io.atomic_write_bytes(out_dir / "quarantine.parquet", lambda p: qf.to_parquet(p, index=False))
@@ -244,7 +245,7 @@ def run(cfg: JobConfig) -> JobSummary:
             store.apply(fs)
         if cfg.materialize:
             with stage("feast materialize"):
-                store.materialize(fs)
+                online.load(fs, out_dir, quiet=not cfg.progress)
                 summary.online_store = fs.config.online_store.type
     summary.seconds = stage.seconds
     io.write_json(out_dir / "run_summary.json", {**asdict(summary), "run_at": run_ts.isoformat(),

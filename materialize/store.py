@@ -10,7 +10,7 @@ import importlib.util
 import os
 import sys
 import warnings
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import yaml
@@ -40,7 +40,8 @@ def repo_config(repo: Path, online_store: str | None = None, project: str | None
         online_store: ``sqlite`` or ``redis``; default :func:`recfeast.config.online_store`
             (``$RECFEAST_ONLINE_STORE``, else sqlite). ``redis`` swaps in a Redis online store at
             :func:`recfeast.config.redis_connection_string`.
-        project: override the project name (tests use their own so they never touch the user's keys).
+        project: override the project name; default ``$RECFEAST_PROJECT``, else the yaml's (tests use
+            their own so they never touch the user's keys).
 
     Raises:
         ConfigError: the yaml is missing or Feast rejects it.
@@ -56,6 +57,7 @@ def repo_config(repo: Path, online_store: str | None = None, project: str | None
     if kind == "redis":
         raw["online_store"] = {"type": "redis",
                                "connection_string": config.redis_connection_string(redis_connection_string)}
+    project = config.project(project)
     if project:
         raw["project"] = project
     try:
@@ -123,19 +125,24 @@ def apply(store) -> int:
     return len(objects)
 
 
-def materialize(store, views: list[str] | None = None, end: datetime | None = None) -> None:
+def materialize(store, views: list[str] | None = None, end: datetime | None = None,
+                start: datetime | None = None, quiet: bool = False) -> None:
     """Load the latest row per entity of every (or the named) feature view into the online store.
 
-    Covers all event time from 1970-01-01 to ``end`` (default now): the online store ends up with
-    each entity's latest values whatever their age. Rerunning writes the same values again (Redis
+    Covers event time from ``start`` (default 1970-01-01; pass the tables' earliest timestamp when
+    rows may be older) to ``end`` (default now): the online store ends up with each entity's latest
+    values whatever their age. ``quiet`` hides Feast's progress output. Rerunning writes the same values again (Redis
     skips them, SQLite overwrites them), so nothing is duplicated.
 
     Raises:
         StoreError: the offline read or the online write fails (e.g. Redis unreachable).
     """
-    start = datetime(1970, 1, 2, tzinfo=timezone.utc)
+    start = start or datetime(1970, 1, 1, tzinfo=timezone.utc)
+    start = start - timedelta(seconds=1)  # margin: a row exactly at ``start`` is inside the window
+    sink = open(os.devnull, "w") if quiet else contextlib.nullcontext()
     try:
-        with _quiet():
-            store.materialize(start_date=start, end_date=end or datetime.now(timezone.utc), feature_views=views)
+        with _quiet(), sink as devnull:
+            with contextlib.redirect_stdout(devnull) if quiet else contextlib.nullcontext():
+                store.materialize(start_date=start, end_date=end or datetime.now(timezone.utc), feature_views=views)
     except Exception as exc:
         raise StoreError(f"feast materialize into {store.config.online_store.type} failed: {exc}") from exc

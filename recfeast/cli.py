@@ -2,6 +2,7 @@
 
 - ``recfeast materialize --data-dir DIR``: :func:`recfeast.materialize.job.run`
 - ``recfeast lookup --user U --items I1,I2``: :class:`recfeast.serving.sdk.OnlineFeatureClient`
+- ``recfeast train --data-dir DIR``: :func:`recfeast.training.train`
 """
 
 from __future__ import annotations
@@ -96,6 +97,39 @@ def lookup(user_id, items, feature_service, request_ts, repo_path, online_store)
     except RecfeastError as exc:
         _fail(exc)
     click.echo(_compact_json(feats.to_json()))
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="RECFEAST_DATA_DIR", required=True,
+              help="Raw data folder (the labels come from its events). Default: $RECFEAST_DATA_DIR.")
+@_repo_opt
+@click.option("--out-dir", default="runs/ranking", show_default=True, help="Checkpoint, metrics, plots.")
+@click.option("--val-start", default="1998-03-01", show_default=True, help="T1: validation from here.")
+@click.option("--test-start", default="1998-03-29", show_default=True, help="T2: test from here.")
+@click.option("--negatives", default=2, show_default=True, help="Sampled negatives per positive.")
+@click.option("--groups", default="behavior,text,image,sequence", show_default=True,
+              help="Feature groups of the model (behavior is always on).")
+@click.option("--max-epochs", default=30, show_default=True)
+@click.option("--eval-users", default=300, show_default=True, help="Users in the NDCG/HR evaluation (0 = all).")
+@click.option("--eval-negatives", default=99, show_default=True, help="Never-rated items ranked against each positive.")
+@click.option("--no-ablation", is_flag=True, help="Train only the configured model (and the popularity baseline).")
+@click.option("--reproducible", is_flag=True, help="Hide feature rows created after each example's time.")
+@click.option("--seed", default=0, show_default=True)
+def train(data_dir, repo_path, out_dir, val_start, test_start, negatives, groups, max_epochs, eval_users,
+          eval_negatives, no_ablation, reproducible, seed):
+    """Build a point-in-time training set, train the ranking model, print test metrics and the ablation."""
+    from recfeast.training.config import TrainConfig
+    from recfeast.training.task import train as run_train
+
+    cfg = TrainConfig(repo=repo_path, data_dir=data_dir, out_dir=out_dir, val_start=val_start,
+                      test_start=test_start, negatives_per_positive=negatives,
+                      groups=tuple(g.strip() for g in groups.split(",") if g.strip()), max_epochs=max_epochs,
+                      eval_max_users=eval_users or None, eval_negatives=eval_negatives, ablation=not no_ablation, reproducible=reproducible,
+                      seed=seed)
+    try:
+        run_train(cfg, log=click.echo)
+    except RecfeastError as exc:
+        _fail(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ Environment variables (all optional):
 | ``RECFEAST_DATA_DIR`` | raw input directory for ``recfeast materialize`` | none: pass ``--data-dir`` |
 | ``RECFEAST_REPO_PATH`` | the Feast feature repository (folder with ``feature_store.yaml``) | ``./feature_repo`` |
 | ``RECFEAST_ONLINE_STORE`` | ``sqlite`` (embedded default) or ``redis`` | ``sqlite`` |
+| ``RECFEAST_PROJECT`` | override ``project`` of ``feature_store.yaml`` | the yaml's value |
 | ``REDIS_CONNECTION_STRING`` | Feast Redis connection string ``host:port[,db=N][,password=...]`` | ``127.0.0.1:6379`` |
 """
 
@@ -82,3 +83,8 @@ def online_store(value: str | None = None) -> str:
 def redis_connection_string(value: str | None = None) -> str:
     """Return the Feast Redis connection string (``host:port[,db=N]``); default ``127.0.0.1:6379``."""
     return value or os.environ.get("REDIS_CONNECTION_STRING") or "127.0.0.1:6379"
+
+
+def project(value: str | None = None) -> str | None:
+    """Feast project override: ``value``, else ``$RECFEAST_PROJECT``, else None (use the yaml's)."""
+    return value or os.environ.get("RECFEAST_PROJECT") or None

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from recfeast.cli import main
-from recfeast.materialize import store
+from recfeast.materialize import online, store
 from tests.conftest import drop_online, latest_rows, make_repo, unique_project
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def test_all_items_and_users_online_sqlite_and_redis(full_repo):
     fs = store.feature_store(repo, "redis", unique_project())
     try:
         store.apply(fs)
-        store.materialize(fs)
+        online.load(fs, repo / "data" / "tables")
         assert _online_counts(fs) == (1682, 1629, 943)
     finally:
         drop_online(fs)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recfeast.materialize import store
+from recfeast.materialize import online, store
 from recfeast.materialize.job import TABLES, JobConfig, run
 from recfeast.serving.sdk import OnlineFeatureClient
 from tests.conftest import assert_vectors_equal, drop_online, latest_rows, make_repo, unique_project
@@ -111,7 +111,7 @@ def test_sqlite_and_redis_read_back_equal_tables(small_run, small_data):
     fs = store.feature_store(repo, "redis", project)
     try:
         store.apply(fs)
-        store.materialize(fs)
+        online.load(fs, repo / "data" / "tables")
         client = OnlineFeatureClient(repo, "redis", project=project)
         redis = _check_online_equals_tables(client, repo, user, items[:-1])
         pd.testing.assert_frame_equal(redis.status, sqlite.status)
@@ -132,7 +132,7 @@ def test_sqlite_and_redis_read_back_equal_tables(small_run, small_data):
 
         keys_before = project_keys()
         assert len(keys_before) == facts["n_items"] + facts["n_users"]  # one hash per entity
-        store.materialize(fs)
+        online.load(fs, repo / "data" / "tables")
         assert project_keys() == keys_before
         _check_online_equals_tables(client, repo, user, items[:-1])
     finally:

@@ -1,0 +1,138 @@
+"""Online rows that Feast's materialize would leave stale, and their removal.
+
+Feast's Redis writer skips a row whose event timestamp is not newer than the stored one, so a value
+corrected in place (same ``event_timestamp``, newer ``created_timestamp``) never reaches Redis, and
+no store forgets an entity deleted from the tables. recfeast's rule is the offline one on both
+stores: the online value is the table's latest row by ``(event_timestamp, created_timestamp)``, and
+an entity absent from a table is absent online. To get there, the job records which entities'
+latest rows changed or vanished (``pending_online_refresh.json``, kept until a load succeeds, so a
+crash between writing tables and loading loses nothing) and clears those entities' online rows for
+that view before Feast materializes.
+
+Clearing uses Feast 0.67's storage layout (Redis: one hash per entity with ``_ts:<view>`` and
+``mmh3("<view>:<feature>")`` fields; SQLite: a table per view keyed by the serialised entity key);
+``tests/materialize/test_online_refresh.py`` pins it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+PENDING = "pending_online_refresh.json"
+
+
+def changed_entities(old: pd.DataFrame | None, new: pd.DataFrame, key: str, digest_old, digest_new) -> list[int]:
+    """Entities whose latest row differs between ``old`` and ``new`` tables, or that left the table.
+
+    ``digest_*`` are per-row value hashes (``io.row_digest``) aligned with the frames.
+    """
+    if old is None or old.empty:
+        return []
+
+    def latest(df, digest):
+        d = df[[key, "event_timestamp"]].assign(_d=digest.to_numpy())
+        d = d.sort_values([key, "event_timestamp"], kind="stable").groupby(key).tail(1)
+        return dict(zip(d[key], zip(d["event_timestamp"].astype("datetime64[ns, UTC]"), d["_d"])))
+
+    a, b = latest(old, digest_old), latest(new, digest_new)
+    return sorted(int(k) for k, v in a.items() if b.get(k) != v)
+
+
+def load_pending(tables_dir: Path) -> dict:
+    """``{store kind: {view: [entity ids]}}`` still to clear before the next load."""
+    path = Path(tables_dir) / PENDING
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def add_pending(tables_dir: Path, view: str, entities: list[int], kinds=("sqlite", "redis")) -> None:
+    """Record ``entities`` of ``view`` as to be cleared in every store kind (atomic write)."""
+    from recfeast.materialize.io import write_json
+
+    if not entities:
+        return
+    pending = load_pending(tables_dir)
+    for kind in kinds:
+        cur = set(pending.setdefault(kind, {}).get(view, []))
+        pending[kind][view] = sorted(cur | set(int(e) for e in entities))
+    write_json(Path(tables_dir) / PENDING, pending)
+
+
+def clear_pending(tables_dir: Path, kind: str) -> None:
+    """Forget what was pending for ``kind`` (after a successful load)."""
+    from recfeast.materialize.io import write_json
+
+    pending = load_pending(tables_dir)
+    if pending.pop(kind, None) is not None:
+        write_json(Path(tables_dir) / PENDING, pending)
+
+
+def clear_online_rows(store, view_name: str, entity_ids: list[int]) -> int:
+    """Delete ``view_name``'s online values of ``entity_ids`` (int64 keys) in ``store``'s online store.
+
+    Returns:
+        Number of entities cleared.
+    """
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    if not entity_ids:
+        return 0
+    fv = store.get_feature_view(view_name)
+    join_key = fv.join_keys[0]
+    cfg = store.config
+    keys = [EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=int(e))]) for e in entity_ids]
+    if cfg.online_store.type == "redis":
+        from feast.infra.online_stores.helpers import _mmh3, _redis_key
+
+        client = store._get_provider().online_store._get_client(cfg.online_store)
+        fields = [f"_ts:{view_name}".encode()] + [_mmh3(f"{view_name}:{f.name}") for f in fv.features]
+        with client.pipeline(transaction=False) as pipe:
+            for k in keys:
+                pipe.hdel(_redis_key(cfg.project, k, cfg.entity_key_serialization_version), *fields)
+            pipe.execute()
+    else:
+        from feast.infra.online_stores.sqlite import _quote_id, _table_id
+
+        conn = store._get_provider().online_store._get_conn(cfg)
+        table = _table_id(cfg.project, fv, cfg.registry.enable_online_feature_view_versioning)
+        blobs = [serialize_entity_key(k, entity_key_serialization_version=cfg.entity_key_serialization_version)
+                 for k in keys]
+        with conn:
+            conn.executemany(f"DELETE FROM {_quote_id(table)} WHERE entity_key = ?", [(b,) for b in blobs])
+    return len(keys)
+
+
+def load(store, tables_dir: Path, quiet: bool = False) -> dict[str, int]:
+    """Bring ``store``'s online store up to date with the tables in ``tables_dir``.
+
+    Clears the rows pending for this store kind, materializes every view from the earliest event
+    timestamp in the tables (so rows dated 1970 or earlier load too), then forgets the pending set.
+
+    Returns:
+        ``{view: entities cleared}``.
+
+    Raises:
+        StoreError: the online store refused a write (nothing pending is forgotten then).
+    """
+    import pyarrow.parquet as pq
+
+    from recfeast.materialize import store as store_ops
+
+    kind = store.config.online_store.type
+    cleared = {view: clear_online_rows(store, view, ids)
+               for view, ids in load_pending(tables_dir).get(kind, {}).items()}
+    starts = []
+    for fv in store.list_feature_views():
+        path = Path(fv.batch_source.path)
+        if path.is_file():
+            col = pq.read_table(path, columns=["event_timestamp"]).column(0)
+            if len(col):
+                starts.append(pd.Timestamp(col.to_pandas().min()))
+    start = min(starts).to_pydatetime() if starts else None
+    store_ops.materialize(store, start=start, quiet=quiet)
+    clear_pending(tables_dir, kind)
+    return cleared

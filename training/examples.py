@@ -1,0 +1,95 @@
+"""Labelled examples from real events: positives, sampled negatives, temporal split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from recfeast.errors import ConfigError
+
+
+def sample_unrated(events: pd.DataFrame, anchors: pd.DataFrame, n: int, item_available: pd.Series,
+                   seed: int, exclude_future: bool = False) -> pd.DataFrame:
+    """For each anchor row (user_id, event_timestamp) draw ``n`` items the user had not rated as of
+    that moment and that were already in the catalog then.
+
+    Args:
+        events: clean events (user_id, item_id, event_timestamp).
+        anchors: rows with user_id, event_timestamp (and any other columns, copied to the output).
+        n: items per anchor.
+        item_available: item_id -> first moment the item was in the catalog (UTC).
+        seed: numpy seed; the same inputs and seed give the same draw.
+        exclude_future: also exclude items the user rates later (the usual protocol for
+            ranking evaluation, where a later positive must not count as a negative).
+
+    Returns:
+        ``len(anchors) * n`` rows: the anchor's columns, ``item_id`` replaced by the drawn item,
+        ``anchor`` = position of the anchor row. Anchors whose pool is too small get fewer.
+    """
+    rng = np.random.default_rng(seed)
+
+    def ns(ts) -> np.ndarray:
+        return pd.to_datetime(pd.Series(ts), utc=True).dt.tz_localize(None).to_numpy("datetime64[ns]").view("int64")
+
+    avail = item_available.sort_values()
+    pool_ids, pool_ts = avail.index.to_numpy(), ns(avail.to_numpy())
+    ev = events.sort_values(["user_id", "event_timestamp"], kind="stable")
+    ev_ts, ev_items = ns(ev["event_timestamp"]), ev["item_id"].to_numpy()
+    starts = ev.groupby("user_id", sort=False).indices  # user -> positions in ev
+    out_idx, out_items = [], []
+    for pos, (u, t) in enumerate(zip(anchors["user_id"], ns(anchors["event_timestamp"]))):
+        where = starts.get(u)
+        if where is None:
+            rated = set()
+        elif exclude_future:
+            rated = set(ev_items[where].tolist())
+        else:
+            rated = set(ev_items[where][ev_ts[where] <= t].tolist())
+        size = int(np.searchsorted(pool_ts, t, side="right"))
+        if size - len(rated) < n:
+            continue
+        chosen: set[int] = set()
+        while len(chosen) < n:
+            for j in rng.integers(0, size, 2 * n):
+                item = int(pool_ids[j])
+                if item not in rated and item not in chosen:
+                    chosen.add(item)
+                    if len(chosen) == n:
+                        break
+        out_idx += [pos] * n
+        out_items += sorted(chosen)
+    out = anchors.iloc[out_idx].reset_index(drop=True).copy()
+    out["item_id"] = np.asarray(out_items, dtype=np.int64)
+    out["anchor"] = np.asarray(out_idx, dtype=np.int64)
+    return out
+
+
+def labelled_examples(events: pd.DataFrame, item_available: pd.Series, cfg) -> pd.DataFrame:
+    """Positives (rating >= ``cfg.positive_min_rating``) and ``cfg.negatives_per_positive`` sampled
+    negatives per positive stamped with the positive's timestamp, split in time.
+
+    Returns:
+        DataFrame with user_id int64, item_id int64, event_timestamp (UTC), label int64 (1/0),
+        request_ts int64 (unix seconds, the on-demand views' request time), split
+        (``train`` < T1 <= ``val`` < T2 <= ``test``), ordered by time.
+
+    Raises:
+        ConfigError: T1 >= T2, or a split is empty.
+    """
+    t1, t2 = pd.Timestamp(cfg.val_start, tz="UTC"), pd.Timestamp(cfg.test_start, tz="UTC")
+    if t1 >= t2:
+        raise ConfigError(f"val_start {cfg.val_start} must be before test_start {cfg.test_start}")
+    pos = events[events["value"] >= cfg.positive_min_rating][["user_id", "item_id", "event_timestamp"]]
+    pos = pos.reset_index(drop=True).assign(label=1)
+    neg = sample_unrated(events, pos[["user_id", "event_timestamp"]], cfg.negatives_per_positive,
+                         item_available, cfg.seed).drop(columns="anchor").assign(label=0)
+    ex = pd.concat([pos, neg], ignore_index=True)
+    ex = ex.sort_values(["event_timestamp", "user_id", "label", "item_id"], ascending=[True, True, False, True],
+                        kind="stable").reset_index(drop=True)
+    ex["label"] = ex["label"].astype("int64")
+    ex["request_ts"] = (ex["event_timestamp"].astype("int64") // 10**9).astype("int64")
+    ex["split"] = np.where(ex["event_timestamp"] < t1, "train", np.where(ex["event_timestamp"] < t2, "val", "test"))
+    for name in ("train", "val", "test"):
+        if not (ex["split"] == name).any():
+            raise ConfigError(f"the {name} split is empty: check val_start/test_start against the data's time range")
+    return ex

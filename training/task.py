@@ -1,0 +1,241 @@
+"""The training task: examples -> point-in-time set -> ranking model -> evaluation, ablation, plots.
+
+Reads top to bottom as numbered steps (see :func:`train`). ``recfeast train`` calls :func:`train`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recfeast.training.config import TrainConfig
+from recfeast.training.evaluate import auc, log_loss, paired_bootstrap, per_user_gains, positive_ranks, rank_metrics
+from recfeast.training.features import FeatureSpec
+from recfeast.training.model import RankingModel
+
+PROTOCOL = ("temporal split; positives = ratings >= {pos}; {neg} sampled unrated negatives per positive at the same "
+            "timestamp; ranking: first test-period positive of each of up to {users} users ranked against {n} "
+            "never-rated catalog items, features as of that moment (sampled protocol, NCF-style)")
+
+
+def _tensors(arrays: dict[str, np.ndarray], idx=None) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v if idx is None else v[idx]) for k, v in arrays.items()}
+
+
+def _predict(model: RankingModel, arrays: dict[str, np.ndarray], batch: int = 8192) -> np.ndarray:
+    model.eval()
+    n = len(arrays["dense"])
+    out = np.empty(n, np.float32)
+    with torch.inference_mode():
+        for s in range(0, n, batch):
+            idx = slice(s, s + batch)
+            out[idx] = torch.sigmoid(model({k: torch.from_numpy(v[idx]) for k, v in arrays.items()})).numpy()
+    return out
+
+
+def fit_model(cfg: TrainConfig, spec: FeatureSpec, train: dict, y_train: np.ndarray, val: dict,
+              y_val: np.ndarray, log=print) -> tuple[RankingModel, list[dict]]:
+    """Train with BCE and Adam; stop when validation log loss has not improved for ``cfg.patience``
+    epochs and return the best epoch's weights with the per-epoch history."""
+    torch.manual_seed(cfg.seed)
+    dims = {k: v.shape[1] for k, v in train.items() if k != "dense"}
+    model = RankingModel(train["dense"].shape[1], dims, cfg.hidden, cfg.dropout)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    yt = torch.from_numpy(y_train.astype(np.float32))
+    rng = np.random.default_rng(cfg.seed)
+    best, best_state, history, stale = float("inf"), None, [], 0
+    for epoch in range(1, cfg.max_epochs + 1):
+        model.train()
+        perm = rng.permutation(len(y_train))
+        total = 0.0
+        for s in range(0, len(perm), cfg.batch_size):
+            idx = perm[s:s + cfg.batch_size]
+            loss = loss_fn(model(_tensors(train, idx)), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        val_loss = log_loss(y_val, _predict(model, val))
+        history.append({"epoch": epoch, "train_loss": total / len(perm), "val_loss": val_loss})
+        log(f"    epoch {epoch:2d}  train {total / len(perm):.4f}  val {val_loss:.4f}")
+        if val_loss < best - 1e-4:
+            best, stale = val_loss, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    return model.eval(), history
+
+
+def save_checkpoint(path: Path, model: RankingModel, cfg: TrainConfig, spec: FeatureSpec, features: list[str],
+                    normalization: dict, metrics: dict) -> None:
+    """One file holding everything needed to rebuild and use the model (atomic write)."""
+    from recfeast.materialize.io import atomic_write_bytes
+
+    dims = {n: model.proj[n][0].in_features for n in model.vector_names}
+    ckpt = {"config": asdict(cfg), "spec": spec.to_dict(), "features": features, "normalization": normalization,
+            "metrics": metrics, "dense_dim": model.mlp[0].in_features - 32 * len(dims), "vector_dims": dims,
+            "state_dict": model.state_dict()}
+    atomic_write_bytes(path, lambda p: torch.save(ckpt, p))
+
+
+def load_checkpoint(path: Path) -> tuple[RankingModel, FeatureSpec, dict]:
+    """Rebuild ``(model, spec, checkpoint dict)`` from :func:`save_checkpoint`'s file alone."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = ckpt["config"]
+    model = RankingModel(ckpt["dense_dim"], ckpt["vector_dims"], tuple(cfg["hidden"]), cfg["dropout"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), FeatureSpec.from_dict(ckpt["spec"]), ckpt
+
+
+def _plots(out: Path, histories: dict, ablation: pd.DataFrame, k: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for name, hist in histories.items():
+        ep = [h["epoch"] for h in hist]
+        ax[0].plot(ep, [h["train_loss"] for h in hist], label=name)
+        ax[1].plot(ep, [h["val_loss"] for h in hist], label=name)
+    for a, t in zip(ax, ("train BCE", "validation log loss")):
+        a.set_xlabel("epoch"), a.set_title(t), a.grid(alpha=0.3)
+    ax[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "training_curves.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(1, 3, figsize=(13, 4))
+    for a, col in zip(ax, ("auc", f"ndcg@{k}", f"hr@{k}")):
+        a.bar(ablation["variant"], ablation[col], color="#4477aa")
+        a.set_title(f"test {col}")
+        a.set_xticks(range(len(ablation)), ablation["variant"], rotation=35, ha="right", fontsize=8)
+        lo = ablation[col].min()
+        a.set_ylim(max(0, lo - 0.05), min(1, ablation[col].max() + 0.03))
+        for i, v in enumerate(ablation[col]):
+            a.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "ablation.png", dpi=120)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Run the whole task; returns the metrics dict (also written to ``<out_dir>/metrics.json``).
+
+    Steps: 1 events and labels, 2 point-in-time training set, 3 ranking candidates and their
+    features, 4 fit the feature transform, 5 train the configured model, 6 evaluate it and the
+    baselines, 7 ablation, 8 save checkpoint, metrics, tables and plots.
+
+    Raises:
+        ConfigError / DataError / StoreError from the steps (bad settings, data or store).
+    """
+    from recfeast import config
+    from recfeast.materialize import features as F
+    from recfeast.materialize.adapters import read_catalog
+    from recfeast.materialize.cleaning import clean
+    from recfeast.materialize.store import feature_store
+    from recfeast.training.dataset import get_training_set, save_training_set
+    from recfeast.training.examples import labelled_examples, sample_unrated
+
+    t_start = time.perf_counter()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    repo = config.repo_path(cfg.repo)
+    store = feature_store(repo)
+
+    # 1. events and labels --------------------------------------------------------------------
+    data = clean(read_catalog(config.data_dir(cfg.data_dir)))
+    available = pd.Series(F.item_available_from(data.items, data.events).to_numpy(), index=data.items["item_id"])
+    examples = labelled_examples(data.events, available, cfg)
+    log(f"1. examples: {len(examples)} rows, " + ", ".join(f"{s} {n}" for s, n in examples.split.value_counts().items()))
+
+    # 2. point-in-time training set -------------------------------------------------------------
+    tset, info = get_training_set(store, examples, cfg.feature_service, cfg.reproducible)
+    save_training_set(tset, info, out / "training_set.parquet")
+    log(f"2. training set: {info.rows} rows, {len(info.features)} features, {info.seconds:.1f} s; models {info.model_ids}")
+
+    # 3. ranking candidates: first test positive per user vs cfg.eval_negatives never-rated items --
+    test_pos = examples[(examples.split == "test") & (examples.label == 1)].groupby("user_id").head(1)
+    if cfg.eval_max_users:
+        test_pos = test_pos.sample(n=min(cfg.eval_max_users, len(test_pos)), random_state=cfg.seed)
+    anchors = test_pos[["user_id", "item_id", "event_timestamp", "request_ts"]].reset_index(drop=True)
+    negs = sample_unrated(data.events, anchors, cfg.eval_negatives, available, cfg.seed + 1, exclude_future=True)
+    cands = pd.concat([anchors.assign(anchor=np.arange(len(anchors)), label=1), negs.assign(label=0)], ignore_index=True)
+    cands = cands[cands.anchor.isin(negs.anchor.unique())].reset_index(drop=True)
+    if cands.empty:
+        from recfeast.errors import ConfigError
+        raise ConfigError(f"no test-period user has {cfg.eval_negatives} never-rated catalog items to rank against: "
+                          "lower eval_negatives (--eval-negatives) or move test_start")
+    cset, _ = get_training_set(store, cands, cfg.feature_service, cfg.reproducible)
+    log(f"3. ranking candidates: {cands.anchor.nunique()} users x {cfg.eval_negatives + 1} items")
+
+    # 4-6. fit transform, train, evaluate (for every variant of the ablation) --------------------
+    split = {s: tset[tset.split == s].reset_index(drop=True) for s in ("train", "val", "test")}
+    variants = {"behavior only": ("behavior",), "+ text": ("behavior", "text"), "+ image": ("behavior", "image"),
+                "+ sequence": ("behavior", "sequence"), "all": tuple(cfg.groups)}
+    if not cfg.ablation:
+        variants = {"all": tuple(cfg.groups)}
+    results, histories, models, per_user = [], {}, {}, {}
+    for name, groups in variants.items():
+        log(f"4-6. model '{name}' (groups: {', '.join(groups)})")
+        spec = FeatureSpec.fit(split["train"], groups)
+        arrays = {s: spec.transform(f) for s, f in split.items()}
+        model, hist = fit_model(replace(cfg, groups=groups), spec, arrays["train"], split["train"].label.to_numpy(),
+                                arrays["val"], split["val"].label.to_numpy(), log=log)
+        p_test = _predict(model, arrays["test"])
+        y_test = split["test"].label.to_numpy()
+        cand_scores = _predict(model, spec.transform(cset))
+        rm = rank_metrics(cset.anchor.to_numpy(), cset.label.to_numpy() == 1, cand_scores, cfg.k)
+        per_user[name] = per_user_gains(positive_ranks(cset.anchor.to_numpy(), cset.label.to_numpy() == 1,
+                                                       cand_scores)[1], cfg.k)
+        results.append({"variant": name, "groups": list(groups), "auc": auc(y_test, p_test),
+                        "log_loss": log_loss(y_test, p_test), **rm, "epochs": len(hist)})
+        histories[name], models[name] = hist, (model, spec)
+    pop_test = pd.to_numeric(split["test"].rating_count, errors="coerce").fillna(0).to_numpy()
+    pop_rank = pd.to_numeric(cset.rating_count, errors="coerce").fillna(0).to_numpy()
+    results.insert(0, {"variant": "most popular (as of time)", "groups": [], "auc": auc(split["test"].label.to_numpy(), pop_test),
+                       "log_loss": None, **rank_metrics(cset.anchor.to_numpy(), cset.label.to_numpy() == 1, pop_rank, cfg.k),
+                       "epochs": 0})
+    ablation = pd.DataFrame(results)
+
+    # 8. save ---------------------------------------------------------------------------------
+    model, spec = models["all"]
+    protocol = PROTOCOL.format(pos=cfg.positive_min_rating, neg=cfg.negatives_per_positive,
+                               users=cfg.eval_max_users or "all", n=cfg.eval_negatives)
+    best = next(r for r in results if r["variant"] == "all")
+    behavior = next((r for r in results if r["variant"] == "behavior only"), None)
+    metrics = {
+        "protocol": protocol, "val_start": cfg.val_start, "test_start": cfg.test_start,
+        "rows": info.rows_by_split, "training_set": asdict(info), "test": best,
+        "lift_over_behavior_only": None if behavior is None else {
+            "auc": best["auc"] - behavior["auc"],
+            f"ndcg@{cfg.k}": paired_bootstrap(per_user["all"][0], per_user["behavior only"][0], seed=cfg.seed),
+            f"hr@{cfg.k}": paired_bootstrap(per_user["all"][1], per_user["behavior only"][1], seed=cfg.seed)},
+        "ablation": results, "history": histories, "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    normalization = json.loads((config.tables_dir(repo) / "normalization.json").read_text())
+    save_checkpoint(out / "ranking_model.pt", model, cfg, spec, info.features, normalization, best)
+    from recfeast.materialize.io import write_json
+    write_json(out / "metrics.json", metrics)
+    cols = ["variant", "auc", "log_loss", f"ndcg@{cfg.k}", f"hr@{cfg.k}", "users", "epochs"]
+    table = ablation[cols].to_markdown(index=False, floatfmt=".4f")
+    (out / "ablation.md").write_text(f"# Ranking ablation (test period from {cfg.test_start})\n\nProtocol: {protocol}\n\n{table}\n")
+    _plots(out, histories, ablation, cfg.k)
+    lift = metrics["lift_over_behavior_only"]
+    lift_text = "" if lift is None else (
+        f"\nlift of 'all' over 'behavior only': AUC {lift['auc']:+.4f}; " + "; ".join(
+            f"{m.upper()} {lift[m]['diff']:+.4f} (95% paired bootstrap CI {lift[m]['ci95'][0]:+.4f} .. {lift[m]['ci95'][1]:+.4f})"
+            for m in (f"ndcg@{cfg.k}", f"hr@{cfg.k}")))
+    (out / "ablation.md").write_text((out / "ablation.md").read_text() + lift_text + "\n")
+    log(f"\nProtocol: {protocol}\n\n{table}\n{lift_text}\n\nsaved to {out}: ranking_model.pt, metrics.json, ablation.md, "
+        "training_curves.png, ablation.png, training_set.parquet")
+    return metrics
