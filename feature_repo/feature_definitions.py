@@ -1,7 +1,7 @@
 # recfeast feature definitions, in the order the data flows:
 # entities -> sources -> feature views -> on-demand feature views -> feature services.
 # The Parquet tables are written by `recfeast materialize` into data/tables/ beside this file.
-# Definitions only: no model code here (see DESIGN.md).
+# Definitions only: no model code here (see the design notes, ../shared/DESIGN.md).
 
 from datetime import timedelta
 from pathlib import Path

@@ -6,7 +6,7 @@ without the named fields):
 ========================== ========= ============= ===============================================
 rule                       table     action        when
 ========================== ========= ============= ===============================================
-unparsable_id              any       row_rejected  an id is not an integer
+unparsable_id              any       row_rejected  an id is not an integer in the int64 range
 duplicate_item_id          items     row_rejected  second and later rows of one item_id
 duplicate_user_id          users     row_rejected  second and later rows of one user_id
 missing_title              items     row_rejected  empty title
@@ -16,8 +16,10 @@ low_enrichment_confidence  items     field_nulled  ``enrichment_confidence`` < t
                                                    (MovieLens 72 carries Pulp Fiction's text)
 empty_description          items     field_nulled  no description: text embedding from title + genres
 runtime_out_of_range       items     field_nulled  runtime not in (0, 1000] minutes
+unparsable_release_date    items     field_nulled  release date is not a date
 age_out_of_range           users     field_nulled  age not a number in [1, 120]
-unparsable_timestamp       events    row_rejected  not unix seconds nor ISO-8601
+unparsable_timestamp       events    row_rejected  not unix seconds, ISO-8601 or a datetime, or
+                                                   outside 1900..2262
 unparsable_value           events    row_rejected  value is not a number
 value_out_of_range         events    row_rejected  rating outside the catalog's scale (1..5)
 unknown_user               events    row_rejected  user_id not in the (clean) users table
@@ -56,13 +58,48 @@ class CleanCatalog:
     quarantine: Quarantine
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def parse_int64(values: pd.Series) -> pd.Series:
+    """Exact int64 parsing: ints, integral floats and digit strings; anything else -> ``<NA>``.
+
+    Strings are parsed with Python's ``int`` so ids above 2**53 keep every digit (a float round trip
+    would not); values outside int64 are rejected, not wrapped. Returns a nullable ``Int64`` Series.
+    """
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return values.astype("Int64")
+
+    def one(v):
+        if v is None or v is pd.NA:
+            return None
+        if isinstance(v, (bool, np.bool_)):
+            return None
+        if isinstance(v, (int, np.integer)):
+            x = int(v)
+        elif isinstance(v, (float, np.floating)):
+            if not np.isfinite(v) or v != np.floor(v):
+                return None
+            x = int(v)
+        else:
+            text = str(v).strip()
+            if text.endswith(".0"):
+                text = text[:-2]
+            if not text.lstrip("+-").isdigit():
+                return None
+            x = int(text)
+        return x if INT64_MIN <= x <= INT64_MAX else None
+
+    return pd.array([one(v) for v in values], dtype="Int64")
+
+
 def _parse_ids(df: pd.DataFrame, cols: list[str], table: str, q: Quarantine) -> pd.DataFrame:
     for col in cols:
-        parsed = pd.to_numeric(df[col], errors="coerce")
-        bad = parsed.isna() | (parsed != np.floor(parsed))
+        parsed = pd.Series(parse_int64(df[col]), index=df.index)
+        bad = parsed.isna()
         if bad.any():
             q.add_frame(df[bad], table, "unparsable_id", ROW_REJECTED, None,
-                        lambda r, c=col: f"{c}={r[c]!r} is not an integer")
+                        lambda r, c=col: f"{c}={r[c]!r} is not an integer in the int64 range")
         df = df[~bad].copy()
         df[col] = parsed[~bad].astype("int64")
     return df
@@ -111,7 +148,12 @@ def clean_items(items: pd.DataFrame, data_dir, q: Quarantine, min_confidence: fl
         q.add_frame(df[bad_rt], "items", "runtime_out_of_range", FIELD_NULLED, "item_id",
                     lambda r: f"runtime_min={r['runtime_min']} not in (0, 1000]")
     df["runtime_min"] = runtime.where(~bad_rt).astype("float64")
-    df["release_date"] = pd.to_datetime(df["release_date"], utc=True, errors="coerce")
+    release = _parse_timestamps(df["release_date"].astype(object).where(df["release_date"].notna(), None))
+    bad_rd = df["release_date"].notna() & release.isna()
+    if bad_rd.any():
+        q.add_frame(df[bad_rd], "items", "unparsable_release_date", FIELD_NULLED, "item_id",
+                    lambda r: f"release_date={r['release_date']!r}: expected ISO-8601 or unix seconds")
+    df["release_date"] = release
     df["image_path"] = [
         None if p is None else str(p if str(p).startswith("/") else (data_dir / p)) for p in df["image_path"]
     ]
@@ -135,14 +177,35 @@ def clean_users(users: pd.DataFrame, q: Quarantine) -> pd.DataFrame:
     return df.sort_values("user_id").reset_index(drop=True)
 
 
+#: timestamps outside these years are treated as unparsable (they are unit mistakes, e.g. ms)
+TS_MIN, TS_MAX = pd.Timestamp("1900-01-01", tz="UTC"), pd.Timestamp("2262-01-01", tz="UTC")
+
+
 def _parse_timestamps(raw: pd.Series) -> pd.Series:
-    """Unix seconds (int or float strings) or ISO-8601 -> datetime64[ns, UTC]; NaT when unparsable."""
-    as_num = pd.to_numeric(raw, errors="coerce")
-    out = pd.to_datetime(as_num, unit="s", utc=True, errors="coerce")
-    iso = as_num.isna() & raw.notna()
-    if iso.any():
-        out[iso] = pd.to_datetime(raw[iso].astype(str), utc=True, errors="coerce", format="ISO8601")
-    return out
+    """Unix seconds (numbers or numeric strings), ISO-8601 strings or datetimes -> datetime64[ns, UTC].
+
+    Naive datetimes are taken as UTC. Values that do not parse or fall outside 1900..2262 -> NaT.
+    """
+    if pd.api.types.is_datetime64_any_dtype(raw.dtype):
+        out = pd.to_datetime(raw, utc=True, errors="coerce")
+    else:
+        as_num = pd.to_numeric(raw, errors="coerce")
+        ok = as_num.between(TS_MIN.timestamp(), TS_MAX.timestamp())
+        out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
+        if ok.any():
+            out[ok] = pd.to_datetime(as_num[ok], unit="s", utc=True)
+        iso = as_num.isna() & raw.notna()
+        if iso.any():
+            def one(v):
+                if isinstance(v, (pd.Timestamp, np.datetime64)) or hasattr(v, "tzinfo"):
+                    t = pd.Timestamp(v)
+                else:
+                    t = pd.to_datetime(str(v), utc=True, errors="coerce", format="ISO8601")
+                if t is pd.NaT or pd.isna(t):
+                    return pd.NaT
+                return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+            out[iso] = pd.to_datetime([one(v) for v in raw[iso]], utc=True)
+    return out.where((out >= TS_MIN) & (out < TS_MAX))
 
 
 def clean_events(events: pd.DataFrame, item_ids, user_ids, q: Quarantine,

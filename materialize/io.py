@@ -38,7 +38,7 @@ def vector_array(matrix: np.ndarray) -> pa.Array:
     """``(n, d)`` array -> Arrow ``list<float32>``; rows with any NaN become null."""
     m = np.ascontiguousarray(matrix, dtype=np.float32)
     n, d = m.shape
-    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
+    offsets = pa.array((np.arange(n + 1) * d).astype(np.int32))
     mask = np.isnan(m).any(axis=1) if n else np.zeros(0, bool)
     arr = pa.ListArray.from_arrays(offsets, pa.array(m.reshape(-1), type=pa.float32()),
                                    mask=pa.array(mask) if mask.any() else None)
@@ -52,7 +52,7 @@ def to_arrow(df: pd.DataFrame, vector_cols=()) -> pa.Table:
     for col in df.columns:
         s = df[col]
         if col in vector_cols:
-            dim = next((len(v) for v in s if v is not None), 0)
+            dim = next((len(v) for v in s if v is not None and not (isinstance(v, float) and np.isnan(v))), 0)
             mat = np.stack([np.full(dim, np.nan, np.float32) if v is None else np.asarray(v, np.float32)
                             for v in s]) if len(s) else np.zeros((0, dim), np.float32)
             arrays.append(vector_array(mat))

@@ -152,6 +152,9 @@ def run(cfg: JobConfig) -> JobSummary:
     with stage("clean"):
         data = clean(catalog, cfg.min_enrichment_confidence)
         items, users, events, q = data.items, data.users, data.events, data.quarantine
+        # rating aggregates, histories and entry times read rating events; other actions (clicks,
+        # purchases) are kept in the clean events but have no features yet
+        ratings = events[events["action"] == "rate"]
 
     with stage("select features"):
         candidates = sorted({g for gs in items["genres"] for g in gs},
@@ -201,13 +204,13 @@ def run(cfg: JobConfig) -> JobSummary:
         from recfeast.materialize.encoders.sequence import SequenceEncoder, SequenceEncoderConfig
 
         seq_enc = SequenceEncoder(SequenceEncoderConfig(input_dim=text_enc.dim, max_len=cfg.sequence_max_len))
-        hist = F.user_histories(events, cfg.sequence_max_len)
+        hist = F.user_histories(ratings, cfg.sequence_max_len)
         row_of = pd.Series(np.arange(len(ids)), index=ids)
         seq_emb = seq_enc.encode([text_emb[row_of[np.asarray(h, dtype=np.int64)].to_numpy()] for h in hist["item_ids"]])
         summary.models["sequence"] = seq_enc.model_id
 
     with stage("build tables"):
-        avail = F.item_available_from(items, events).to_numpy()
+        avail = F.item_available_from(items, ratings).to_numpy()
         tables, keys = {}, {}
         tables["item_text_embedding"] = pd.DataFrame({
             "item_id": ids, "event_timestamp": avail, "text_embedding": list(text_emb),
@@ -216,10 +219,10 @@ def run(cfg: JobConfig) -> JobSummary:
         tables["item_image_embedding"] = pd.DataFrame({
             "item_id": ids[ok], "event_timestamp": avail[ok], "image_embedding": list(img_emb[ok]),
             "image_model": img_enc.model_id, "content_hash": np.asarray(img_hashes, dtype=object)[ok]})
-        tables["item_content"], stats = F.build_item_content(items, events, kept)
-        tables["user_profile"], user_stats = F.build_user_profile(users, events)
+        tables["item_content"], stats = F.build_item_content(items, ratings, kept)
+        tables["user_profile"], user_stats = F.build_user_profile(users, ratings)
         stats.update(user_stats)
-        tables["user_behavior"] = F.build_user_behavior(events, items, kept)
+        tables["user_behavior"] = F.build_user_behavior(ratings, items, kept)
         tables["user_sequence_embedding"] = pd.DataFrame({
             "user_id": hist["user_id"].to_numpy(), "event_timestamp": hist["event_timestamp"].to_numpy(),
             "sequence_embedding": list(seq_emb), "sequence_length": hist["item_ids"].map(len).astype("int64"),

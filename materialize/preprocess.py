@@ -22,19 +22,24 @@ def fit_normalizer(values: pd.Series, method: str, name: str) -> dict:
     ``zscore``: ``(x - mean) / std`` (population std; std 0 -> 1). ``minmax``: ``(x - min) / (max - min)``
     (range 0 -> 1). Missing values are imputed with the fitted median before scaling.
 
+    With no finite value to fit on (an optional column absent from the input) the transform maps
+    every value to 0 and the stats say ``"fitted_on": 0``.
+
     Returns:
-        ``{"method", "median", "mean", "std"}`` or ``{"method", "median", "min", "max"}``, floats.
+        ``{"method", "median", "mean", "std", "fitted_on"}`` or ``{"method", "median", "min", "max",
+        "fitted_on"}``; floats and the number of values fitted on.
 
     Raises:
-        DataError: unknown method, or no finite value to fit on.
+        DataError: unknown method.
     """
     if method not in METHODS:
         raise DataError(f"normaliser for {name!r}: unknown method {method!r}; expected one of {METHODS}")
     x = pd.to_numeric(values, errors="coerce").astype("float64")
     x = x[np.isfinite(x)]
     if x.empty:
-        raise DataError(f"normaliser for {name!r}: no finite values to fit on")
-    stats = {"method": method, "median": float(x.median())}
+        base = {"method": method, "median": 0.0, "fitted_on": 0}
+        return {**base, "mean": 0.0, "std": 1.0} if method == "zscore" else {**base, "min": 0.0, "max": 1.0}
+    stats = {"method": method, "median": float(x.median()), "fitted_on": int(x.size)}
     if method == "zscore":
         std = float(x.std(ddof=0))
         stats.update(mean=float(x.mean()), std=std if std > 0 else 1.0)

@@ -52,7 +52,12 @@ def repo_config(repo: Path, online_store: str | None = None, project: str | None
     path = repo / "feature_store.yaml"
     if not path.is_file():
         raise ConfigError(f"{path}: no feature_store.yaml")
-    raw = yaml.safe_load(os.path.expandvars(path.read_text()))
+    try:
+        raw = yaml.safe_load(os.path.expandvars(path.read_text()))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings (project, registry, ...), got {type(raw).__name__}")
     kind = config.online_store(online_store)
     if kind == "redis":
         raw["online_store"] = {"type": "redis",

@@ -63,7 +63,7 @@ def repo_path(value: str | os.PathLike | None = None) -> Path:
 def tables_dir(repo: Path) -> Path:
     """Folder of the Parquet feature tables of feature repository ``repo`` (``repo/data/tables``).
 
-    ``feature_repo/features.py`` builds its FileSource paths from the same rule.
+    ``feature_repo/feature_definitions.py`` builds its FileSource paths from the same rule.
     """
     return repo / "data" / "tables"
 

@@ -81,6 +81,19 @@ class RankingFeatures:
                 "user_id": user, "items": items}
 
 
+def _as_key(value, name: str) -> int:
+    """An int64 key from an int (or integral numpy/float value); anything else is refused."""
+    if isinstance(value, (bool, np.bool_)):
+        raise FeatureLookupError(f"{name}={value!r}: expected an integer")
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    if not isinstance(value, (int, np.integer)):
+        raise FeatureLookupError(f"{name}={value!r}: expected an integer")
+    if not -(2**63) <= int(value) < 2**63:
+        raise FeatureLookupError(f"{name}={value}: outside the int64 range of entity keys")
+    return int(value)
+
+
 class OnlineFeatureClient:
     """Reads a feature service from the online store (SQLite or Redis) through Feast.
 
@@ -125,18 +138,20 @@ class OnlineFeatureClient:
             :class:`RankingFeatures` with n rows in the order of ``item_ids``.
 
         Raises:
-            FeatureLookupError: no items, or a key is not an integer.
+            FeatureLookupError: no items, a key that is not an int64 integer (1.5, "7", True), or
+                a request time outside 1970..2242.
             StoreError: the online store cannot be read.
         """
+        if isinstance(item_ids, (str, bytes)) or not hasattr(item_ids, "__iter__"):
+            raise FeatureLookupError(f"item_ids must be a list of integers, got {type(item_ids).__name__}")
         item_ids = list(item_ids)
         if not item_ids:
             raise FeatureLookupError("item_ids is empty: pass at least one item id")
-        try:
-            user_id = int(user_id)
-            item_ids = [int(i) for i in item_ids]
-        except (TypeError, ValueError) as exc:
-            raise FeatureLookupError(f"user and item ids must be integers: {exc}") from exc
-        ts = int(time.time()) if request_ts is None else int(request_ts)
+        user_id = _as_key(user_id, "user_id")
+        item_ids = [_as_key(i, f"item_ids[{n}]") for n, i in enumerate(item_ids)]
+        ts = int(time.time()) if request_ts is None else _as_key(request_ts, "request_ts")
+        if not 0 <= ts < 2**33:
+            raise FeatureLookupError(f"request_ts={ts}: expected unix seconds between 1970 and 2242")
         rows = [{"user_id": user_id, "item_id": i, "request_ts": ts} for i in item_ids]
         try:
             with warnings.catch_warnings():

@@ -2,7 +2,8 @@
 
 Each is ``<name>.parquet`` or ``<name>.csv`` (UTF-8, header). ``genres`` in CSV is ``|``-separated.
 Missing optional columns are added as nulls; a missing required column is an error. ``source`` is
-filled with ``<file>:<line>`` (CSV: the file line, header = 1; Parquet: the row number + 1).
+filled with ``<file>:<line>`` (CSV: the record number + 1, i.e. the file line when no field spans
+lines, header = 1; Parquet: the row number + 1).
 """
 
 from __future__ import annotations
@@ -38,12 +39,19 @@ def _read_one(data_dir: Path, name: str) -> pd.DataFrame:
     path = _find(data_dir, name)
     if path is None:
         raise DataError(f"{data_dir}: no {name}.parquet or {name}.csv")
-    if path.suffix == ".csv":
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        first_line = 2
-    else:
-        df = pd.read_parquet(path)
-        first_line = 1
+    try:
+        if path.suffix == ".csv":
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+            first_line = 2
+        else:
+            df = pd.read_parquet(path)
+            first_line = 1
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path}: empty file; expected a header line with columns {COLUMNS[name]}") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-encode it as UTF-8") from exc
+    except (pd.errors.ParserError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot be read as {path.suffix[1:].upper()}: {exc}") from exc
     missing = [c for c in REQUIRED[name] if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing required column(s) {missing}; canonical columns: {COLUMNS[name]}")
@@ -59,7 +67,6 @@ def _read_one(data_dir: Path, name: str) -> pd.DataFrame:
              [s for s in (list(g) if hasattr(g, "tolist") else str(g).split("|")) if s])
             for g in df["genres"]
         ]
-        df["release_date"] = pd.to_datetime(df["release_date"], utc=True, errors="coerce")
         for col in ("runtime_min", "enrichment_confidence"):
             df[col] = pd.to_numeric(df[col], errors="coerce")
     return df[list(COLUMNS[name])]

@@ -82,6 +82,18 @@ def _float_or_none(value: str | None) -> float | None:
         return None
 
 
+def _release_date(text: str):
+    """``dd-Mon-yyyy`` -> UTC Timestamp; empty -> None; anything else stays a string, which
+    cleaning quarantines as ``unparsable_release_date``."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return pd.to_datetime(text, format="%d-%b-%Y", utc=True)
+    except ValueError:
+        return text
+
+
 def read(data_dir: Path) -> Catalog:
     """Read MovieLens-100k (+ TMDB) in ``data_dir`` into a :class:`Catalog`.
 
@@ -110,7 +122,7 @@ def read(data_dir: Path) -> Catalog:
             "tagline": _none_if_blank(t.get("tagline")),
             "genres": [g for g, flag in zip(genres, flags) if flag.strip() == "1"],
             "image_path": poster,
-            "release_date": pd.to_datetime(f[2].strip() or None, format="%d-%b-%Y", utc=True),
+            "release_date": _release_date(f[2]),
             "runtime_min": _float_or_none(t.get("runtime")),
             "enrichment_confidence": (sim if sim is not None else 0.0) if t else None,
             "source": f"u.item:{no}",

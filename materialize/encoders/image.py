@@ -48,6 +48,24 @@ def _local_torchvision_weights(weights) -> Path | None:
     return path if path.is_file() else None
 
 
+def _load_state(model, path, backbone: str) -> None:
+    """Load a ``state_dict`` file strictly into ``model``.
+
+    Raises:
+        ModelError: the file is not a torch weights file or its tensors do not fit ``backbone``.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{path}: not {backbone} weights (a state_dict with matching tensors): "
+                         f"{str(exc).splitlines()[0][:300]}") from exc
+
+
 class ImageEncoder:
     """Pooled CNN features for images (posters, product photos).
 
@@ -107,7 +125,7 @@ class ImageEncoder:
         if not Path(weights_path).is_file():
             raise ModelError(f"{weights_path}: EfficientNet-Lite0 weights file not found")
         model = EfficientNet.from_name("efficientnet-lite0")
-        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True), strict=True)
+        _load_state(model, weights_path, "efficientnet-lite0")
         return model
 
     @staticmethod
@@ -125,7 +143,7 @@ class ImageEncoder:
                 "recfeast never downloads weights"
             )
         model = getattr(torchvision.models, backbone)(weights=None)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        _load_state(model, path, backbone)
         model.fc = torch.nn.Identity()  # the pooled 512/2048-d features
         return model
 
@@ -144,7 +162,7 @@ class ImageEncoder:
         try:
             with Image.open(path) as img:
                 return self.transform(img.convert("RGB")), None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             return None, ("image_corrupt", f"{path}: {type(exc).__name__}: {exc}")
 
     def encode(self, paths: Sequence[str | Path | None], batch_size: int = 32, normalize: bool = True,

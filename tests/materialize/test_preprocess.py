@@ -8,7 +8,8 @@ from recfeast.materialize.preprocess import apply_normalizer, fit_normalizer, se
 
 def test_zscore_roundtrip_and_imputation():
     stats = fit_normalizer(pd.Series([1.0, 2.0, 3.0, np.nan]), "zscore", "x")
-    assert stats == {"method": "zscore", "median": 2.0, "mean": 2.0, "std": pytest.approx(np.sqrt(2 / 3))}
+    assert stats == {"method": "zscore", "median": 2.0, "mean": 2.0, "std": pytest.approx(np.sqrt(2 / 3)),
+                     "fitted_on": 3}
     y = apply_normalizer([1.0, 3.0, None], stats)
     assert y.dtype == np.float32
     np.testing.assert_allclose(y, [-1.2247449, 1.2247449, 0.0], rtol=1e-6)
@@ -24,8 +25,8 @@ def test_minmax_and_constant_input():
 def test_bad_method_and_empty():
     with pytest.raises(DataError, match="'x': unknown method 'log'"):
         fit_normalizer(pd.Series([1.0]), "log", "x")
-    with pytest.raises(DataError, match="no finite values"):
-        fit_normalizer(pd.Series([np.nan]), "zscore", "x")
+    empty = fit_normalizer(pd.Series([np.nan, None]), "zscore", "x")  # an optional column left out
+    assert empty["fitted_on"] == 0 and apply_normalizer([np.nan, 3.0], empty).tolist() == [0.0, 3.0]
 
 
 def test_select_columns_real_genres(catalog):
