@@ -38,11 +38,10 @@ def _case(store_kind: str, n: int, service: bool) -> dict:
     fs = feature_store(repo)
     if store_kind == "file":
         from feast import FeatureStore
-        from feast.repo_config import FileOfflineStoreConfig
 
-        cfg = fs.config
-        cfg.offline_store = FileOfflineStoreConfig()
-        fs = FeatureStore(repo_path=str(repo), config=cfg)
+        from recfeast.materialize.store import repo_config
+
+        fs = FeatureStore(repo_path=str(repo), config=repo_config(repo, offline_store="file"))
     tables = config.tables_dir(repo)
     rng = np.random.default_rng(0)
     users = pd.read_parquet(tables / "user_profile.parquet", columns=["user_id"]).user_id.to_numpy()

@@ -32,7 +32,7 @@ def _quiet():
 
 
 def repo_config(repo: Path, online_store: str | None = None, project: str | None = None,
-                redis_connection_string: str | None = None):
+                redis_connection_string: str | None = None, offline_store: str | None = None):
     """Feast ``RepoConfig`` from ``repo/feature_store.yaml`` with recfeast's overrides.
 
     Args:
@@ -40,6 +40,8 @@ def repo_config(repo: Path, online_store: str | None = None, project: str | None
         online_store: ``sqlite`` or ``redis``; default :func:`recfeast.config.online_store`
             (``$RECFEAST_ONLINE_STORE``, else sqlite). ``redis`` swaps in a Redis online store at
             :func:`recfeast.config.redis_connection_string`.
+        offline_store: override the offline store type (``file`` for Feast's default dask store,
+            used as the benchmark anchor); default the yaml's (``duckdb``).
         project: override the project name; default ``$RECFEAST_PROJECT``, else the yaml's (tests use
             their own so they never touch the user's keys).
 
@@ -62,6 +64,8 @@ def repo_config(repo: Path, online_store: str | None = None, project: str | None
     if kind == "redis":
         raw["online_store"] = {"type": "redis",
                                "connection_string": config.redis_connection_string(redis_connection_string)}
+    if offline_store:
+        raw["offline_store"] = {"type": offline_store}
     project = config.project(project)
     if project:
         raw["project"] = project
