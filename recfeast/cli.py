@@ -3,6 +3,7 @@
 - ``recfeast materialize --data-dir DIR``: :func:`recfeast.materialize.job.run`
 - ``recfeast lookup --user U --items I1,I2``: :class:`recfeast.serving.sdk.OnlineFeatureClient`
 - ``recfeast train --data-dir DIR``: :func:`recfeast.training.train`
+- ``recfeast schedule --data-dir DIR`` / ``recfeast jobs``: :mod:`recfeast.materialize.schedule`
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import warnings
 
 import click
 
+from recfeast import config
 from recfeast.errors import RecfeastError
 
 
@@ -97,6 +99,56 @@ def lookup(user_id, items, feature_service, request_ts, repo_path, online_store)
     except RecfeastError as exc:
         _fail(exc)
     click.echo(_compact_json(feats.to_json()))
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="RECFEAST_DATA_DIR", required=True,
+              help="Raw data folder read by the tables job. Default: $RECFEAST_DATA_DIR.")
+@_repo_opt
+@click.option("--online-stores", default="sqlite", show_default=True,
+              help="Comma-separated online stores the load_online job fills (sqlite, redis).")
+@click.option("--tables-every", default="60", show_default=True,
+              help="Tables job trigger: minutes between runs, or a crontab line in quotes (UTC).")
+@click.option("--load-every", default="10", show_default=True,
+              help="load_online job trigger: minutes between runs, or a crontab line (UTC).")
+def schedule(data_dir, repo_path, online_stores, tables_every, load_every):
+    """Run the scheduled jobs in the foreground (stop with SIGTERM or Ctrl-C)."""
+    from recfeast.materialize.schedule import ScheduleConfig, serve
+
+    def trigger(text):
+        return {"interval_minutes": float(text)} if text.replace(".", "", 1).isdigit() else {"cron": text}
+
+    stores = tuple(s.strip() for s in online_stores.split(",") if s.strip())
+    try:
+        for kind in stores:
+            config.online_store(kind)
+        serve(ScheduleConfig(data_dir=data_dir, repo=repo_path, online_stores=stores,
+                             triggers={"tables": trigger(tables_every), "load_online": trigger(load_every)}),
+              log=click.echo)
+    except RecfeastError as exc:
+        _fail(exc)
+
+
+@main.command()
+@_repo_opt
+@click.option("--limit", default=20, show_default=True, help="Runs to list, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def jobs(repo_path, limit, as_json):
+    """List recent runs of the scheduled jobs (start, end, status, rows, detail)."""
+    from recfeast.materialize.schedule import recent_runs
+
+    try:
+        runs = recent_runs(config.repo_path(repo_path), limit)
+    except RecfeastError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(runs, indent=2))
+        return
+    click.echo(f"{'id':>5}  {'job':<12}{'started (UTC)':<27}{'ended (UTC)':<27}{'status':<9}{'rows':>8}  detail")
+    for r in runs:
+        detail = (r["detail"] or "").splitlines()[0][:60] if r["detail"] else ""
+        click.echo(f"{r['id']:>5}  {r['job']:<12}{r['started_at']:<27}{(r['ended_at'] or ''):<27}"
+                   f"{r['status']:<9}{(r['rows'] if r['rows'] is not None else ''):>8}  {detail}")
 
 
 @main.command()

@@ -1,0 +1,204 @@
+"""Scheduled jobs (apscheduler): rebuild the feature tables and load the online stores.
+
+Two jobs, each on its own trigger (interval or cron):
+
+- ``tables``: the main job without the online load (:func:`recfeast.materialize.job.run` with
+  ``materialize=False``): re-embeds only new or changed items (unchanged embeddings are reused),
+  recomputes the behaviour aggregates, writes the tables, applies the definitions;
+- ``load_online``: :func:`recfeast.materialize.online.load` into each configured online store: it
+  clears the entities whose latest row changed or vanished and loads every row whatever its event
+  time, so a row that arrived late is never skipped (Feast's ``materialize_incremental`` would skip
+  it: it uses event time as its watermark).
+
+Guarantees: a job never overlaps itself, also across scheduler processes on one machine (an
+``fcntl`` lock per job in the state folder; a run that finds the lock taken is recorded as
+``skipped``); missed runs coalesce into one (apscheduler ``coalesce=True``); the job store is a
+SQLite file (``SQLAlchemyJobStore``), so the schedule survives a restart; SIGTERM/SIGINT stop the
+scheduler after the running job finishes. Each run is recorded in ``runs.sqlite`` (start, end,
+status, rows, error) and ``recfeast jobs`` lists them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sqlite3
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from recfeast import config
+from recfeast.errors import ConfigError
+
+JOBS = ("tables", "load_online")
+DEFAULT_TRIGGERS = {"tables": {"interval_minutes": 60}, "load_online": {"interval_minutes": 10}}
+
+
+@dataclass
+class ScheduleConfig:
+    """What the scheduler runs and when."""
+
+    data_dir: str                        # raw data folder read by the tables job
+    repo: str | None = None              # feature repository; default recfeast.config.repo_path()
+    online_stores: tuple[str, ...] = ("sqlite",)  # stores the load_online job fills
+    triggers: dict = field(default_factory=lambda: dict(DEFAULT_TRIGGERS))
+    # each trigger: {"interval_minutes": N} or {"cron": "m h dom mon dow"} (crontab syntax, UTC)
+
+
+def state_dir(repo: Path) -> Path:
+    """Folder of the scheduler's job store, run records and locks: ``<repo>/data/scheduler``."""
+    path = Path(repo) / "data" / "scheduler"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ------------------------------------------------------------------ run records
+def _runs_db(repo: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(state_dir(repo) / "runs.sqlite", timeout=30)
+    conn.execute("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, "
+                 "started_at TEXT NOT NULL, ended_at TEXT, status TEXT NOT NULL, rows INTEGER, detail TEXT)")
+    return conn
+
+
+def recent_runs(repo: Path, limit: int = 20) -> list[dict]:
+    """The latest ``limit`` runs, newest first: id, job, started_at, ended_at, status, rows, detail."""
+    with contextlib.closing(_runs_db(repo)) as conn:
+        cur = conn.execute("SELECT id, job, started_at, ended_at, status, rows, detail FROM runs "
+                           "ORDER BY id DESC LIMIT ?", (limit,))
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def job_lock(repo: Path, job: str):
+    """Yield True while holding the job's lock, False when another process holds it."""
+    path = state_dir(repo) / f"{job}.lock"
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            fh.seek(0), fh.truncate(), fh.write(f"{os.getpid()}\n"), fh.flush()
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_job(job: str, data_dir: str, repo: str, online_stores: tuple[str, ...] = ("sqlite",)) -> dict:
+    """Run one scheduled job now, under its lock, and record the run.
+
+    Returns:
+        The run record (``status`` is ``ok``, ``failed`` or ``skipped``). A failure is recorded,
+        not raised, so the scheduler keeps going and the next run catches up.
+
+    Raises:
+        ConfigError: unknown job name.
+    """
+    if job not in JOBS:
+        raise ConfigError(f"unknown job {job!r}; expected one of {JOBS}")
+    repo_path = config.repo_path(repo)
+    with job_lock(repo_path, job) as held, contextlib.closing(_runs_db(repo_path)) as db:
+        started = _now()
+        if not held:
+            cur = db.execute("INSERT INTO runs (job, started_at, ended_at, status, detail) VALUES (?,?,?,?,?)",
+                             (job, started, _now(), "skipped", "another run of this job holds its lock"))
+            db.commit()
+            return recent_runs(repo_path, 1)[0]
+        cur = db.execute("INSERT INTO runs (job, started_at, status) VALUES (?,?,?)", (job, started, "running"))
+        db.commit()
+        run_id = cur.lastrowid
+        status, rows, detail = "ok", None, None
+        try:
+            rows, detail = _JOB_FUNCS[job](data_dir, repo_path, online_stores)
+        except Exception as exc:  # recorded with its traceback; the schedule goes on
+            status, detail = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"[:4000]
+        db.execute("UPDATE runs SET ended_at=?, status=?, rows=?, detail=? WHERE id=?",
+                   (_now(), status, rows, detail, run_id))
+        db.commit()
+    return recent_runs(repo_path, 1)[0]
+
+
+def _tables_job(data_dir, repo, online_stores):
+    from recfeast.materialize.job import JobConfig, run
+
+    summary = run(JobConfig(data_dir=data_dir, repo=repo, materialize=False, progress=False))
+    rows = sum(t["rows"] for t in summary.tables.values() if "rows" in t)
+    changed = {k: t.get("new_or_changed", 0) for k, t in summary.tables.items()}
+    return rows, json.dumps({"new_or_changed": changed, "quarantine": summary.quarantine})
+
+
+def _load_job(data_dir, repo, online_stores):
+    from recfeast.materialize import online, store
+
+    cleared = {}
+    for kind in online_stores:
+        fs = store.feature_store(repo, kind)
+        cleared[kind] = online.load(fs, config.tables_dir(repo), quiet=True)
+    return sum(sum(c.values()) for c in cleared.values()), json.dumps({"cleared": cleared})
+
+
+_JOB_FUNCS = {"tables": _tables_job, "load_online": _load_job}
+
+
+# ------------------------------------------------------------------ the scheduler
+def _trigger(spec: dict):
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    if "cron" in spec:
+        try:
+            return CronTrigger.from_crontab(spec["cron"], timezone="UTC")
+        except ValueError as exc:
+            raise ConfigError(f"cron {spec['cron']!r}: {exc}") from exc
+    minutes = spec.get("interval_minutes")
+    if not isinstance(minutes, (int, float)) or minutes <= 0:
+        raise ConfigError(f"trigger {spec!r}: expected {{'interval_minutes': N > 0}} or {{'cron': '...'}}")
+    return IntervalTrigger(minutes=minutes, timezone="UTC")
+
+
+def build_scheduler(cfg: ScheduleConfig, blocking: bool = True):
+    """An apscheduler scheduler with a SQLite job store and both jobs added (replacing earlier ones)."""
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    repo = config.repo_path(cfg.repo)
+    unknown = set(cfg.triggers) - set(JOBS)
+    if unknown:
+        raise ConfigError(f"unknown job(s) {sorted(unknown)} in triggers; expected {JOBS}")
+    store_url = f"sqlite:///{state_dir(repo) / 'jobs.sqlite'}"
+    cls = BlockingScheduler if blocking else BackgroundScheduler
+    sched = cls(jobstores={"default": SQLAlchemyJobStore(url=store_url)}, timezone="UTC",
+                job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
+    for job, spec in cfg.triggers.items():
+        sched.add_job(run_job, _trigger(spec), id=job, name=job, replace_existing=True,
+                      next_run_time=datetime.now(timezone.utc),  # run once at start, then on the trigger
+                      kwargs={"job": job, "data_dir": str(cfg.data_dir), "repo": str(repo),
+                              "online_stores": tuple(cfg.online_stores)})
+    return sched
+
+
+def serve(cfg: ScheduleConfig, log=print) -> None:
+    """Run the scheduler in the foreground until SIGTERM/SIGINT; the running job finishes first."""
+    sched = build_scheduler(cfg, blocking=True)
+
+    def stop(signum, _frame):
+        log(f"received signal {signum}: stopping after the running job")
+        sched.shutdown(wait=True)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for job in sched.get_jobs():
+        log(f"job {job.id}: {job.trigger}")
+    sched.start()
