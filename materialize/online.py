@@ -122,9 +122,14 @@ def load(store, tables_dir: Path, quiet: bool = False) -> dict[str, int]:
 
     from recfeast.materialize import store as store_ops
 
+    from recfeast.errors import StoreError
+
     kind = store.config.online_store.type
-    cleared = {view: clear_online_rows(store, view, ids)
-               for view, ids in load_pending(tables_dir).get(kind, {}).items()}
+    try:
+        cleared = {view: clear_online_rows(store, view, ids)
+                   for view, ids in load_pending(tables_dir).get(kind, {}).items()}
+    except Exception as exc:  # redis ConnectionError, sqlite OperationalError, ...
+        raise StoreError(f"clearing stale rows in the {kind} online store failed: {exc}") from exc
     starts = []
     for fv in store.list_feature_views():
         path = Path(fv.batch_source.path)

@@ -138,13 +138,25 @@ def _tables_job(data_dir, repo, online_stores):
     return rows, json.dumps({"new_or_changed": changed, "quarantine": summary.quarantine})
 
 
+#: load attempts per store and the exponential backoff between them (seconds)
+LOAD_ATTEMPTS, LOAD_BACKOFF_MIN_S, LOAD_BACKOFF_MAX_S = 4, 1.0, 8.0
+
+
 def _load_job(data_dir, repo, online_stores):
+    """Load every configured store; a store that fails (Redis down or restarting) is retried with
+    exponential backoff (tenacity), then the run fails visibly. What was pending stays pending
+    (``online.load`` forgets it only after a successful load), so the next run catches up."""
+    from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+    from recfeast.errors import StoreError
     from recfeast.materialize import online, store
 
-    cleared = {}
-    for kind in online_stores:
-        fs = store.feature_store(repo, kind)
-        cleared[kind] = online.load(fs, config.tables_dir(repo), quiet=True)
+    @retry(retry=retry_if_exception_type(StoreError), stop=stop_after_attempt(LOAD_ATTEMPTS),
+           wait=wait_exponential(min=LOAD_BACKOFF_MIN_S, max=LOAD_BACKOFF_MAX_S), reraise=True)
+    def load_one(kind):
+        return online.load(store.feature_store(repo, kind), config.tables_dir(repo), quiet=True)
+
+    cleared = {kind: load_one(kind) for kind in online_stores}
     return sum(sum(c.values()) for c in cleared.values()), json.dumps({"cleared": cleared})
 
 

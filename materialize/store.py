@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import sys
 import warnings
@@ -19,6 +20,18 @@ from recfeast import config
 from recfeast.errors import ConfigError, StoreError
 
 DEFINITIONS_FILE = "feature_definitions.py"
+
+
+class _DropServeWhileMaterializingNotice(logging.Filter):
+    """Feast 0.67 logs that ``serve_features_while_materializing`` "typically has no effect" on a file
+    registry; it does have one (reads during and after a crashed load keep working, see
+    tests/materialize/test_online_refresh.py), so the notice only misleads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "serve_features_while_materializing" not in record.getMessage()
+
+
+logging.getLogger("feast.repo_config").addFilter(_DropServeWhileMaterializingNotice())
 
 
 @contextlib.contextmanager

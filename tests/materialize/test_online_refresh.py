@@ -89,3 +89,23 @@ def test_online_follows_tables_on_both_stores(tmp_path, data_dir):
             _check(repo, project, kind)
     finally:
         drop_online(fs_redis)
+
+
+def test_reads_keep_working_while_a_view_is_materializing(small_run):
+    """Feast 0.67 refuses reads of a view in MATERIALIZING state (during a load, and forever after a
+    load that crashed) unless the registry allows them: feature_store.yaml does."""
+    from feast.feature_view import FeatureViewState
+
+    repo, _, project = small_run
+    fs = store.feature_store(repo, "sqlite", project)
+    assert fs.config.registry.serve_features_while_materializing is True
+    fv = fs.get_feature_view("item_content")
+    fv.state = FeatureViewState.MATERIALIZING  # what a load in progress (or killed) leaves behind
+    fs.registry.apply_feature_view(fv, fs.project, commit=True)
+    try:
+        items = pd.read_parquet(repo / "data" / "tables" / "item_content.parquet").item_id.unique()[:3].tolist()
+        f = OnlineFeatureClient(repo, "sqlite", project=project).get_features(1, items)
+        assert f.status.item_content.tolist() == ["found"] * 3
+    finally:
+        fv.state = FeatureViewState.AVAILABLE_ONLINE
+        fs.registry.apply_feature_view(fv, fs.project, commit=True)

@@ -90,3 +90,37 @@ def test_sigterm_stops_cleanly_after_running_job(env_project, small_data):
     runs = schedule.recent_runs(repo, 1000)[: len(schedule.recent_runs(repo, 1000)) - before]
     assert {r["job"] for r in runs} == {"tables", "load_online"}
     assert all(r["status"] in ("ok", "skipped") and r["ended_at"] for r in runs), runs
+
+
+def test_redis_down_retries_then_fails_visibly_and_next_run_catches_up(env_project, small_data, monkeypatch):
+    repo = env_project
+    tables = repo / "data" / "tables"
+    from recfeast.materialize import online
+
+    online.add_pending(tables, "item_content", [1], kinds=("redis",))
+    monkeypatch.setattr(schedule, "LOAD_BACKOFF_MIN_S", 0.1)
+    monkeypatch.setattr(schedule, "LOAD_BACKOFF_MAX_S", 0.2)
+    monkeypatch.setenv("REDIS_CONNECTION_STRING", "127.0.0.1:1")  # nothing listens there
+    calls = []
+    real_load = online.load
+
+    def counting_load(*a, **k):
+        calls.append(1)
+        return real_load(*a, **k)
+
+    monkeypatch.setattr(online, "load", counting_load)
+    failed = schedule.run_job("load_online", str(small_data[0]), str(repo), ("redis",))
+    assert failed["status"] == "failed" and "StoreError" in failed["detail"]
+    assert len(calls) == schedule.LOAD_ATTEMPTS
+    assert online.load_pending(tables)["redis"]["item_content"] == [1]  # nothing forgotten
+    monkeypatch.setenv("REDIS_CONNECTION_STRING", "127.0.0.1:6379,db=15")
+    from recfeast.materialize import store
+    from tests.conftest import drop_online
+
+    fs = store.feature_store(repo, "redis")
+    try:
+        store.apply(fs)
+        ok = schedule.run_job("load_online", str(small_data[0]), str(repo), ("redis",))
+        assert ok["status"] == "ok" and "redis" not in online.load_pending(tables)
+    finally:
+        drop_online(fs)
