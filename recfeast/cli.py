@@ -158,12 +158,15 @@ def jobs(repo_path, limit, as_json):
 @click.option("--out-dir", default="runs/ranking", show_default=True, help="Checkpoint, metrics, plots.")
 @click.option("--val-start", default="1998-03-01", show_default=True, help="T1: validation from here.")
 @click.option("--test-start", default="1998-03-29", show_default=True, help="T2: test from here.")
-@click.option("--negatives", default=2, show_default=True, help="Sampled negatives per positive.")
+@click.option("--negatives", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Sampled negatives per positive.")
 @click.option("--groups", default="behavior,text,image,sequence", show_default=True,
               help="Feature groups of the model (behavior is always on).")
-@click.option("--max-epochs", default=30, show_default=True)
-@click.option("--eval-users", default=300, show_default=True, help="Users in the NDCG/HR evaluation (0 = all).")
-@click.option("--eval-negatives", default=99, show_default=True, help="Never-rated items ranked against each positive.")
+@click.option("--max-epochs", default=30, show_default=True, type=click.IntRange(min=1))
+@click.option("--eval-users", default=300, show_default=True, type=click.IntRange(min=0),
+              help="Users in the NDCG/HR evaluation (0 = all).")
+@click.option("--eval-negatives", default=99, show_default=True, type=click.IntRange(min=1),
+              help="Never-rated items ranked against each positive.")
 @click.option("--no-ablation", is_flag=True, help="Train only the configured model (and the popularity baseline).")
 @click.option("--reproducible", is_flag=True, help="Hide feature rows created after each example's time.")
 @click.option("--seed", default=0, show_default=True)

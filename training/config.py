@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pandas as pd
+
+from recfeast.errors import ConfigError
+
 #: feature groups of the ranking model; "behavior" is always on (see training/features.py)
 GROUPS = ("behavior", "text", "image", "sequence")
 
@@ -39,3 +43,28 @@ class TrainConfig:
     ablation: bool = True                   # also train behaviour-only, +text, +image, +sequence
     out_dir: str = "runs/ranking"           # checkpoint, metrics JSON, tables, plots
     extra: dict = field(default_factory=dict)
+
+    def validate(self) -> "TrainConfig":
+        """Check every setting before any work is done.
+
+        Raises:
+            ConfigError: naming the setting and what was expected.
+        """
+        try:
+            t1, t2 = pd.Timestamp(self.val_start, tz="UTC"), pd.Timestamp(self.test_start, tz="UTC")
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"val_start={self.val_start!r} / test_start={self.test_start!r}: expected "
+                              f"dates like 1998-03-01 ({exc})") from exc
+        if t1 >= t2:
+            raise ConfigError(f"val_start {self.val_start} must be before test_start {self.test_start}")
+        checks = {"negatives_per_positive": 1, "max_epochs": 1, "eval_negatives": 1, "batch_size": 1,
+                  "patience": 1, "k": 1}
+        for name, low in checks.items():
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected an integer >= {low}")
+        if self.eval_max_users is not None and (not isinstance(self.eval_max_users, int) or self.eval_max_users < 1):
+            raise ConfigError(f"eval_max_users={self.eval_max_users!r}: expected None (all users) or an integer >= 1")
+        bad = set(self.groups) - set(GROUPS)
+        if bad:
+            raise ConfigError(f"unknown feature group(s) {sorted(bad)}; expected some of {GROUPS}")
+        return self

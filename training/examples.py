@@ -74,20 +74,22 @@ def labelled_examples(events: pd.DataFrame, item_available: pd.Series, cfg) -> p
         (``train`` < T1 <= ``val`` < T2 <= ``test``), ordered by time.
 
     Raises:
-        ConfigError: T1 >= T2, or a split is empty.
+        ConfigError: a setting is invalid (:meth:`TrainConfig.validate`), or a split is empty.
     """
+    cfg.validate()
     t1, t2 = pd.Timestamp(cfg.val_start, tz="UTC"), pd.Timestamp(cfg.test_start, tz="UTC")
-    if t1 >= t2:
-        raise ConfigError(f"val_start {cfg.val_start} must be before test_start {cfg.test_start}")
     pos = events[events["value"] >= cfg.positive_min_rating][["user_id", "item_id", "event_timestamp"]]
     pos = pos.reset_index(drop=True).assign(label=1)
     neg = sample_unrated(events, pos[["user_id", "event_timestamp"]], cfg.negatives_per_positive,
                          item_available, cfg.seed).drop(columns="anchor").assign(label=0)
+    # two positives of one user at one moment may draw the same negative: keep it once
+    neg = neg.drop_duplicates(["user_id", "event_timestamp", "item_id"])
     ex = pd.concat([pos, neg], ignore_index=True)
     ex = ex.sort_values(["event_timestamp", "user_id", "label", "item_id"], ascending=[True, True, False, True],
                         kind="stable").reset_index(drop=True)
     ex["label"] = ex["label"].astype("int64")
-    ex["request_ts"] = (ex["event_timestamp"].astype("int64") // 10**9).astype("int64")
+    epoch = pd.Timestamp(0, tz="UTC")
+    ex["request_ts"] = ((ex["event_timestamp"] - epoch) // pd.Timedelta(seconds=1)).astype("int64")
     ex["split"] = np.where(ex["event_timestamp"] < t1, "train", np.where(ex["event_timestamp"] < t2, "val", "test"))
     for name in ("train", "val", "test"):
         if not (ex["split"] == name).any():

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from recfeast.errors import ConfigError
+from recfeast.errors import ConfigError, DataError
 
 CATEGORICAL = ("gender", "occupation", "age_bucket")
 LOG_COUNTS = ("rating_count_7d", "rating_count_30d", "rating_count_90d", "rating_count_total", "rating_count",
@@ -34,9 +34,18 @@ SEQUENCE_SCALARS = ("sequence_length", "user_item_cosine")
 GROUPS = ("behavior", "text", "image", "sequence")
 
 
-def _vectors(s: pd.Series, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Object column of arrays/None -> ((n, dim) float32 with zeros for missing, (n,) bool present)."""
+def _vectors(s: pd.Series, dim: int, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Object column of arrays/None -> ((n, dim) float32 with zeros for missing, (n,) bool present).
+
+    Raises:
+        DataError: with ``strict``, a vector whose length is not ``dim`` (another model's embedding).
+    """
     present = np.array([isinstance(v, np.ndarray) and len(v) == dim for v in s])
+    if strict:
+        wrong = [len(v) for v in s if isinstance(v, np.ndarray) and len(v) != dim]
+        if wrong:
+            raise DataError(f"column {s.name!r}: {len(wrong)} vectors of length {wrong[0]}, the model expects {dim} "
+                            "(the features come from another encoder or genre selection than at training)")
     out = np.zeros((len(s), dim), np.float32)
     if present.any():
         out[present] = np.stack([v for v, p in zip(s, present) if p]).astype(np.float32)
@@ -118,7 +127,7 @@ class FeatureSpec:
         out: dict[str, np.ndarray] = {}
         for g in self.groups:
             for col in VECTORS[g]:
-                vec, present = _vectors(frame[col], self.dims[col])
+                vec, present = _vectors(frame[col], self.dims[col], strict=True)
                 out[col] = vec
                 if g == "image":
                     parts.append(present.astype(np.float64))

@@ -72,18 +72,24 @@ def fit_model(cfg: TrainConfig, spec: FeatureSpec, train: dict, y_train: np.ndar
             stale += 1
             if stale >= cfg.patience:
                 break
-    model.load_state_dict(best_state)
+    if best_state is not None:  # None only when validation loss was never finite
+        model.load_state_dict(best_state)
     return model.eval(), history
 
 
 def save_checkpoint(path: Path, model: RankingModel, cfg: TrainConfig, spec: FeatureSpec, features: list[str],
-                    normalization: dict, metrics: dict) -> None:
-    """One file holding everything needed to rebuild and use the model (atomic write)."""
+                    normalization: dict, metrics: dict, model_ids: dict | None = None,
+                    feature_selection: dict | None = None) -> None:
+    """One file holding everything needed to rebuild and use the model (atomic write): config,
+    fitted transform, feature list, the embedding models' identities the model was trained on
+    (serving must read features from the same encoders), the kept genre columns, normalisation
+    statistics and test metrics."""
     from recfeast.materialize.io import atomic_write_bytes
 
     dims = {n: model.proj[n][0].in_features for n in model.vector_names}
     ckpt = {"config": asdict(cfg), "spec": spec.to_dict(), "features": features, "normalization": normalization,
-            "metrics": metrics, "dense_dim": model.mlp[0].in_features - 32 * len(dims), "vector_dims": dims,
+            "metrics": metrics, "embedding_models": model_ids or {}, "feature_selection": feature_selection or {},
+            "dense_dim": model.mlp[0].in_features - 32 * len(dims), "vector_dims": dims,
             "state_dict": model.state_dict()}
     atomic_write_bytes(path, lambda p: torch.save(ckpt, p))
 
@@ -146,6 +152,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from recfeast.training.dataset import get_training_set, save_training_set
     from recfeast.training.examples import labelled_examples, sample_unrated
 
+    cfg.validate()
     t_start = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,12 +161,20 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     # 1. events and labels --------------------------------------------------------------------
     data = clean(read_catalog(config.data_dir(cfg.data_dir)))
-    available = pd.Series(F.item_available_from(data.items, data.events).to_numpy(), index=data.items["item_id"])
-    examples = labelled_examples(data.events, available, cfg)
+    ratings = data.events[data.events["action"] == "rate"]  # the events the feature tables are built from
+    available = pd.Series(F.item_available_from(data.items, ratings).to_numpy(), index=data.items["item_id"])
+    examples = labelled_examples(ratings, available, cfg)
     log(f"1. examples: {len(examples)} rows, " + ", ".join(f"{s} {n}" for s, n in examples.split.value_counts().items()))
 
     # 2. point-in-time training set -------------------------------------------------------------
     tset, info = get_training_set(store, examples, cfg.feature_service, cfg.reproducible)
+    if info.null_share and min(info.null_share.values()) == 1.0:
+        from recfeast.errors import DataError
+        raise DataError(
+            "every feature is null for every example: "
+            + ("with --reproducible only rows created before each example count, and the tables were written "
+               f"after {info.time_range[1]}; train without --reproducible on historical data"
+               if cfg.reproducible else "the tables have no rows before the examples' times"))
     save_training_set(tset, info, out / "training_set.parquet")
     log(f"2. training set: {info.rows} rows, {len(info.features)} features, {info.seconds:.1f} s; models {info.model_ids}")
 
@@ -168,7 +183,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if cfg.eval_max_users:
         test_pos = test_pos.sample(n=min(cfg.eval_max_users, len(test_pos)), random_state=cfg.seed)
     anchors = test_pos[["user_id", "item_id", "event_timestamp", "request_ts"]].reset_index(drop=True)
-    negs = sample_unrated(data.events, anchors, cfg.eval_negatives, available, cfg.seed + 1, exclude_future=True)
+    negs = sample_unrated(ratings, anchors, cfg.eval_negatives, available, cfg.seed + 1, exclude_future=True)
     cands = pd.concat([anchors.assign(anchor=np.arange(len(anchors)), label=1), negs.assign(label=0)], ignore_index=True)
     cands = cands[cands.anchor.isin(negs.anchor.unique())].reset_index(drop=True)
     if cands.empty:
@@ -223,7 +238,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         "ablation": results, "history": histories, "seconds": round(time.perf_counter() - t_start, 1),
     }
     normalization = json.loads((config.tables_dir(repo) / "normalization.json").read_text())
-    save_checkpoint(out / "ranking_model.pt", model, cfg, spec, info.features, normalization, best)
+    selection = json.loads((config.tables_dir(repo) / "feature_selection.json").read_text())
+    save_checkpoint(out / "ranking_model.pt", model, cfg, spec, info.features, normalization, best,
+                    model_ids=info.model_ids, feature_selection=selection)
     from recfeast.materialize.io import write_json
     write_json(out / "metrics.json", metrics)
     cols = ["variant", "auc", "log_loss", f"ndcg@{cfg.k}", f"hr@{cfg.k}", "users", "epochs"]

@@ -82,3 +82,40 @@ def test_paired_bootstrap_interval():
     noisy = paired_bootstrap(np.random.default_rng(1).random(200), np.random.default_rng(2).random(200))
     lo, hi = noisy["ci95"]
     assert lo < noisy["diff"] < hi and hi - lo > 0.05
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    ({"val_start": "garbage"}, "expected dates"), ({"test_start": "1998-13-01"}, "expected dates"),
+    ({"negatives_per_positive": 0}, "negatives_per_positive=0"), ({"max_epochs": 0}, "max_epochs=0"),
+    ({"eval_max_users": -1}, "eval_max_users=-1"), ({"eval_negatives": 0}, "eval_negatives=0"),
+    ({"groups": ("behavior", "foo")}, r"unknown feature group\(s\) \['foo'\]"),
+])
+def test_config_validation(kwargs, msg):
+    with pytest.raises(ConfigError, match=msg):
+        TrainConfig(**kwargs).validate()
+
+
+def test_duplicate_negatives_dropped_and_request_ts_unit():
+    ev = pd.concat([EVENTS, EVENTS.iloc[[0]].assign(item_id=11, value=5.0)], ignore_index=True)  # 2 positives at once
+    ev["event_timestamp"] = ev.event_timestamp.astype("datetime64[us, UTC]")
+    ex = labelled_examples(ev, AVAILABLE, TrainConfig(val_start="2020-01-02", test_start="2020-02-15"))
+    assert not ex.duplicated(["user_id", "event_timestamp", "item_id"]).any()
+    assert ex.request_ts.iloc[0] == 1577836800  # 2020-01-01 in seconds, whatever the timestamp unit
+
+
+def test_transform_refuses_vectors_of_another_model():
+    from recfeast.errors import DataError
+    from recfeast.training.features import FeatureSpec
+
+    row = {"gender": "M", "occupation": "x", "age_bucket": "25-34", "genre_share": np.ones(2, np.float32),
+           "genre_flags": np.ones(2, np.float32), "text_embedding": np.ones(4, np.float32)}
+    frame = pd.DataFrame([row, row])
+    for c in ("age", "avg_rating_7d", "avg_rating_30d", "avg_rating_90d", "avg_rating_total", "release_year", "runtime",
+              "avg_rating", "popularity", "days_since_last_rating", "rating_count_7d", "rating_count_30d",
+              "rating_count_90d", "rating_count_total", "rating_count"):
+        frame[c] = 1.0
+    spec = FeatureSpec.fit(frame, ("behavior", "text"))
+    assert spec.transform(frame)["text_embedding"].shape == (2, 4)
+    other = frame.assign(text_embedding=[np.ones(3, np.float32)] * 2)
+    with pytest.raises(DataError, match="'text_embedding': 2 vectors of length 3, the model expects 4"):
+        spec.transform(other)

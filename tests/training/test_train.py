@@ -46,6 +46,7 @@ def test_train_end_to_end_on_slice(small_run, small_data, tmp_path):
     model, spec, ckpt = load_checkpoint(out / "ranking_model.pt")
     assert tuple(ckpt["config"]["groups"]) == ("behavior", "text", "image", "sequence")
     assert ckpt["features"] == info["features"] and "item_content.popularity" in ckpt["normalization"]
+    assert ckpt["embedding_models"] == info["model_ids"] and ckpt["feature_selection"]["kept"]
     import torch
 
     arrays = spec.transform(tset.head(50))
@@ -56,3 +57,16 @@ def test_train_end_to_end_on_slice(small_run, small_data, tmp_path):
         p2 = torch.sigmoid(model2({k: torch.from_numpy(v) for k, v in spec2.transform(tset.head(50)).items()})).numpy()
     np.testing.assert_array_equal(p1, p2)
     assert p1.shape == (50,) and ((p1 > 0) & (p1 < 1)).all()
+
+
+def test_reproducible_set_with_no_visible_rows_is_an_error(small_run, small_data, tmp_path):
+    """Tables written today hold nothing created before 1998's examples: say so, do not train on nulls."""
+    repo, _, project = small_run
+    res = CliRunner().invoke(main, [
+        "train", "--data-dir", str(small_data[0]), "--repo-path", str(repo), "--out-dir", str(tmp_path / "r"),
+        "--val-start", "1998-01-01", "--test-start", "1998-03-01", "--reproducible", "--no-ablation",
+    ], env={"RECFEAST_PROJECT": project})
+    assert res.exit_code == 2, res.output
+    assert "every feature is null" in res.output and "--reproducible" in res.output
+    bad = CliRunner().invoke(main, ["train", "--data-dir", str(small_data[0]), "--val-start", "garbage"])
+    assert bad.exit_code == 2 and "expected dates" in bad.output
