@@ -81,7 +81,7 @@ def row_digest(df: pd.DataFrame, exclude=("created_timestamp",)) -> pd.Series:
 
 
 def write_feature_table(df: pd.DataFrame, path: Path, key_cols: list[str], run_ts: pd.Timestamp,
-                        vector_cols=()) -> dict:
+                        vector_cols=(), on_stale=None) -> dict:
     """Write a feature table atomically, keeping ``created_timestamp`` of rows that did not change.
 
     A row whose ``key_cols`` and values equal a row of the existing table keeps that row's
@@ -90,7 +90,8 @@ def write_feature_table(df: pd.DataFrame, path: Path, key_cols: list[str], run_t
 
     Returns:
         ``{"rows", "new_or_changed", "unchanged"}`` counts and ``stale_entities``: keys whose latest
-        row changed or disappeared (their online rows must be cleared before the next load).
+        row changed or disappeared (their online rows must be cleared before the next load);
+        ``on_stale(stale_entities)`` is called before the file is replaced.
 
     Raises:
         DataError: the existing table is damaged (the message says to delete it).
@@ -119,5 +120,7 @@ def write_feature_table(df: pd.DataFrame, path: Path, key_cols: list[str], run_t
     df["created_timestamp"] = created
     ordered = key_cols + ["created_timestamp"] + [c for c in df.columns if c not in key_cols + ["created_timestamp"]]
     table = to_arrow(df[ordered], vector_cols)
+    if on_stale is not None:
+        on_stale(stale)  # recorded before the table changes: a kill in between loses nothing
     atomic_write_bytes(path, lambda p: pq.write_table(table, p))
     return {"rows": len(df), "new_or_changed": len(df) - unchanged, "unchanged": unchanged, "stale_entities": stale}

@@ -233,8 +233,9 @@ def run(cfg: JobConfig) -> JobSummary:
     with stage("write tables"):
         for name in TABLES:
             vec_cols = [c for c in tables[name].columns if c.endswith(("embedding", "genre_flags", "genre_share"))]
-            info = io.write_feature_table(tables[name], out_dir / f"{name}.parquet", keys[name], run_ts, vec_cols)
-            online.add_pending(out_dir, name, info.pop("stale_entities"))
+            info = io.write_feature_table(tables[name], out_dir / f"{name}.parquet", keys[name], run_ts, vec_cols,
+                                          on_stale=lambda ids, view=name: online.add_pending(out_dir, view, ids))
+            info.pop("stale_entities")
             summary.tables[name] = {**summary.tables.get(name, {}), **info}
         qf = q.frame()
         io.atomic_write_bytes(out_dir / "quarantine.parquet", lambda p: qf.to_parquet(p, index=False))

@@ -109,3 +109,25 @@ def test_reads_keep_working_while_a_view_is_materializing(small_run):
     finally:
         fv.state = FeatureViewState.AVAILABLE_ONLINE
         fs.registry.apply_feature_view(fv, fs.project, commit=True)
+
+
+def test_stale_entities_recorded_before_the_table_changes(tmp_path, monkeypatch):
+    """A kill between recording and replacing loses nothing: the pending list is written first."""
+    from recfeast.materialize import io
+
+    ts = pd.Timestamp("1998-01-01", tz="UTC")
+    old = pd.DataFrame({"item_id": [1, 2, 3], "event_timestamp": ts, "v": [1.0, 2.0, 3.0]})
+    path = tmp_path / "t.parquet"
+    io.write_feature_table(old, path, ["item_id", "event_timestamp"], ts)
+    before = path.read_bytes()
+    new = pd.DataFrame({"item_id": [1, 2], "event_timestamp": ts, "v": [1.0, 20.0]})  # 2 changed, 3 deleted
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(io.pq, "write_table", killed)  # dies while writing the new table
+    with pytest.raises(KeyboardInterrupt):
+        io.write_feature_table(new, path, ["item_id", "event_timestamp"], ts,
+                               on_stale=lambda ids: online.add_pending(tmp_path, "t", ids))
+    assert path.read_bytes() == before
+    assert online.load_pending(tmp_path) == {"sqlite": {"t": [2, 3]}, "redis": {"t": [2, 3]}}
