@@ -22,6 +22,7 @@ class RankingModel(nn.Module):
 
     def __init__(self, dense_dim: int, vector_dims: dict[str, int], hidden=(256, 64), dropout=0.1, proj_dim=32):
         super().__init__()
+        self.dense_dim, self.vector_dims, self.proj_dim = dense_dim, dict(vector_dims), proj_dim
         self.vector_names = sorted(vector_dims)
         self.proj = nn.ModuleDict({
             name: nn.Sequential(nn.Linear(dim, proj_dim), nn.LayerNorm(proj_dim))

@@ -86,10 +86,9 @@ def save_checkpoint(path: Path, model: RankingModel, cfg: TrainConfig, spec: Fea
     statistics and test metrics."""
     from recfeast.materialize.io import atomic_write_bytes
 
-    dims = {n: model.proj[n][0].in_features for n in model.vector_names}
     ckpt = {"config": asdict(cfg), "spec": spec.to_dict(), "features": features, "normalization": normalization,
             "metrics": metrics, "embedding_models": model_ids or {}, "feature_selection": feature_selection or {},
-            "dense_dim": model.mlp[0].in_features - 32 * len(dims), "vector_dims": dims,
+            "dense_dim": model.dense_dim, "vector_dims": model.vector_dims, "proj_dim": model.proj_dim,
             "state_dict": model.state_dict()}
     atomic_write_bytes(path, lambda p: torch.save(ckpt, p))
 
@@ -98,7 +97,7 @@ def load_checkpoint(path: Path) -> tuple[RankingModel, FeatureSpec, dict]:
     """Rebuild ``(model, spec, checkpoint dict)`` from :func:`save_checkpoint`'s file alone."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     cfg = ckpt["config"]
-    model = RankingModel(ckpt["dense_dim"], ckpt["vector_dims"], tuple(cfg["hidden"]), cfg["dropout"])
+    model = RankingModel(ckpt["dense_dim"], ckpt["vector_dims"], tuple(cfg["hidden"]), cfg["dropout"], ckpt.get("proj_dim", 32))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), FeatureSpec.from_dict(ckpt["spec"]), ckpt
 
