@@ -80,6 +80,23 @@ def row_digest(df: pd.DataFrame, exclude=("created_timestamp",)) -> pd.Series:
     return pd.util.hash_pandas_object(pd.DataFrame(cols), index=False)
 
 
+def changed_entities(old: pd.DataFrame | None, new: pd.DataFrame, key: str, digest_old, digest_new) -> list[int]:
+    """Entities whose latest row differs between ``old`` and ``new`` tables, or that left the table.
+
+    ``digest_*`` are per-row value hashes (``io.row_digest``) aligned with the frames.
+    """
+    if old is None or old.empty:
+        return []
+
+    def latest(df, digest):
+        d = df[[key, "event_timestamp"]].assign(_d=digest.to_numpy())
+        d = d.sort_values([key, "event_timestamp"], kind="stable").groupby(key).tail(1)
+        return dict(zip(d[key], zip(d["event_timestamp"].astype("datetime64[ns, UTC]"), d["_d"])))
+
+    a, b = latest(old, digest_old), latest(new, digest_new)
+    return sorted(int(k) for k, v in a.items() if b.get(k) != v)
+
+
 def write_feature_table(df: pd.DataFrame, path: Path, key_cols: list[str], run_ts: pd.Timestamp,
                         vector_cols=(), on_stale=None) -> dict:
     """Write a feature table atomically, keeping ``created_timestamp`` of rows that did not change.
@@ -96,8 +113,6 @@ def write_feature_table(df: pd.DataFrame, path: Path, key_cols: list[str], run_t
     Raises:
         DataError: the existing table is damaged (the message says to delete it).
     """
-    from recfeast.materialize.online import changed_entities
-
     df = df.reset_index(drop=True).copy()
     digest = row_digest(df)
     created = pd.Series(pd.Timestamp(run_ts).tz_convert("UTC"), index=df.index, dtype="datetime64[ns, UTC]")

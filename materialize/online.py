@@ -24,23 +24,6 @@ import pandas as pd
 PENDING = "pending_online_refresh.json"
 
 
-def changed_entities(old: pd.DataFrame | None, new: pd.DataFrame, key: str, digest_old, digest_new) -> list[int]:
-    """Entities whose latest row differs between ``old`` and ``new`` tables, or that left the table.
-
-    ``digest_*`` are per-row value hashes (``io.row_digest``) aligned with the frames.
-    """
-    if old is None or old.empty:
-        return []
-
-    def latest(df, digest):
-        d = df[[key, "event_timestamp"]].assign(_d=digest.to_numpy())
-        d = d.sort_values([key, "event_timestamp"], kind="stable").groupby(key).tail(1)
-        return dict(zip(d[key], zip(d["event_timestamp"].astype("datetime64[ns, UTC]"), d["_d"])))
-
-    a, b = latest(old, digest_old), latest(new, digest_new)
-    return sorted(int(k) for k, v in a.items() if b.get(k) != v)
-
-
 def load_pending(tables_dir: Path) -> dict:
     """``{store kind: {view: [entity ids]}}`` still to clear before the next load."""
     path = Path(tables_dir) / PENDING

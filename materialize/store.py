@@ -153,18 +153,19 @@ def materialize(store, views: list[str] | None = None, end: datetime | None = No
 
     Covers event time from ``start`` (default 1970-01-01; pass the tables' earliest timestamp when
     rows may be older) to ``end`` (default now): the online store ends up with each entity's latest
-    values whatever their age. ``quiet`` hides Feast's progress output. Rerunning writes the same values again (Redis
-    skips them, SQLite overwrites them), so nothing is duplicated.
+    values whatever their age. ``quiet`` hides Feast's progress output. Rerunning writes the same
+    values again (Redis skips them, SQLite overwrites them), so nothing is duplicated.
 
     Raises:
         StoreError: the offline read or the online write fails (e.g. Redis unreachable).
     """
     start = start or datetime(1970, 1, 1, tzinfo=timezone.utc)
     start = start - timedelta(seconds=1)  # margin: a row exactly at ``start`` is inside the window
-    sink = open(os.devnull, "w") if quiet else contextlib.nullcontext()
     try:
-        with _quiet(), sink as devnull:
-            with contextlib.redirect_stdout(devnull) if quiet else contextlib.nullcontext():
-                store.materialize(start_date=start, end_date=end or datetime.now(timezone.utc), feature_views=views)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_quiet())
+            if quiet:
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            store.materialize(start_date=start, end_date=end or datetime.now(timezone.utc), feature_views=views)
     except Exception as exc:
         raise StoreError(f"feast materialize into {store.config.online_store.type} failed: {exc}") from exc
