@@ -2,83 +2,109 @@
 
 >>> client = OnlineFeatureClient()                  # repo and online store from the environment
 >>> feats = client.get_features(196, [242, 302, 377])
->>> feats.frame                                     # one row per item, fixed column order
 >>> feats.arrays["text_embedding"].shape            # (3, 384) float32
+>>> feats.frame                                     # one row per item, fixed column order
+
+Reads go straight to the online store in Feast's layout (:mod:`recfeast.serving.reader`): one Redis
+pipeline or one SQLite query for the user and every item, raw bytes decoded into typed columns
+(:mod:`recfeast.serving.codec`), on-demand features computed vectorised
+(:mod:`recfeast.serving.ondemand`). Feast's registry supplies the definitions; Feast's own read path
+(``get_online_features``) is not used, and the tests pin the answers equal to it.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
-from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from recfeast.errors import FeatureLookupError, StoreError
+from recfeast.serving.codec import decode_column
+from recfeast.serving.layout import FLOAT32, FLOAT64, INT64, STRING, VECTOR
 
-_PRESENT = 1  # feast FieldStatus.PRESENT
+FOUND, MISSING, STALE = "found", "missing", "stale"
+MAX_ITEMS = 1000  #: candidates per call; a request for more is refused
 
 
-@dataclass
 class RankingFeatures:
     """Features for one user and n items, rows in the order of the requested items.
 
     Attributes:
-        frame: DataFrame, n rows; columns ``user_id``, ``item_id``, then every feature of the service
-            in the service's order. Vectors are ``(d,)`` float32 arrays (``None`` when missing),
-            floats are float32 (NaN when missing), integers are nullable ``Int64``, strings object.
-        status: DataFrame, n rows, one column per feature view: ``"found"`` when the entity has a
-            row in that view online, ``"missing"`` otherwise. The same on SQLite and Redis (Feast
-            itself reports a missing entity as NOT_FOUND on SQLite and PRESENT-with-null on Redis).
+        arrays: column -> array, built first (the ranking model's input). ``user_id``/``item_id``
+            ``(n,)`` int64 (``user_id`` -1 for an anonymous request); vectors ``(n, d)`` float32
+            with NaN rows where missing; Float32/Float64 features ``(n,)`` float32/float64 with NaN;
+            Int64 features ``(n,)`` float64 with NaN (exact up to 2**53); strings ``(n,)`` object
+            with None.
+        kinds: column -> ``vector``/``float32``/``float64``/``int64``/``string`` (the declared type).
+        status: DataFrame, n rows, one column per feature view: ``"found"``, ``"missing"`` (no row
+            online) or ``"stale"`` (older than the view's ttl at ``request_ts``; values nulled).
+            The same on SQLite and Redis. On-demand views: ``"found"`` when every output is non-null.
         feature_service: name of the feature service read.
-        request_ts: unix seconds passed to the request-time (on-demand) features.
+        request_ts: unix seconds the request-time features and ttl were evaluated at.
     """
 
-    frame: pd.DataFrame
-    status: pd.DataFrame
-    feature_service: str
-    request_ts: int
+    def __init__(self, arrays: dict, kinds: dict, status: pd.DataFrame, feature_service: str, request_ts: int,
+                 ints: dict):
+        self.arrays, self.kinds, self.status = arrays, kinds, status
+        self.feature_service, self.request_ts = feature_service, request_ts
+        self._ints = ints  # Int64 column -> (exact int64 values, null mask)
 
-    @property
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Column name -> array: vectors ``(n, d)`` float32 with NaN rows where missing; other
-        numbers ``(n,)`` float32/float64 with NaN where missing; strings ``(n,)`` object."""
-        out = {}
-        for col in self.frame.columns:
-            s = self.frame[col]
-            if s.dtype == object and any(isinstance(v, np.ndarray) for v in s):
-                dim = next(len(v) for v in s if isinstance(v, np.ndarray))
-                out[col] = np.stack([v if isinstance(v, np.ndarray) else np.full(dim, np.nan, np.float32)
-                                     for v in s]).astype(np.float32)
-            elif isinstance(s.dtype, pd.Int64Dtype):
-                out[col] = s.astype("float64").to_numpy()
+    def __len__(self) -> int:
+        return len(self.arrays["item_id"])
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """DataFrame, n rows; columns ``user_id``, ``item_id``, then every feature in the service's
+        order. Vectors are ``(d,)`` float32 arrays (``None`` when missing), Float32 features float32
+        (NaN when missing), Float64 float64, Int64 nullable ``Int64``, strings object."""
+        cols = {}
+        for name, arr in self.arrays.items():
+            kind = self.kinds.get(name)
+            if kind == VECTOR:
+                ok = ~np.isnan(arr).any(axis=1) if arr.shape[1] else np.zeros(len(arr), bool)
+                cols[name] = pd.Series([row if good else None for row, good in zip(arr, ok)], dtype=object)
+            elif kind == INT64:
+                vals, mask = self._ints[name]
+                cols[name] = pd.arrays.IntegerArray(vals.copy(), mask.copy())
+            elif name == "user_id" and (arr < 0).any():  # anonymous: nullable
+                cols[name] = pd.arrays.IntegerArray(np.where(arr < 0, 0, arr), arr < 0)
             else:
-                out[col] = s.to_numpy()
-        return out
+                cols[name] = arr
+        return pd.DataFrame(cols)
 
-    def to_json(self) -> dict:
-        """JSON-ready dict: ``{"feature_service", "request_ts", "user_id", "items": [{...}, ...]}``."""
-        items = []
-        for (_, row), (_, st) in zip(self.frame.iterrows(), self.status.iterrows()):
-            rec = {}
-            for col, v in row.items():
-                if isinstance(v, np.ndarray):
-                    rec[col] = [float(x) for x in v]
-                elif v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
-                    rec[col] = None
-                elif isinstance(v, (np.integer, int)):
-                    rec[col] = int(v)
-                elif isinstance(v, (np.floating, float)):
-                    rec[col] = float(v)
-                else:
-                    rec[col] = v
-            rec["status"] = st.to_dict()
-            items.append(rec)
-        user = int(self.frame["user_id"].iat[0]) if len(self.frame) else None
-        return {"feature_service": self.feature_service, "request_ts": self.request_ts,
-                "user_id": user, "items": items}
+    def model_ids(self) -> dict[str, list[str]]:
+        """Distinct model identities in the ``*_model`` string columns, e.g. ``{"text_model": [...]}``."""
+        return {c: sorted({v for v in a if v is not None}) for c, a in self.arrays.items()
+                if c.endswith("_model") and self.kinds.get(c) == STRING}
+
+    def to_json(self, vectors: bool = True) -> dict:
+        """JSON-ready dict: ``{"feature_service", "request_ts", "user_id", "items": [{...}, ...]}``;
+        with ``vectors=False`` the embedding columns are left out (they are most of the bytes)."""
+        n = len(self)
+        cols = []
+        for name, arr in self.arrays.items():
+            kind = self.kinds.get(name)
+            if kind == VECTOR:
+                if not vectors:
+                    continue
+                vals = [None if np.isnan(r).any() or not len(r) else r.tolist() for r in arr]
+            elif kind == INT64:
+                vals = [None if m else int(v) for v, m in zip(*self._ints[name])]
+            elif kind == STRING:
+                vals = list(arr)
+            elif name in ("user_id", "item_id"):
+                vals = [None if v < 0 and name == "user_id" else int(v) for v in arr]
+            else:
+                vals = [None if np.isnan(v) else float(v) for v in arr]
+            cols.append((name, vals))
+        status = self.status.to_dict("records")
+        items = [{**{name: vals[i] for name, vals in cols}, "status": status[i]} for i in range(n)]
+        user = int(self.arrays["user_id"][0]) if n and self.arrays["user_id"][0] >= 0 else None
+        return {"feature_service": self.feature_service, "request_ts": self.request_ts, "user_id": user,
+                "items": items}
 
 
 def _as_key(value, name: str) -> int:
@@ -95,22 +121,28 @@ def _as_key(value, name: str) -> int:
 
 
 class OnlineFeatureClient:
-    """Reads a feature service from the online store (SQLite or Redis) through Feast.
+    """Reads a feature service from the online store (SQLite or Redis) in one batched read.
 
     Args:
         repo: feature repository; default :func:`recfeast.config.repo_path`.
         online_store: ``sqlite`` or ``redis``; default ``$RECFEAST_ONLINE_STORE`` or sqlite.
         feature_service: service to read; default ``ranking_v1``.
         project: override the project name (tests).
+        max_items: most candidate items one call may ask for.
+
+    The service's definitions are read from the registry once: re-create the client after
+    ``feast apply`` changes them.
 
     Raises:
-        StoreError: the registry has no such feature service (run ``recfeast materialize`` or
-            ``feast apply`` first).
+        StoreError: the registry has no such feature service, or it holds a view the SDK cannot
+            serve (several join keys, a type other than Float32/64, Int64, String, Array(Float32)).
     """
 
     def __init__(self, repo: str | Path | None = None, online_store: str | None = None,
-                 feature_service: str = "ranking_v1", project: str | None = None):
+                 feature_service: str = "ranking_v1", project: str | None = None, max_items: int = MAX_ITEMS):
         from recfeast.materialize.store import feature_store
+        from recfeast.serving.layout import service_layout
+        from recfeast.serving.reader import make_reader
 
         self.store = feature_store(repo, online_store, project)
         try:
@@ -118,79 +150,113 @@ class OnlineFeatureClient:
         except Exception as exc:
             raise StoreError(f"feature service {feature_service!r} not in the registry of "
                              f"{self.store.repo_path}: run `recfeast materialize` or `feast apply` ({exc})") from exc
-        self.views = [(p.name, [f.name for f in p.features]) for p in self.service.feature_view_projections]
-        self.dtypes = {f.name: f.dtype for p in self.service.feature_view_projections for f in p.features}
+        self.views, self.on_demand = service_layout(self.store, self.service)
+        self.order = [p.name for p in self.service.feature_view_projections]
+        bad = {v.join_key for v in self.views} - {"user_id", "item_id"}
+        if bad:
+            raise StoreError(f"service {feature_service!r} has entity keys {sorted(bad)}; the SDK serves user_id/item_id")
+        self.kinds = {f: k for v in (*self.views, *self.on_demand) for f, k in zip(v.features, v.kinds)}
+        self.reader = make_reader(self.store)
+        self.online_store = self.reader.kind
+        self.max_items = max_items
 
     @property
     def feature_names(self) -> list[str]:
-        """Feature names in the service's order (the column order of :attr:`RankingFeatures.frame`)."""
-        return [f for _, feats in self.views for f in feats]
+        """Feature names in the service's order (the column order after ``user_id``, ``item_id``)."""
+        by_name = {v.name: v.features for v in (*self.views, *self.on_demand)}
+        return [f for name in self.order for f in by_name[name]]
 
-    def get_features(self, user_id: int, item_ids, request_ts: int | None = None) -> RankingFeatures:
-        """Features of ``user_id`` paired with each of ``item_ids``, in one online read.
-
-        Args:
-            user_id: the user key (int).
-            item_ids: n item keys (ints), n >= 1; duplicates are allowed and kept.
-            request_ts: unix seconds for request-time features; default now.
-
-        Returns:
-            :class:`RankingFeatures` with n rows in the order of ``item_ids``.
-
-        Raises:
-            FeatureLookupError: no items, a key that is not an int64 integer (1.5, "7", True), or
-                a request time outside 1970..2242.
-            StoreError: the online store cannot be read.
-        """
+    def _validate(self, user_id, item_ids, request_ts) -> tuple[int | None, list[int], int]:
         if isinstance(item_ids, (str, bytes)) or not hasattr(item_ids, "__iter__"):
             raise FeatureLookupError(f"item_ids must be a list of integers, got {type(item_ids).__name__}")
         item_ids = list(item_ids)
         if not item_ids:
             raise FeatureLookupError("item_ids is empty: pass at least one item id")
-        user_id = _as_key(user_id, "user_id")
+        if len(item_ids) > self.max_items:
+            raise FeatureLookupError(f"{len(item_ids)} item ids: at most {self.max_items} per call")
+        user_id = None if user_id is None else _as_key(user_id, "user_id")
         item_ids = [_as_key(i, f"item_ids[{n}]") for n, i in enumerate(item_ids)]
         ts = int(time.time()) if request_ts is None else _as_key(request_ts, "request_ts")
         if not 0 <= ts < 2**33:
             raise FeatureLookupError(f"request_ts={ts}: expected unix seconds between 1970 and 2242")
-        rows = [{"user_id": user_id, "item_id": i, "request_ts": ts} for i in item_ids]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                resp = self.store.get_online_features(features=self.service, entity_rows=rows)
-        except Exception as exc:
-            raise StoreError(f"online read from {self.store.config.online_store.type} failed: {exc}") from exc
-        return self._to_features(resp, user_id, item_ids, ts)
+        return user_id, item_ids, ts
 
-    def _to_features(self, resp, user_id, item_ids, ts) -> RankingFeatures:
-        """Decode Feast's response protos straight into typed columns (skipping ``to_dict``, which
-        builds Python lists of every vector first)."""
-        from feast.types import Array, Float32, Float64, Int64
+    def get_features(self, user_id: int | None, item_ids, request_ts: int | None = None) -> RankingFeatures:
+        """Features of ``user_id`` paired with each of ``item_ids``, in one online read.
 
-        proto = resp.proto
-        results = dict(zip(proto.metadata.feature_names.val, proto.results))
+        Args:
+            user_id: the user key (int); ``None`` for an anonymous request (user features null,
+                status ``missing``).
+            item_ids: n item keys (ints), 1 <= n <= ``max_items``; duplicates are allowed and kept.
+            request_ts: unix seconds for request-time features and ttl checks; default now.
+
+        Returns:
+            :class:`RankingFeatures` with n rows in the order of ``item_ids``.
+
+        Raises:
+            FeatureLookupError: no items, too many, a key that is not an int64 integer (1.5, "7",
+                True), or a request time outside 1970..2242.
+            StoreError: the online store cannot be read.
+        """
+        user_id, item_ids, ts = self._validate(user_id, item_ids, request_ts)
+        uniq = list(dict.fromkeys(item_ids))
+        pos = {i: n for n, i in enumerate(uniq)}
+        index = {"item_id": np.fromiter((pos[i] for i in item_ids), np.int64, len(item_ids)),
+                 "user_id": np.zeros(len(item_ids), np.int64)}
+        keys = {"item_id": uniq, "user_id": [] if user_id is None else [user_id]}
+        rows = self.reader.read(keys, self.views)
+        return self._assemble(rows, index, user_id, item_ids, ts)
+
+    def _assemble(self, rows: dict, index: dict, user_id, item_ids, ts) -> RankingFeatures:
         n = len(item_ids)
-        cols: dict[str, object] = {"user_id": np.full(n, user_id, np.int64), "item_id": np.asarray(item_ids, np.int64)}
-        status: dict[str, list[str]] = {}
-        for view, feats in self.views:
-            found = np.zeros(n, bool)
-            for f in feats:
-                res, dtype = results[f], self.dtypes[f]
-                kinds = [v.WhichOneof("val") for v in res.values]
-                present = np.array([s == _PRESENT and k is not None for s, k in zip(res.statuses, kinds)])
-                found |= present
-                vals = res.values
-                if isinstance(dtype, Array):
-                    cols[f] = [np.array(v.float_list_val.val, np.float32) if p and len(v.float_list_val.val)
-                               else None for v, p in zip(vals, present)]
-                elif dtype == Float32:
-                    cols[f] = np.array([v.float_val if p else np.nan for v, p in zip(vals, present)], np.float32)
-                elif dtype == Float64:
-                    cols[f] = np.array([v.double_val if p else np.nan for v, p in zip(vals, present)], np.float64)
-                elif dtype == Int64:
-                    cols[f] = pd.array([v.int64_val if p else None for v, p in zip(vals, present)], dtype="Int64")
+        arrays = {"user_id": np.full(n, -1 if user_id is None else user_id, np.int64),
+                  "item_id": np.asarray(item_ids, np.int64)}
+        numeric, ints, status = {}, {}, {}
+        for v in self.views:
+            r, idx = rows[v.name], index[v.join_key]
+            m = len(r.present)
+            if m == 0:  # anonymous: no user rows at all
+                state = np.full(n, MISSING, object)
+                live = np.zeros(n, bool)
+            else:
+                live_e = r.present.copy()
+                if v.ttl_s:
+                    stale_e = live_e & (ts - r.ts > v.ttl_s)
+                    live_e &= ~stale_e
+                    state_e = np.where(live_e, FOUND, np.where(stale_e, STALE, MISSING))
                 else:
-                    cols[f] = [v.string_val if p else None for v, p in zip(vals, present)]
-            status[view] = np.where(found, "found", "missing").tolist()
-        frame = pd.DataFrame({k: (pd.Series(v, dtype=object) if isinstance(v, list) else v) for k, v in cols.items()})
-        return RankingFeatures(frame=frame, status=pd.DataFrame(status), feature_service=self.service.name,
-                               request_ts=ts)
+                    state_e = np.where(live_e, FOUND, MISSING)
+                state, live = state_e[idx], live_e[idx]
+            status[v.name] = state
+            for f, kind, bufs in zip(v.features, v.kinds, r.values if m else [[]] * len(v.features)):
+                bufs = [b if ok else None for b, ok in zip(bufs, live_e)] if m and v.ttl_s else bufs
+                col = decode_column(bufs, kind, m) if m else None
+                if kind == VECTOR:
+                    arrays[f] = col[0][idx] if m else np.full((n, 0), np.nan, np.float32)
+                elif kind == INT64:
+                    vals, mask = col if m else (np.zeros(0, np.int64), np.zeros(0, bool))
+                    vals = vals[idx] if m else np.zeros(n, np.int64)
+                    mask = mask[idx] if m else np.ones(n, bool)
+                    arrays[f] = np.where(mask, np.nan, vals.astype(np.float64))
+                    ints[f] = (np.where(mask, 0, vals), mask)
+                elif kind == STRING:
+                    arrays[f] = np.asarray(col, object)[idx] if m else np.full(n, None, object)
+                else:
+                    arrays[f] = col[idx] if m else np.full(n, np.nan, np.float32 if kind == FLOAT32 else np.float64)
+                numeric[f] = arrays[f]
+        for od in self.on_demand:
+            from recfeast.serving import ondemand
+
+            fn = ondemand.VECTORISED.get(od.name)
+            inputs = {c: numeric[c] for c in od.inputs if c in numeric}
+            out = fn(inputs, ts) if fn else ondemand.run_udf(od.udf, inputs, n, ts)
+            ok = np.ones(n, bool)
+            for f, kind in zip(od.features, od.kinds):
+                col = np.asarray(out[f], np.float32 if kind == FLOAT32 else np.float64)
+                arrays[f] = col
+                ok &= ~np.isnan(col)
+            status[od.name] = np.where(ok, FOUND, MISSING)
+        ordered = {"user_id": arrays["user_id"], "item_id": arrays["item_id"]}
+        ordered.update({f: arrays[f] for f in self.feature_names})
+        status_frame = pd.DataFrame({name: status[name] for name in self.order})
+        return RankingFeatures(ordered, dict(self.kinds), status_frame, self.service.name, ts, ints)

@@ -1,0 +1,125 @@
+"""Where Feast 0.67 keeps each feature of a feature service online, resolved once per client.
+
+Redis: one hash per entity key (``serialize_entity_key(key) + project``); a view's values are the
+fields ``mmh3("<view>:<feature>")`` and its event time the field ``_ts:<view>`` (a protobuf
+``Timestamp``). SQLite: one table ``<project>_<view>`` with a row per (entity key, feature name)
+holding the serialised ``Value`` proto and ``event_ts``. Values are ``feast.types.Value`` protos
+either way. ``materialize/online.py`` addresses the same layout for writes;
+``tests/serving/test_reader.py`` pins reads against Feast's own ``get_online_features``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from recfeast.errors import StoreError
+
+#: recfeast's column kinds (also the dtypes of :class:`recfeast.serving.sdk.RankingFeatures`)
+VECTOR, FLOAT32, FLOAT64, INT64, STRING = "vector", "float32", "float64", "int64", "string"
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One feature view of the service as stored online.
+
+    Attributes:
+        name: feature view name (versioned name when Feast's view versioning is on).
+        join_key: entity column, e.g. ``user_id``.
+        features: feature names in the service's order.
+        kinds: one of the kinds above per feature.
+        ttl_s: seconds after its event time a value stops being served; 0 = never.
+        fields: Redis hash field of each feature (4-byte mmh3).
+        ts_field: Redis hash field of the view's event time.
+        table: SQLite table of the view.
+    """
+
+    name: str
+    join_key: str
+    features: tuple[str, ...]
+    kinds: tuple[str, ...]
+    ttl_s: float
+    fields: tuple[bytes, ...]
+    ts_field: bytes
+    table: str
+
+
+@dataclass(frozen=True)
+class OnDemandSpec:
+    """An on-demand view of the service: computed at request time from other features.
+
+    Attributes:
+        name: on-demand view name. features/kinds: its outputs. inputs: feature or request
+            columns it reads. udf: Feast's transformation (used when no vectorised version exists).
+    """
+
+    name: str
+    features: tuple[str, ...]
+    kinds: tuple[str, ...]
+    inputs: tuple[str, ...]
+    udf: object
+
+
+def kind_of(dtype) -> str:
+    """recfeast kind of a Feast type; raises StoreError for types the SDK does not serve."""
+    from feast.types import Array, Float32, Float64, Int64, String
+
+    if isinstance(dtype, Array):
+        if dtype.base_type != Float32:
+            raise StoreError(f"only Array(Float32) vectors are served, got {dtype}")
+        return VECTOR
+    for t, k in ((Float32, FLOAT32), (Float64, FLOAT64), (Int64, INT64), (String, STRING)):
+        if dtype == t:
+            return k
+    raise StoreError(f"feature type {dtype} is not served by the recfeast SDK (Float32/64, Int64, String, "
+                     "Array(Float32))")
+
+
+@lru_cache(maxsize=65536)
+def entity_key_bytes(join_key: str, value: int, version: int = 3) -> bytes:
+    """Feast's serialised entity key of one int64 join key (cached: ids repeat across requests)."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    return serialize_entity_key(EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=value)]),
+                                entity_key_serialization_version=version)
+
+
+def service_layout(store, service) -> tuple[list[ViewSpec], list[OnDemandSpec]]:
+    """Resolve every projection of ``service`` (a Feast ``FeatureService``) against ``store``'s registry.
+
+    Returns:
+        ``(views, on_demand)`` in the service's order.
+
+    Raises:
+        StoreError: a view with several join keys, a non-int64 key or an unserved type.
+    """
+    from feast.infra.online_stores.helpers import _mmh3, compute_table_id, compute_versioned_name
+
+    cfg = store.config
+    versioning = cfg.registry.enable_online_feature_view_versioning
+    views, odfvs = [], []
+    for proj in service.feature_view_projections:
+        feats = tuple(f.name for f in proj.features)
+        kinds = tuple(kind_of(f.dtype) for f in proj.features)
+        try:
+            fv = store.get_feature_view(proj.name)
+        except Exception:  # an on-demand view
+            odfv = store.get_on_demand_feature_view(proj.name)
+            inputs = []
+            for src in odfv.source_feature_view_projections.values():
+                inputs += [f.name for f in src.features]
+            for req in odfv.source_request_sources.values():
+                inputs += [f.name for f in req.schema]
+            odfvs.append(OnDemandSpec(proj.name, feats, kinds, tuple(inputs), odfv.feature_transformation.udf))
+            continue
+        if len(fv.join_keys) != 1:
+            raise StoreError(f"feature view {fv.name!r} has join keys {fv.join_keys}; the SDK serves one int64 key")
+        name = compute_versioned_name(fv, versioning)
+        views.append(ViewSpec(
+            name=name, join_key=fv.join_keys[0], features=feats, kinds=kinds,
+            ttl_s=fv.ttl.total_seconds() if fv.ttl else 0.0,
+            fields=tuple(_mmh3(f"{name}:{f}") for f in feats), ts_field=f"_ts:{name}".encode(),
+            table=compute_table_id(cfg.project, fv, versioning)))
+    return views, odfvs

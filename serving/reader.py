@@ -1,0 +1,189 @@
+"""Batched online reads in Feast's storage layout: one Redis pipeline or one SQLite query per request.
+
+Feast's ``get_online_features`` reads view by view, builds a proto per value and runs the on-demand
+views in pandas; here every view of every entity goes out together and the raw bytes come back for
+:mod:`recfeast.serving.codec`. The layout is described in :mod:`recfeast.serving.layout`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from recfeast.errors import StoreError
+from recfeast.serving.layout import ViewSpec, entity_key_bytes
+
+
+@dataclass
+class ViewRows:
+    """Raw online values of one view for n entities.
+
+    Attributes:
+        present: ``(n,)`` bool, the entity has a row for the view.
+        ts: ``(n,)`` float64 event time in unix seconds (NaN when absent or not needed: only read
+            for views with a ttl).
+        values: per feature, n serialised ``Value`` protos (``None`` when absent).
+    """
+
+    present: np.ndarray
+    ts: np.ndarray
+    values: list[list]
+
+
+class RedisReader:
+    """Reads Feast's Redis hashes with one pipelined HMGET per entity (all views of that entity).
+
+    Args:
+        store: a ``feast.FeatureStore`` whose online store is Redis (its client and project are used).
+    """
+
+    kind = "redis"
+
+    def __init__(self, store):
+        cfg = store.config
+        self.project = cfg.project.encode()
+        self.version = cfg.entity_key_serialization_version
+        self.client = store._get_provider().online_store._get_client(cfg.online_store)
+
+    def read(self, keys: dict[str, list[int]], views: list[ViewSpec]) -> dict[str, ViewRows]:
+        """Rows of ``views`` for the entities ``keys`` (join key -> ids), in one round trip.
+
+        Raises:
+            StoreError: Redis cannot be reached or answers with an error.
+        """
+        groups = {jk: [v for v in views if v.join_key == jk] for jk in keys}
+        plan = []
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for jk, ids in keys.items():
+                    fields = [f for v in groups[jk] for f in (*v.fields, v.ts_field)]
+                    for i in ids:
+                        pipe.hmget(entity_key_bytes(jk, i, self.version) + self.project, fields)
+                    plan.append((jk, len(ids)))
+                replies = pipe.execute()
+        except Exception as exc:  # redis ConnectionError, TimeoutError, ResponseError
+            raise StoreError(f"online read from redis failed: {exc}") from exc
+        out, pos = {}, 0
+        for jk, n in plan:
+            block = replies[pos:pos + n]
+            pos += n
+            col = 0
+            for v in groups[jk]:
+                width = len(v.fields)
+                ts_raw = [r[col + width] for r in block]
+                present = np.array([t is not None for t in ts_raw], bool)
+                ts = np.full(n, np.nan)
+                if v.ttl_s:
+                    ts = np.array([_proto_ts(t) for t in ts_raw], np.float64)
+                out[v.name] = ViewRows(present, ts, [[r[col + j] if p else None for r, p in zip(block, present)]
+                                                     for j in range(width)])
+                col += width + 1
+        return out
+
+
+def _proto_ts(raw: bytes | None) -> float:
+    if raw is None:
+        return np.nan
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    t = Timestamp()
+    t.ParseFromString(raw)
+    return t.seconds + t.nanos / 1e9
+
+
+class SqliteReader:
+    """Reads Feast's SQLite online tables with one ``UNION ALL`` query over every view.
+
+    A read-only connection per thread (``sqlite3`` connections are not shared across threads), so
+    concurrent HTTP requests read in parallel while a load writes.
+
+    Args:
+        store: a ``feast.FeatureStore`` whose online store is SQLite.
+
+    Raises:
+        StoreError: the database file does not exist (run ``recfeast materialize`` first).
+    """
+
+    kind = "sqlite"
+
+    def __init__(self, store):
+        cfg = store.config
+        path = Path(cfg.online_store.path)
+        self.path = path if path.is_absolute() else Path(cfg.repo_path) / path
+        if not self.path.is_file():
+            raise StoreError(f"no SQLite online store at {self.path}: run `recfeast materialize` first")
+        self.version = cfg.entity_key_serialization_version
+        self._local = threading.local()
+
+    def _conn(self):
+        import sqlite3
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            self._local.conn = conn
+        return conn
+
+    def read(self, keys: dict[str, list[int]], views: list[ViewSpec]) -> dict[str, ViewRows]:
+        """Rows of ``views`` for the entities ``keys`` (join key -> ids), in one query.
+
+        Raises:
+            StoreError: the database cannot be read or a view's table is missing (not applied).
+        """
+        blobs = {jk: [entity_key_bytes(jk, i, self.version) for i in ids] for jk, ids in keys.items()}
+        parts, params = [], []
+        for n, v in enumerate(views):
+            b = blobs[v.join_key]
+            parts.append(f'SELECT {n}, entity_key, feature_name, value, event_ts FROM "{v.table}" '
+                         f"WHERE entity_key IN ({','.join('?' * len(b))})")
+            params += b
+        try:
+            rows = self._conn().execute(" UNION ALL ".join(parts), params).fetchall()
+        except Exception as exc:  # sqlite3.OperationalError: no such table, database locked, ...
+            raise StoreError(f"online read from sqlite {self.path} failed: {exc} "
+                             "(run `recfeast materialize` or `feast apply` for this project)") from exc
+        found: list[dict] = [{} for _ in views]
+        for n, key, feat, value, ts in rows:
+            found[n].setdefault(key, ({}, ts))[0][feat] = value
+        out = {}
+        for n, v in enumerate(views):
+            hits = [found[n].get(b) for b in blobs[v.join_key]]
+            present = np.array([h is not None for h in hits], bool)
+            ts = np.full(len(hits), np.nan)
+            if v.ttl_s:
+                ts = np.array([_sqlite_ts(h[1]) if h else np.nan for h in hits], np.float64)
+            out[v.name] = ViewRows(present, ts, [[h[0].get(f) if h else None for h in hits] for f in v.features])
+        return out
+
+
+def _sqlite_ts(raw) -> float:
+    """Feast 0.67 writes ``event_ts`` as integer unix seconds; older files hold naive UTC text
+    (``YYYY-MM-DD HH:MM:SS[.ffffff]``)."""
+    if raw is None:
+        return np.nan
+    if isinstance(raw, (int, float)):
+        return float(raw)
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    t = datetime.fromisoformat(str(raw))
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.timestamp()
+
+
+def make_reader(store):
+    """The reader for ``store``'s online store type.
+
+    Raises:
+        StoreError: an online store type other than ``redis`` or ``sqlite``.
+    """
+    kind = store.config.online_store.type
+    if kind == "redis":
+        return RedisReader(store)
+    if kind == "sqlite":
+        return SqliteReader(store)
+    raise StoreError(f"online store type {kind!r} is not supported by the recfeast SDK (redis, sqlite)")

@@ -1,0 +1,41 @@
+"""Serving fixtures: the slice's online store in Redis too, and a small ranking model trained on it."""
+
+from __future__ import annotations
+
+import os
+from unittest import mock
+
+import pandas as pd
+import pytest
+
+from tests.conftest import drop_online
+
+
+@pytest.fixture(scope="session")
+def redis_small(small_run):
+    """The slice's tables loaded into Redis (db 15) under the slice's project; (repo, project)."""
+    from recfeast.materialize import online, store
+
+    repo, _, project = small_run
+    fs = store.feature_store(repo, "redis", project)
+    store.apply(fs)
+    online.load(fs, repo / "data" / "tables", quiet=True)
+    yield repo, project
+    drop_online(fs)
+
+
+@pytest.fixture(scope="session")
+def small_model(small_run, small_data, tmp_path_factory):
+    """A ranking model trained on the slice in seconds (2 epochs, no ablation); its checkpoint path."""
+    from recfeast.training import TrainConfig, train
+
+    repo, _, project = small_run
+    events = pd.read_csv(small_data[0] / "events.csv", dtype=str)
+    t = pd.to_datetime(pd.to_numeric(events.event_timestamp, errors="coerce").dropna(), unit="s", utc=True)
+    val_start, test_start = (t.quantile(q).strftime("%Y-%m-%d") for q in (0.6, 0.8))
+    out = tmp_path_factory.mktemp("small_model")
+    with mock.patch.dict(os.environ, {"RECFEAST_PROJECT": project}):
+        train(TrainConfig(repo=str(repo), data_dir=str(small_data[0]), out_dir=str(out), val_start=val_start,
+                          test_start=test_start, max_epochs=2, eval_max_users=10, eval_negatives=5,
+                          ablation=False), log=lambda *a: None)
+    return out / "ranking_model.pt"
