@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, RequestSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Array, Float32, Float64, Int64, String
 
@@ -40,6 +40,13 @@ user_profile_source = _source("user_profile", "Static user attributes.")
 user_behavior_source = _source("user_behavior", "User rating aggregates, a row per day they change.")
 user_sequence_embedding_source = _source("user_sequence_embedding",
                                          "User history embedding, a row per active day.")
+# Real-time features arrive by push (`recfeast ingest`); the Parquet table beside them holds the same
+# values per user and active day, recomputed from the event log, for point-in-time joins.
+user_realtime_push = PushSource(
+    name="user_realtime_push",
+    batch_source=_source("user_realtime", "Real-time user state after each active day's last event."),
+    description="Pushed by recfeast's ingest path after every batch of behaviour events.",
+)
 
 # ---------------------------------------------------------------- feature views
 # ttl=0: no expiry. Every table is written so that its latest row is right at any later moment
@@ -161,6 +168,32 @@ user_sequence_embedding = FeatureView(
     online=True,
     description="Embedding of the user's recent history, a new row at the end of each active day.",
     tags={"kind": "embedding", "dim": "384", "metric": "cosine"},
+)
+
+user_realtime = FeatureView(
+    name="user_realtime",
+    entities=[user],
+    ttl=NO_TTL,
+    schema=[
+        Field(name="user_id", dtype=Int64, description="User key."),
+        Field(name="last_item_ids", dtype=Array(Int64),
+              description="Items of the user's last 10 events (any action), newest first."),
+        Field(name="session_event_count", dtype=Int64,
+              description="Events in the session of the latest event (a session ends after 30 min idle)."),
+        Field(name="session_start_ts", dtype=Int64, description="First event of that session, unix seconds."),
+        Field(name="day_event_count", dtype=Int64, description="Events on the UTC day of the latest event."),
+        Field(name="last_event_ts", dtype=Int64, description="Latest event, unix seconds."),
+        Field(name="realtime_sequence_embedding", dtype=Array(Float32),
+              description="dim 384, in the item text-embedding space; the sequence encoder over the text "
+                          "embeddings of the last 20 events' items, L2-normalised; metric: cosine."),
+        Field(name="realtime_model", dtype=String,
+              description="Identities of the sequence and text encoders: <sequence id>|<text id>."),
+    ],
+    source=user_realtime_push,
+    online=True,
+    description="Behaviour state updated within milliseconds of each event by `recfeast ingest`; not in "
+                "ranking_v1 (MovieLens has no live traffic to train it on).",
+    tags={"kind": "realtime", "dim": "384", "metric": "cosine"},
 )
 
 # ---------------------------------------------------------------- on-demand feature views

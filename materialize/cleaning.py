@@ -61,36 +61,33 @@ class CleanCatalog:
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def parse_int64(values: pd.Series) -> pd.Series:
-    """Exact int64 parsing: ints, integral floats and digit strings; anything else -> ``<NA>``.
+def parse_int64_value(v) -> int | None:
+    """One exact int64: an int, an integral float or a digit string; anything else (bools, 1.5,
+    "7a", values outside int64) -> ``None``. Strings are parsed with ``int`` so ids above 2**53 keep
+    every digit."""
+    if v is None or v is pd.NA or isinstance(v, (bool, np.bool_)):
+        return None
+    if isinstance(v, (int, np.integer)):
+        x = int(v)
+    elif isinstance(v, (float, np.floating)):
+        if not np.isfinite(v) or v != np.floor(v):
+            return None
+        x = int(v)
+    else:
+        text = str(v).strip()
+        if text.endswith(".0"):
+            text = text[:-2]
+        if not text.lstrip("+-").isdigit():
+            return None
+        x = int(text)
+    return x if INT64_MIN <= x <= INT64_MAX else None
 
-    Strings are parsed with Python's ``int`` so ids above 2**53 keep every digit (a float round trip
-    would not); values outside int64 are rejected, not wrapped. Returns a nullable ``Int64`` Series.
-    """
+
+def parse_int64(values: pd.Series) -> pd.Series:
+    """Exact int64 parsing of a Series with :func:`parse_int64_value`; returns a nullable ``Int64`` Series."""
     if pd.api.types.is_integer_dtype(values.dtype):
         return values.astype("Int64")
-
-    def one(v):
-        if v is None or v is pd.NA:
-            return None
-        if isinstance(v, (bool, np.bool_)):
-            return None
-        if isinstance(v, (int, np.integer)):
-            x = int(v)
-        elif isinstance(v, (float, np.floating)):
-            if not np.isfinite(v) or v != np.floor(v):
-                return None
-            x = int(v)
-        else:
-            text = str(v).strip()
-            if text.endswith(".0"):
-                text = text[:-2]
-            if not text.lstrip("+-").isdigit():
-                return None
-            x = int(text)
-        return x if INT64_MIN <= x <= INT64_MAX else None
-
-    return pd.array([one(v) for v in values], dtype="Int64")
+    return pd.array([parse_int64_value(v) for v in values], dtype="Int64")
 
 
 def _parse_ids(df: pd.DataFrame, cols: list[str], table: str, q: Quarantine) -> pd.DataFrame:
@@ -196,16 +193,44 @@ def _parse_timestamps(raw: pd.Series) -> pd.Series:
             out[ok] = pd.to_datetime(as_num[ok], unit="s", utc=True)
         iso = as_num.isna() & raw.notna()
         if iso.any():
-            def one(v):
-                if isinstance(v, (pd.Timestamp, np.datetime64)) or hasattr(v, "tzinfo"):
-                    t = pd.Timestamp(v)
-                else:
-                    t = pd.to_datetime(str(v), utc=True, errors="coerce", format="ISO8601")
-                if t is pd.NaT or pd.isna(t):
-                    return pd.NaT
-                return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
-            out[iso] = pd.to_datetime([one(v) for v in raw[iso]], utc=True)
+            out[iso] = pd.to_datetime([_parse_datetime(v) for v in raw[iso]], utc=True)
     return out.where((out >= TS_MIN) & (out < TS_MAX))
+
+
+def _parse_datetime(v) -> pd.Timestamp:
+    """A datetime or ISO-8601 string -> UTC Timestamp (naive = UTC); NaT when it does not parse."""
+    if isinstance(v, (pd.Timestamp, np.datetime64)) or hasattr(v, "tzinfo"):
+        t = pd.Timestamp(v)
+    else:
+        t = pd.to_datetime(str(v), utc=True, errors="coerce", format="ISO8601")
+    if t is pd.NaT or pd.isna(t):
+        return pd.NaT
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def parse_timestamp_value(v) -> pd.Timestamp | None:
+    """One event time: unix seconds (number or numeric string), ISO-8601 or a datetime -> UTC
+    Timestamp; ``None`` when it does not parse or falls outside 1900..2262 (the rules of
+    :func:`_parse_timestamps`, for one value)."""
+    if v is None or isinstance(v, (bool, np.bool_)):
+        return None
+    num = None
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        num = float(v)
+    elif isinstance(v, str):
+        try:
+            num = float(v)
+        except ValueError:
+            num = None
+    if num is not None:
+        if not np.isfinite(num) or not TS_MIN.timestamp() <= num <= TS_MAX.timestamp():
+            return None
+        t = pd.Timestamp(int(round(num * 1_000_000)), unit="us", tz="UTC")
+    else:
+        t = _parse_datetime(v)
+        if t is pd.NaT:
+            return None
+    return t if TS_MIN <= t < TS_MAX else None
 
 
 def clean_events(events: pd.DataFrame, item_ids, user_ids, q: Quarantine,

@@ -4,6 +4,8 @@
 - ``recfeast lookup --user U --items I1,I2``: :class:`recfeast.serving.sdk.OnlineFeatureClient`
 - ``recfeast train --data-dir DIR``: :func:`recfeast.training.train`
 - ``recfeast schedule --data-dir DIR`` / ``recfeast jobs``: :mod:`recfeast.materialize.schedule`
+- ``recfeast ingest [FILE]``: :class:`recfeast.materialize.ingest.Ingestor`
+- ``recfeast replay-check --data-dir DIR``: :func:`recfeast.materialize.replay.replay_check`
 """
 
 from __future__ import annotations
@@ -107,11 +109,14 @@ def lookup(user_id, items, feature_service, request_ts, repo_path, online_store)
 @_repo_opt
 @click.option("--online-stores", default="sqlite", show_default=True,
               help="Comma-separated online stores the load_online job fills (sqlite, redis).")
-@click.option("--tables-every", default="60", show_default=True,
-              help="Tables job trigger: minutes between runs, or a crontab line in quotes (UTC).")
+@click.option("--embeddings-every", default="60", show_default=True,
+              help="embeddings job (re-embed new or changed items) trigger: minutes between runs, or a "
+                   "crontab line in quotes (UTC).")
+@click.option("--aggregates-every", default="30", show_default=True,
+              help="aggregates job (behaviour, content, sequence and real-time tables) trigger.")
 @click.option("--load-every", default="10", show_default=True,
               help="load_online job trigger: minutes between runs, or a crontab line (UTC).")
-def schedule(data_dir, repo_path, online_stores, tables_every, load_every):
+def schedule(data_dir, repo_path, online_stores, embeddings_every, aggregates_every, load_every):
     """Run the scheduled jobs in the foreground (stop with SIGTERM or Ctrl-C)."""
     from recfeast.materialize.schedule import ScheduleConfig, serve
 
@@ -123,7 +128,8 @@ def schedule(data_dir, repo_path, online_stores, tables_every, load_every):
         for kind in stores:
             config.online_store(kind)
         serve(ScheduleConfig(data_dir=data_dir, repo=repo_path, online_stores=stores,
-                             triggers={"tables": trigger(tables_every), "load_online": trigger(load_every)}),
+                             triggers={"embeddings": trigger(embeddings_every),
+                                       "aggregates": trigger(aggregates_every), "load_online": trigger(load_every)}),
               log=click.echo)
     except RecfeastError as exc:
         _fail(exc)
@@ -149,6 +155,79 @@ def jobs(repo_path, limit, as_json):
         detail = (r["detail"] or "").splitlines()[0][:60] if r["detail"] else ""
         click.echo(f"{r['id']:>5}  {r['job']:<12}{r['started_at']:<27}{(r['ended_at'] or ''):<27}"
                    f"{r['status']:<9}{(r['rows'] if r['rows'] is not None else ''):>8}  {detail}")
+
+
+@main.command()
+@click.argument("source", type=click.File("r", encoding="utf-8"), default="-")
+@_repo_opt
+@_store_opt
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Events per ingest call (one log transaction and one push each).")
+def ingest(source, repo_path, online_store, batch_size):
+    """Ingest behaviour events from SOURCE (JSON lines; default stdin) and update real-time features.
+
+    Each line: {"user_id": 196, "item_id": 242, "action": "click", "event_timestamp": 1700000000}
+    ("value" is required for action "rate"). Bad lines are reported with the reason and set aside in
+    <repo>/data/events/rejected.jsonl; the rest go through. Prints a JSON summary.
+    """
+    from recfeast.materialize.ingest import Ingestor, InvalidRecord
+
+    total = {"accepted": 0, "duplicates": 0, "rejected": 0, "users_updated": 0}
+    first_rejections = []
+    try:
+        ing = Ingestor(repo_path, online_store)
+        batch, line_of = [], []
+
+        def flush():
+            res = ing.ingest(batch)
+            for k in ("accepted", "duplicates", "users_updated"):
+                total[k] += getattr(res, k)
+            total["rejected"] += len(res.rejected)
+            for r in res.rejected:
+                if len(first_rejections) < 20:
+                    first_rejections.append({"line": line_of[r["index"]], "reason": r["reason"]})
+            batch.clear(), line_of.clear()
+
+        for n, line in enumerate(source, start=1):
+            if not line.strip():
+                continue
+            try:
+                batch.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                batch.append(InvalidRecord(f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            line_of.append(n)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+    except RecfeastError as exc:
+        _fail(exc)
+    click.echo(json.dumps({**total, "first_rejections": first_rejections}, indent=2))
+
+
+@main.command("replay-check")
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="RECFEAST_DATA_DIR", required=True,
+              help="Raw data folder whose ratings are replayed. Default: $RECFEAST_DATA_DIR.")
+@_repo_opt
+@_store_opt
+@click.option("--days", default=14.0, show_default=True, help="Stream this many final days; backfill the rest.")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Events per ingest call while streaming (1 = event by event).")
+@click.option("--no-backfill", is_flag=True, help="Stream only the final days, without the earlier history.")
+def replay_check_cmd(data_dir, repo_path, online_store, days, batch_size, no_backfill):
+    """Stream the final DAYS of ratings through the ingest path, then check online == batch recomputation."""
+    from recfeast.materialize.replay import replay_check
+
+    try:
+        report = replay_check(data_dir, repo_path, online_store, days=days, batch_size=batch_size,
+                              backfill=not no_backfill)
+    except RecfeastError as exc:
+        _fail(exc)
+    out = report.to_json()
+    out["mismatches"] = out["mismatches"][:20]
+    click.echo(json.dumps(out, indent=2, default=str))
+    if not report.ok:
+        sys.exit(1)
 
 
 @main.command()
@@ -183,6 +262,37 @@ def train(data_dir, repo_path, out_dir, val_start, test_start, negatives, groups
                       seed=seed)
     try:
         run_train(cfg, log=click.echo)
+    except RecfeastError as exc:
+        _fail(exc)
+
+
+@main.command()
+@_repo_opt
+@_store_opt
+@click.option("--model", "checkpoint", default="runs/ranking/ranking_model.pt", show_default=True,
+              type=click.Path(dir_okay=False), help="Ranking model checkpoint written by `recfeast train`.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--as-of", type=int, default=None,
+              help="Unix seconds used as 'now' for request-time features, to replay historical data "
+                   "(MovieLens-100k ends at 893286638). Default: the clock.")
+@click.option("--candidates", default=100, show_default=True, type=click.IntRange(1, 1000),
+              help="Items retrieved by nearest-neighbour search before ranking.")
+@click.option("--no-search", is_flag=True, help="Do not load the text encoder (/search answers 422).")
+@click.option("--refresh-every", default=60.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds between checks of the tables for new item embeddings (0: never).")
+@click.option("--torch-threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Threads per model call; requests run in parallel on top.")
+def serve(repo_path, online_store, checkpoint, host, port, as_of, candidates, no_search, refresh_every,
+          torch_threads):
+    """Serve /features, /recommend, /search, /events, /health and /metrics over HTTP (FastAPI)."""
+    from recfeast.serving.api import serve as run_server
+    from recfeast.serving.service import ServiceConfig
+
+    cfg = ServiceConfig(checkpoint=checkpoint, repo=repo_path, online_store=online_store, as_of=as_of,
+                        candidates=candidates, load_query_encoder=not no_search, refresh_every_s=refresh_every)
+    try:
+        run_server(cfg, host=host, port=port, torch_threads=torch_threads, log=click.echo)
     except RecfeastError as exc:
         _fail(exc)
 

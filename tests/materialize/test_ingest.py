@@ -1,0 +1,177 @@
+"""Real-time ingestion: validation, the event log, pushed state on SQLite and Redis equal to the
+batch recomputation (late, same-instant and repeated events), the CLI, the offline table, and the
+restore after the online store lost its rows."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from recfeast.cli import main
+from recfeast.materialize import online, store
+from recfeast.materialize.eventlog import EventLog, log_path
+from recfeast.materialize.ingest import Ingestor, InvalidRecord, validate
+from recfeast.materialize.realtime import RealtimeConfig, complete_state, tail_state
+from recfeast.materialize.replay import compare
+from tests.conftest import drop_online, make_repo, unique_project
+
+NOW = 1_800_000_000.0      # a fixed "now" for validation tests (2027-01-15)
+T0 = 1_700_000_000         # 2023-11-14 22:13:20 UTC
+MIN = 60
+
+
+def test_validate_keeps_good_events_and_gives_reasons():
+    known = {1, 50, 172}
+    records = [
+        {"user_id": 7, "item_id": 50, "action": "click", "event_timestamp": T0},                 # 0 ok, value 1
+        {"user_id": "8", "item_id": "1.0", "action": "rate", "value": "4", "event_timestamp": "2023-11-14T22:13:20Z"},
+        {"user_id": 7, "item_id": 50, "action": "click", "event_timestamp": T0},                 # 2 repeat of 0
+        {"user_id": 7, "item_id": 999, "action": "click", "event_timestamp": T0},                # 3 unknown item
+        {"user_id": 1.5, "item_id": 1, "action": "click", "event_timestamp": T0},                # 4 bad id
+        {"user_id": 7, "item_id": 1, "action": "Click!", "event_timestamp": T0},                 # 5 bad action
+        {"user_id": 7, "item_id": 1, "action": "rate", "event_timestamp": T0},                   # 6 rate w/o value
+        {"user_id": 7, "item_id": 1, "action": "rate", "value": 9, "event_timestamp": T0},       # 7 out of scale
+        {"user_id": 7, "item_id": 1, "action": "click", "event_timestamp": T0 * 1000},           # 8 milliseconds
+        {"user_id": 7, "item_id": 1, "action": "click", "event_timestamp": NOW + 3600},          # 9 future
+        {"user_id": 7, "item_id": 1, "action": "click", "event_timestamp": "yesterday"},         # 10 bad time
+        {"user_id": 7, "item_id": 1},                                                            # 11 missing
+        ["not", "an", "object"],                                                                 # 12
+        InvalidRecord("not valid JSON (Expecting value at column 1)"),                           # 13
+        {"user_id": 2**63, "item_id": 1, "action": "click", "event_timestamp": T0},              # 14 overflow
+        {"user_id": 7, "item_id": 1, "action": "click", "value": "NaN", "event_timestamp": T0},  # 15 NaN
+    ]
+    events, rejected, dups = validate(records, known, now_s=NOW)
+    assert events["index"].tolist() == [0, 1] and dups == 1
+    assert events.dtypes.astype(str).tolist() == ["int64", "int64", "int64", "object", "float64", "int64"]
+    assert events[["user_id", "item_id", "action", "value", "ts_us"]].values.tolist() == [
+        [7, 50, "click", 1.0, T0 * 10**6], [8, 1, "rate", 4.0, T0 * 10**6]]
+    reasons = {r["index"]: r["reason"] for r in rejected}
+    assert sorted(reasons) == [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+    for i, words in {3: "item_id=999", 4: "user_id=1.5", 5: "action='Click!'", 6: "needs a numeric value",
+                     7: "rating 9 outside the scale [1, 5]", 8: "unparsable_timestamp", 9: "in the future",
+                     10: "'yesterday'", 11: "item_id, action, event_timestamp", 12: "got list",
+                     13: "not valid JSON", 14: "int64", 15: "not a finite number"}.items():
+        assert words in reasons[i], (i, reasons[i])
+
+
+def test_tail_state_needs_more_events_only_when_a_session_or_day_is_open():
+    cfg = RealtimeConfig(last_n=3, seq_len=4, session_gap_s=30 * MIN)
+    ts = np.array([T0 + 100 * MIN, T0 + 90 * MIN, T0 + 80 * MIN, T0 + 10 * MIN, T0], np.int64)[::1] * 10**6
+    items = np.array([5, 4, 3, 2, 1], np.int64)
+    assert tail_state(9, items[:3], ts[:3], cfg) is None            # session still open at the oldest event
+    full = complete_state(9, items, ts, cfg)
+    # T0 = 22:13 UTC: every event is on the same day; the session is the three events 80..100 min
+    assert (full.last_item_ids, full.seq_item_ids) == ([5, 4, 3], [2, 3, 4, 5])
+    assert (full.session_event_count, full.session_start_us, full.day_event_count) == (3, ts[2], 5)
+    assert full.last_event_us == ts[0]
+
+
+@pytest.fixture()
+def ingest_repo(small_run, tmp_path):
+    """A repository with the slice's tables, applied to a fresh project on SQLite and Redis."""
+    src, _, _ = small_run
+    repo = make_repo(tmp_path / "repo")
+    shutil.copytree(src / "data" / "tables", repo / "data" / "tables")
+    project = unique_project()
+    stores = {kind: store.feature_store(repo, kind, project) for kind in ("sqlite", "redis")}
+    store.apply(stores["sqlite"])
+    yield repo, project
+    for fs in stores.values():
+        drop_online(fs)
+
+
+def _items(repo):
+    t = pd.read_parquet(repo / "data" / "tables" / "item_text_embedding.parquet")
+    return dict(zip(t.item_id, t.text_embedding)), t.item_id.tolist()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_pushed_state_is_exact_with_late_same_instant_and_repeated_events(ingest_repo, kind):
+    repo, project = ingest_repo
+    emb, ids = _items(repo)
+    a, b, c, d, e = ids[:5]
+    user = 424242  # a new user: not in the catalog's users table, which real-time ingestion accepts
+    day2 = (T0 // 86400 + 1) * 86400 + 5 * MIN   # 00:05 UTC the next day
+    ev = lambda item, ts: {"user_id": user, "item_id": item, "action": "view", "event_timestamp": ts}  # noqa: E731
+    ing = Ingestor(repo, kind, project)
+    assert ing.ingest([ev(a, T0), ev(b, T0 + 10 * MIN)]).accepted == 2
+    assert ing.ingest([ev(d, day2)]).accepted == 1
+    late = ing.ingest([ev(c, T0 + 50 * MIN)])       # arrives after d but happened before it
+    same = ing.ingest([ev(e, day2)])                # same instant as d: Redis would skip it unprepared
+    assert (late.accepted, same.accepted, same.users_updated) == (1, 1, 1)
+    row = ing.read_online([user]).iloc[0]
+    assert list(row.last_item_ids) == [e, d, c, b, a]
+    assert (row.session_event_count, row.session_start_ts, row.day_event_count, row.last_event_ts) == (2, day2, 2, day2)
+    expected = ing.encoder.encode([np.stack([emb[i] for i in (a, b, c, d, e)])])[0]
+    np.testing.assert_allclose(np.asarray(row.realtime_sequence_embedding), expected, atol=1e-6)
+    assert row.realtime_model == f"{ing.encoder.model_id}|{ing.items.model_id}"
+
+    again = ing.ingest([ev(a, T0), ev(b, T0 + 10 * MIN), ev(c, T0 + 50 * MIN), ev(d, day2), ev(e, day2)])
+    assert (again.accepted, again.duplicates, again.users_updated) == (0, 5, 0)
+    assert ing.log.count() == 5
+    mismatches, worst = compare(ing.read_online([user]), ing.batch_frame())
+    assert mismatches == [] and worst <= 1e-5
+    ing.close()
+
+
+@pytest.mark.slow
+def test_cli_ingest_jsonl_and_rejections(ingest_repo, monkeypatch):
+    repo, project = ingest_repo
+    monkeypatch.setenv("RECFEAST_PROJECT", project)
+    _, ids = _items(repo)
+    lines = [json.dumps({"user_id": 5, "item_id": ids[0], "action": "click", "event_timestamp": T0}),
+             "{not json",
+             "",
+             json.dumps({"user_id": 5, "item_id": 987654, "action": "click", "event_timestamp": T0}),
+             json.dumps({"user_id": 5, "item_id": ids[1], "action": "rate", "value": 5, "event_timestamp": T0 + 1})]
+    out = CliRunner().invoke(main, ["ingest", "--repo-path", str(repo), "--online-store", "sqlite", "--batch-size", "2"],
+                             input="\n".join(lines) + "\n")
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.output)
+    assert (res["accepted"], res["duplicates"], res["rejected"], res["users_updated"]) == (2, 0, 2, 2)
+    assert [r["line"] for r in res["first_rejections"]] == [2, 4]
+    assert "not valid JSON" in res["first_rejections"][0]["reason"]
+    assert "item_id=987654" in res["first_rejections"][1]["reason"]
+    aside = [json.loads(x) for x in (log_path(repo).with_name("rejected.jsonl")).read_text().splitlines()]
+    assert len(aside) == 2 and all("reason" in r and "rejected_at" in r for r in aside)
+    log = EventLog(log_path(repo))
+    assert log.read()[["user_id", "item_id", "action", "value"]].values.tolist() == [
+        [5, ids[0], "click", 1.0], [5, ids[1], "rate", 5.0]]
+    log.close()
+
+
+@pytest.mark.slow
+def test_offline_table_from_the_log_and_restore_after_flush(ingest_repo, small_data):
+    """The aggregates job writes the real-time table (a row per user and active day) from the event
+    log; after the online store loses its rows, the load restores them equal to the batch values."""
+    from recfeast.materialize.job import JobConfig, run
+
+    repo, project = ingest_repo
+    _, ids = _items(repo)
+    ing = Ingestor(repo, "redis", project)
+    day = 86400
+    events = [{"user_id": u, "item_id": ids[(u + k) % len(ids)], "action": "click",
+               "event_timestamp": T0 + k * day // 2 + u} for u in (1, 2, 3) for k in range(5)]
+    assert ing.ingest(events).accepted == 15
+    before = ing.read_online([1, 2, 3])
+    run(JobConfig(data_dir=small_data[0], repo=repo, online_store="redis", project=project, progress=False,
+                  parts=("aggregates",), materialize=False))
+    table = pd.read_parquet(repo / "data" / "tables" / "user_realtime.parquet")
+    days = {(e["user_id"], (e["event_timestamp"]) // day) for e in events}
+    assert len(table) == len(days)
+    last = table.sort_values("event_timestamp").groupby("user_id").tail(1).set_index("user_id")
+    for _, row in before.iterrows():
+        assert list(last.loc[row.user_id, "last_item_ids"]) == list(row.last_item_ids)
+        assert last.loc[row.user_id, "session_event_count"] == row.session_event_count
+    fs = ing.store
+    drop_online(fs)                                    # Redis restarted empty
+    assert ing.read_online([1]).last_event_ts.iat[0] is None
+    store.apply(fs)
+    online.load(fs, repo / "data" / "tables", quiet=True)
+    mismatches, _ = compare(ing.read_online([1, 2, 3]), ing.batch_frame())
+    assert mismatches == []
+    ing.close()
