@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recfeast import faults
 from recfeast.errors import DataError
 
 
@@ -23,10 +24,30 @@ def atomic_write_bytes(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        faults.point(f"before_replace:{path.name}")
         os.replace(tmp, path)
+        faults.point(f"after_replace:{path.name}")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_stale_temp_files(folder: Path, older_than_s: float = 600) -> int:
+    """Delete the temporary files of :func:`atomic_write_bytes` left in ``folder`` by a killed writer.
+
+    Only files older than ``older_than_s`` go (a live writer's temporary file lives for the seconds
+    its write takes). Returns how many were deleted."""
+    import time
+
+    n, limit = 0, time.time() - older_than_s
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            if tmp.stat().st_mtime < limit:
+                tmp.unlink()
+                n += 1
+        except FileNotFoundError:
+            pass
+    return n
 
 
 def write_json(path: Path, obj) -> None:
@@ -64,6 +85,14 @@ def to_arrow(df: pd.DataFrame, vector_cols=()) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=names)
 
 
+def _vector_bytes(v) -> bytes | None:
+    """Bytes of a vector: float vectors as float32 (tables store them so), integer lists as int64."""
+    if v is None:
+        return None
+    a = np.asarray(v)
+    return a.astype(np.float32 if a.dtype.kind == "f" else np.int64).tobytes()
+
+
 def row_digest(df: pd.DataFrame, exclude=("created_timestamp",)) -> pd.Series:
     """uint64 hash of each row's values (vectors by their float32 bytes), ``exclude`` left out."""
     cols = {}
@@ -72,7 +101,7 @@ def row_digest(df: pd.DataFrame, exclude=("created_timestamp",)) -> pd.Series:
             continue
         s = df[col]
         if s.dtype == object and len(s) and any(isinstance(v, (np.ndarray, list)) for v in s.head(50)):
-            cols[col] = s.map(lambda v: None if v is None else np.asarray(v, np.float32).tobytes())
+            cols[col] = s.map(_vector_bytes)
         elif isinstance(s.dtype, pd.DatetimeTZDtype):
             cols[col] = s.astype("datetime64[ns, UTC]")
         else:

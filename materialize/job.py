@@ -14,13 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from recfeast import config
 from recfeast.materialize import features as F
 from recfeast.materialize.schema import FIELD_NULLED
 
-TABLES = ("item_text_embedding", "item_image_embedding", "item_content",
-          "user_profile", "user_behavior", "user_sequence_embedding")
+#: tables rebuilt by each part of the job (the scheduler runs the parts as separate jobs)
+PARTS = {
+    "embeddings": ("item_text_embedding", "item_image_embedding"),
+    "aggregates": ("item_content", "user_profile", "user_behavior", "user_sequence_embedding", "user_realtime"),
+}
+TABLES = PARTS["embeddings"] + PARTS["aggregates"]
 
 
 @dataclass
@@ -41,6 +46,7 @@ class JobConfig:
     apply: bool = True                  # run feast apply after writing the tables
     materialize: bool = True            # load the online store after apply
     progress: bool = True               # progress bars and stage lines
+    parts: tuple[str, ...] = ("embeddings", "aggregates")  # which tables to rebuild (see PARTS)
 
 
 @dataclass
@@ -60,7 +66,7 @@ class JobSummary:
         lines = [f"tables in {self.tables_dir} (online store: {self.online_store or 'not loaded'})",
                  f"  {'table':<26}{'rows':>9}{'new/changed':>13}{'unchanged':>11}"]
         for name, t in self.tables.items():
-            lines.append(f"  {name:<26}{t['rows']:>9}{t.get('new_or_changed', 0):>13}{t.get('unchanged', 0):>11}")
+            lines.append(f"  {name:<26}{t.get('rows', 0):>9}{t.get('new_or_changed', 0):>13}{t.get('unchanged', 0):>11}")
         lines.append("quarantined (table/rule: rows)")
         lines += [f"  {k:<40}{v:>7}" for k, v in self.quarantine.items()] or ["  none"]
         dropped = self.selection.get("dropped", {})
@@ -108,6 +114,84 @@ def reuse_or_encode(path: Path, key: str, keys: np.ndarray, hashes: list[str], m
     return out, len(keys) - len(todo)
 
 
+def _encode_images(cfg: JobConfig, items: pd.DataFrame, out_dir: Path, q) -> tuple[np.ndarray, list[str], str]:
+    """Poster embeddings ``(n_items, dim)`` float32 (NaN rows: no usable image, quarantined), the
+    input hashes and the model identity; unchanged posters reuse the existing table's vectors."""
+    from recfeast.materialize.encoders import ImageEncoder
+
+    img_enc = ImageEncoder(cfg.image_backbone, cfg.image_weights)
+    ids, paths = items["item_id"].to_numpy(), items["image_path"].tolist()
+    errors: dict[int, tuple[str, str]] = {}
+
+    def encode_images(pos):
+        res = img_enc.encode([paths[i] for i in pos], cfg.image_batch_size, show_progress_bar=cfg.progress)
+        errors.update({pos[j]: e for j, e in res.errors.items()})
+        return res.embeddings
+
+    hashes = [_file_hash(p) for p in paths]
+    emb, _ = reuse_or_encode(out_dir / "item_image_embedding.parquet", "item_id", ids, hashes, img_enc.model_id,
+                             "image_embedding", "image_model", encode_images, img_enc.dim)
+    for i, (rule, detail) in sorted(errors.items()):
+        if rule == "image_missing" and items["enrichment_dropped"].iat[i]:
+            continue  # already quarantined as low_enrichment_confidence
+        q.add("items", rule, FIELD_NULLED, ids[i], items["source"].iat[i], detail + "; no image embedding")
+    return emb, hashes, img_enc.model_id
+
+
+def _write_table(name: str, table: pd.DataFrame, out_dir: Path, run_ts: pd.Timestamp) -> dict:
+    """Write one feature table atomically; returns its row counts (see ``io.write_feature_table``)."""
+    from recfeast.materialize import io, online
+
+    path = out_dir / f"{name}.parquet"
+    if name == "user_realtime":
+        # pushed online by the ingest path, never loaded from this table: no stale tracking
+        if not len(table):
+            from recfeast.materialize.realtime import arrow_schema
+
+            schema = arrow_schema()
+            io.atomic_write_bytes(path, lambda p: pq.write_table(schema.empty_table(), p))
+            return {"rows": 0, "new_or_changed": 0, "unchanged": 0}
+        on_stale = None
+    else:
+        on_stale = lambda ids: online.add_pending(out_dir, name, ids)  # noqa: E731
+    key = "user_id" if name.startswith("user") else "item_id"
+    vec_cols = [c for c in table.columns if c.endswith(("embedding", "genre_flags", "genre_share"))]
+    info = io.write_feature_table(table, path, [key, "event_timestamp"], run_ts, vec_cols, on_stale=on_stale)
+    info.pop("stale_entities")
+    return info
+
+
+def _with_logged_events(events: pd.DataFrame, items: pd.DataFrame, repo: Path, q) -> pd.DataFrame:
+    """The clean raw events plus the events ingested into the repository's event log (already
+    validated at ingest), without repeats; logged events of items no longer in the catalog are
+    quarantined (``unknown_item``)."""
+    from recfeast.materialize.eventlog import EventLog, log_path
+    from recfeast.materialize.schema import ROW_REJECTED
+
+    path = log_path(repo)
+    if not path.is_file():
+        return events
+    log = EventLog(path)
+    try:
+        logged = log.read(("seq", "user_id", "item_id", "action", "value", "ts_us"))
+    finally:
+        log.close()
+    if not len(logged):
+        return events
+    logged = pd.DataFrame({
+        "user_id": logged["user_id"], "item_id": logged["item_id"], "action": logged["action"],
+        "value": logged["value"].astype("float64"),
+        "event_timestamp": pd.to_datetime(logged["ts_us"], unit="us", utc=True).astype("datetime64[ns, UTC]"),
+        "source": "events.sqlite:seq=" + logged["seq"].astype(str)})
+    gone = ~logged["item_id"].isin(items["item_id"])
+    if gone.any():
+        q.add_frame(logged[gone], "events", "unknown_item", ROW_REJECTED, "item_id",
+                    lambda r: f"item_id={r['item_id']} (logged event) is not in the clean items table")
+    key = ["user_id", "item_id", "action", "value", "event_timestamp"]
+    out = pd.concat([events, logged[~gone]], ignore_index=True).drop_duplicates(key, keep="first")
+    return out.sort_values(["event_timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+
+
 class _Stages:
     def __init__(self, progress: bool):
         self.progress, self.seconds, self._n = progress, {}, 0
@@ -147,11 +231,17 @@ def run(cfg: JobConfig) -> JobSummary:
     stage = _Stages(cfg.progress)
     summary = JobSummary(tables_dir=str(out_dir))
 
+    unknown = set(cfg.parts) - set(PARTS)
+    if unknown or not cfg.parts:
+        from recfeast.errors import ConfigError
+
+        raise ConfigError(f"JobConfig.parts={cfg.parts!r}: expected one or more of {sorted(PARTS)}")
     with stage("read"):
         catalog = read_catalog(data_dir)
     with stage("clean"):
         data = clean(catalog, cfg.min_enrichment_confidence)
-        items, users, events, q = data.items, data.users, data.events, data.quarantine
+        items, users, q = data.items, data.users, data.quarantine
+        events = _with_logged_events(data.events, items, repo, q)
         # rating aggregates, histories and entry times read rating events; other actions (clicks,
         # purchases) are kept in the clean events but have no features yet
         ratings = events[events["action"] == "rate"]
@@ -176,70 +266,60 @@ def run(cfg: JobConfig) -> JobSummary:
             lambda pos: text_enc.encode([texts[i] for i in pos], cfg.text_batch_size,
                                         show_progress_bar=cfg.progress), text_enc.dim)
         summary.models["text"] = text_enc.model_id
-        summary.tables["item_text_embedding"] = {"reused_embeddings": reused}
+        if "embeddings" in cfg.parts:
+            summary.tables["item_text_embedding"] = {"reused_embeddings": reused}
 
-    with stage("encode images"):
-        from recfeast.materialize.encoders import ImageEncoder
+    if "embeddings" in cfg.parts:
+        with stage("encode images"):
+            img_emb, img_hashes, summary.models["image"] = _encode_images(cfg, items, out_dir, q)
 
-        img_enc = ImageEncoder(cfg.image_backbone, cfg.image_weights)
-        paths = items["image_path"].tolist()
-        errors: dict[int, tuple[str, str]] = {}
+    if "aggregates" in cfg.parts:
+        with stage("encode sequences"):
+            from recfeast.materialize.encoders.sequence import SequenceEncoder, SequenceEncoderConfig
 
-        def encode_images(pos):
-            res = img_enc.encode([paths[i] for i in pos], cfg.image_batch_size, show_progress_bar=cfg.progress)
-            errors.update({pos[j]: e for j, e in res.errors.items()})
-            return res.embeddings
+            seq_enc = SequenceEncoder(SequenceEncoderConfig(input_dim=text_enc.dim, max_len=cfg.sequence_max_len))
+            hist = F.user_histories(ratings, cfg.sequence_max_len)
+            row_of = pd.Series(np.arange(len(ids)), index=ids)
+            seq_emb = seq_enc.encode([text_emb[row_of[np.asarray(h, dtype=np.int64)].to_numpy()]
+                                      for h in hist["item_ids"]])
+            summary.models["sequence"] = seq_enc.model_id
+        with stage("real-time features from the event log"):
+            from recfeast.materialize import realtime
+            from recfeast.materialize.eventlog import log_path
 
-        img_hashes = [_file_hash(p) for p in paths]
-        img_emb, reused_img = reuse_or_encode(
-            out_dir / "item_image_embedding.parquet", "item_id", ids, img_hashes, img_enc.model_id,
-            "image_embedding", "image_model", encode_images, img_enc.dim)
-        for i, (rule, detail) in sorted(errors.items()):
-            if rule == "image_missing" and items["enrichment_dropped"].iat[i]:
-                continue  # already quarantined as low_enrichment_confidence
-            q.add("items", rule, FIELD_NULLED, ids[i], items["source"].iat[i], detail + "; no image embedding")
-        summary.models["image"] = img_enc.model_id
-
-    with stage("encode sequences"):
-        from recfeast.materialize.encoders.sequence import SequenceEncoder, SequenceEncoderConfig
-
-        seq_enc = SequenceEncoder(SequenceEncoderConfig(input_dim=text_enc.dim, max_len=cfg.sequence_max_len))
-        hist = F.user_histories(ratings, cfg.sequence_max_len)
-        row_of = pd.Series(np.arange(len(ids)), index=ids)
-        seq_emb = seq_enc.encode([text_emb[row_of[np.asarray(h, dtype=np.int64)].to_numpy()] for h in hist["item_ids"]])
-        summary.models["sequence"] = seq_enc.model_id
+            rt = realtime.offline_table(log_path(repo), realtime.ItemEmbeddings.from_arrays(ids, text_emb, text_enc.model_id),
+                                        seq_enc, realtime.RealtimeConfig(seq_len=cfg.sequence_max_len))
 
     with stage("build tables"):
         avail = F.item_available_from(items, ratings).to_numpy()
-        tables, keys = {}, {}
-        tables["item_text_embedding"] = pd.DataFrame({
-            "item_id": ids, "event_timestamp": avail, "text_embedding": list(text_emb),
-            "text_model": text_enc.model_id, "content_hash": [_sha(t) for t in texts]})
-        ok = ~np.isnan(img_emb).any(axis=1)
-        tables["item_image_embedding"] = pd.DataFrame({
-            "item_id": ids[ok], "event_timestamp": avail[ok], "image_embedding": list(img_emb[ok]),
-            "image_model": img_enc.model_id, "content_hash": np.asarray(img_hashes, dtype=object)[ok]})
-        tables["item_content"], stats = F.build_item_content(items, ratings, kept)
-        tables["user_profile"], user_stats = F.build_user_profile(users, ratings)
-        stats.update(user_stats)
-        tables["user_behavior"] = F.build_user_behavior(ratings, items, kept)
-        tables["user_sequence_embedding"] = pd.DataFrame({
-            "user_id": hist["user_id"].to_numpy(), "event_timestamp": hist["event_timestamp"].to_numpy(),
-            "sequence_embedding": list(seq_emb), "sequence_length": hist["item_ids"].map(len).astype("int64"),
-            "sequence_model": seq_enc.model_id})
-        for name in TABLES:
-            keys[name] = [("user_id" if name.startswith("user") else "item_id"), "event_timestamp"]
+        tables, stats = {}, {}
+        if "embeddings" in cfg.parts:
+            tables["item_text_embedding"] = pd.DataFrame({
+                "item_id": ids, "event_timestamp": avail, "text_embedding": list(text_emb),
+                "text_model": text_enc.model_id, "content_hash": [_sha(t) for t in texts]})
+            ok = ~np.isnan(img_emb).any(axis=1)
+            tables["item_image_embedding"] = pd.DataFrame({
+                "item_id": ids[ok], "event_timestamp": avail[ok], "image_embedding": list(img_emb[ok]),
+                "image_model": summary.models["image"], "content_hash": np.asarray(img_hashes, dtype=object)[ok]})
+        if "aggregates" in cfg.parts:
+            tables["item_content"], stats = F.build_item_content(items, ratings, kept)
+            tables["user_profile"], user_stats = F.build_user_profile(users, ratings)
+            stats.update(user_stats)
+            tables["user_behavior"] = F.build_user_behavior(ratings, items, kept)
+            tables["user_sequence_embedding"] = pd.DataFrame({
+                "user_id": hist["user_id"].to_numpy(), "event_timestamp": hist["event_timestamp"].to_numpy(),
+                "sequence_embedding": list(seq_emb), "sequence_length": hist["item_ids"].map(len).astype("int64"),
+                "sequence_model": seq_enc.model_id})
+            tables["user_realtime"] = rt
 
     with stage("write tables"):
-        for name in TABLES:
-            vec_cols = [c for c in tables[name].columns if c.endswith(("embedding", "genre_flags", "genre_share"))]
-            info = io.write_feature_table(tables[name], out_dir / f"{name}.parquet", keys[name], run_ts, vec_cols,
-                                          on_stale=lambda ids, view=name: online.add_pending(out_dir, view, ids))
-            info.pop("stale_entities")
-            summary.tables[name] = {**summary.tables.get(name, {}), **info}
+        io.remove_stale_temp_files(out_dir)
+        for name, table in tables.items():
+            summary.tables[name] = {**summary.tables.get(name, {}), **_write_table(name, table, out_dir, run_ts)}
         qf = q.frame()
         io.atomic_write_bytes(out_dir / "quarantine.parquet", lambda p: qf.to_parquet(p, index=False))
-        io.write_json(out_dir / "normalization.json", stats)
+        if stats:
+            io.write_json(out_dir / "normalization.json", stats)
         io.write_json(out_dir / "feature_selection.json", summary.selection)
         summary.quarantine = q.counts()
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from recfeast import faults
+
 PENDING = "pending_online_refresh.json"
 
 
@@ -92,8 +94,9 @@ def clear_online_rows(store, view_name: str, entity_ids: list[int]) -> int:
 def load(store, tables_dir: Path, quiet: bool = False) -> dict[str, int]:
     """Bring ``store``'s online store up to date with the tables in ``tables_dir``.
 
-    Clears the rows pending for this store kind, materializes every view from the earliest event
-    timestamp in the tables (so rows dated 1970 or earlier load too), then forgets the pending set.
+    Clears the rows pending for this store kind, materializes every batch view from the earliest
+    event timestamp in the tables (so rows dated 1970 or earlier load too), forgets the pending set,
+    and re-pushes the real-time state of every user in the event log (:func:`restore_realtime`).
 
     Returns:
         ``{view: entities cleared}``.
@@ -121,6 +124,33 @@ def load(store, tables_dir: Path, quiet: bool = False) -> dict[str, int]:
             if len(col):
                 starts.append(pd.Timestamp(col.to_pandas().min()))
     start = min(starts).to_pydatetime() if starts else None
-    store_ops.materialize(store, start=start, quiet=quiet)
+    faults.point("load:after_clear")
+    # push-fed views (user_realtime) are written by the ingest path from the event log, never from
+    # their table: a table written before the latest events would overwrite newer values on SQLite
+    views = [fv.name for fv in store.list_feature_views() if type(fv.stream_source).__name__ != "PushSource"]
+    store_ops.materialize(store, views=views, start=start, quiet=quiet)
+    faults.point("load:after_materialize")
     clear_pending(tables_dir, kind)
+    restore_realtime(store)
     return cleared
+
+
+def restore_realtime(store) -> int:
+    """Push every logged user's real-time state into ``store`` (after a flushed or restarted online
+    store; a no-op without an event log). Returns users pushed.
+
+    Raises:
+        StoreError: the push failed.
+    """
+    from recfeast.materialize.eventlog import log_path
+
+    repo = Path(store.repo_path)
+    if not log_path(repo).is_file():
+        return 0
+    from recfeast.materialize.ingest import Ingestor
+
+    ing = Ingestor(repo, store=store)
+    try:
+        return ing.rebuild_online()
+    finally:
+        ing.close()

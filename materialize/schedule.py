@@ -1,10 +1,12 @@
 """Scheduled jobs (apscheduler): rebuild the feature tables and load the online stores.
 
-Two jobs, each on its own trigger (interval or cron):
+Three jobs, each on its own trigger (interval or cron):
 
-- ``tables``: the main job without the online load (:func:`recfeast.materialize.job.run` with
-  ``materialize=False``): re-embeds only new or changed items (unchanged embeddings are reused),
-  recomputes the behaviour aggregates, writes the tables, applies the definitions;
+- ``embeddings``: the main job's embedding part (:func:`recfeast.materialize.job.run` with
+  ``parts=("embeddings",)``, no online load): re-embeds only new or changed items (unchanged
+  embeddings are reused) and writes the item embedding tables;
+- ``aggregates``: the main job's aggregate part: item content, user profile and behaviour
+  aggregates, sequence embeddings and the real-time table, from the raw events plus the event log;
 - ``load_online``: :func:`recfeast.materialize.online.load` into each configured online store: it
   clears the entities whose latest row changed or vanished and loads every row whatever its event
   time, so a row that arrived late is never skipped (Feast's ``materialize_incremental`` would skip
@@ -12,7 +14,8 @@ Two jobs, each on its own trigger (interval or cron):
 
 Guarantees: a job never overlaps itself, also across scheduler processes on one machine (an
 ``fcntl`` lock per job in the state folder; a run that finds the lock taken is recorded as
-``skipped``); missed runs coalesce into one (apscheduler ``coalesce=True``); the job store is a
+``skipped``); jobs that write tables or load them wait for one shared ``tables`` lock, so a load
+never forgets rows a table writer marked stale in the meantime; missed runs coalesce into one (apscheduler ``coalesce=True``); the job store is a
 SQLite file (``SQLAlchemyJobStore``), so the schedule survives a restart; SIGTERM/SIGINT stop the
 scheduler after the running job finishes. Each run is recorded in ``runs.sqlite`` (start, end,
 status, rows, error) and ``recfeast jobs`` lists them.
@@ -35,8 +38,9 @@ from pathlib import Path
 from recfeast import config
 from recfeast.errors import ConfigError
 
-JOBS = ("tables", "load_online")
-DEFAULT_TRIGGERS = {"tables": {"interval_minutes": 60}, "load_online": {"interval_minutes": 10}}
+JOBS = ("embeddings", "aggregates", "load_online")
+DEFAULT_TRIGGERS = {"embeddings": {"interval_minutes": 60}, "aggregates": {"interval_minutes": 30},
+                    "load_online": {"interval_minutes": 10}}
 
 
 @dataclass
@@ -79,12 +83,13 @@ def _now() -> str:
 
 
 @contextlib.contextmanager
-def job_lock(repo: Path, job: str):
-    """Yield True while holding the job's lock, False when another process holds it."""
+def job_lock(repo: Path, job: str, wait: bool = False):
+    """Yield True while holding the lock ``job``, False when another process holds it (``wait``:
+    block until it is free instead)."""
     path = state_dir(repo) / f"{job}.lock"
     with open(path, "a+") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             yield False
             return
@@ -120,7 +125,8 @@ def run_job(job: str, data_dir: str, repo: str, online_stores: tuple[str, ...] =
         run_id = cur.lastrowid
         status, rows, detail = "ok", None, None
         try:
-            rows, detail = _JOB_FUNCS[job](data_dir, repo_path, online_stores)
+            with job_lock(repo_path, "tables", wait=True):
+                rows, detail = _JOB_FUNCS[job](data_dir, repo_path, online_stores)
         except Exception as exc:  # recorded with its traceback; the schedule goes on
             status, detail = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"[:4000]
         db.execute("UPDATE runs SET ended_at=?, status=?, rows=?, detail=? WHERE id=?",
@@ -129,10 +135,10 @@ def run_job(job: str, data_dir: str, repo: str, online_stores: tuple[str, ...] =
     return recent_runs(repo_path, 1)[0]
 
 
-def _tables_job(data_dir, repo, online_stores):
+def _tables_job(data_dir, repo, online_stores, parts):
     from recfeast.materialize.job import JobConfig, run
 
-    summary = run(JobConfig(data_dir=data_dir, repo=repo, materialize=False, progress=False))
+    summary = run(JobConfig(data_dir=data_dir, repo=repo, materialize=False, progress=False, parts=parts))
     rows = sum(t["rows"] for t in summary.tables.values() if "rows" in t)
     changed = {k: t.get("new_or_changed", 0) for k, t in summary.tables.items()}
     return rows, json.dumps({"new_or_changed": changed, "quarantine": summary.quarantine})
@@ -160,7 +166,11 @@ def _load_job(data_dir, repo, online_stores):
     return sum(sum(c.values()) for c in cleared.values()), json.dumps({"cleared": cleared})
 
 
-_JOB_FUNCS = {"tables": _tables_job, "load_online": _load_job}
+_JOB_FUNCS = {
+    "embeddings": lambda d, r, s: _tables_job(d, r, s, ("embeddings",)),
+    "aggregates": lambda d, r, s: _tables_job(d, r, s, ("aggregates",)),
+    "load_online": _load_job,
+}
 
 
 # ------------------------------------------------------------------ the scheduler

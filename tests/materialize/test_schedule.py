@@ -30,7 +30,7 @@ def test_runs_are_recorded_ok_failed_and_skipped(env_project, small_data, tmp_pa
     ok = schedule.run_job("load_online", str(small_data[0]), str(repo), ("sqlite",))
     assert ok["status"] == "ok" and ok["job"] == "load_online" and ok["ended_at"] >= ok["started_at"]
     assert "cleared" in json.loads(ok["detail"])
-    failed = schedule.run_job("tables", str(tmp_path / "nowhere"), str(repo))
+    failed = schedule.run_job("aggregates", str(tmp_path / "nowhere"), str(repo))
     assert failed["status"] == "failed" and "ConfigError" in failed["detail"] and "nowhere" in failed["detail"]
     with schedule.job_lock(repo, "load_online") as held:  # another process is running it
         assert held
@@ -60,16 +60,17 @@ def test_lock_excludes_another_process(env_project):
 def test_schedule_persists_and_validates(env_project, small_data):
     repo = env_project
     cfg = schedule.ScheduleConfig(data_dir=str(small_data[0]), repo=str(repo),
-                                  triggers={"tables": {"cron": "0 3 * * *"}, "load_online": {"interval_minutes": 5}})
+                                  triggers={"embeddings": {"cron": "0 3 * * *"}, "aggregates": {"interval_minutes": 30},
+                                            "load_online": {"interval_minutes": 5}})
     sched = schedule.build_scheduler(cfg, blocking=False)
     sched.start(paused=True)
     sched.shutdown(wait=False)
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 
     stored = SQLAlchemyJobStore(url=f"sqlite:///{schedule.state_dir(repo) / 'jobs.sqlite'}").get_all_jobs()
-    assert sorted(j.id for j in stored) == ["load_online", "tables"]
+    assert sorted(j.id for j in stored) == ["aggregates", "embeddings", "load_online"]
     assert {j.id: str(j.trigger) for j in stored}["load_online"] == "interval[0:05:00]"
-    for bad in ({"tables": {"cron": "61 * * * *"}}, {"tables": {"interval_minutes": 0}}, {"nightly": {"interval_minutes": 1}}):
+    for bad in ({"embeddings": {"cron": "61 * * * *"}}, {"aggregates": {"interval_minutes": 0}}, {"nightly": {"interval_minutes": 1}}):
         with pytest.raises(ConfigError):
             schedule.build_scheduler(schedule.ScheduleConfig(data_dir="x", repo=str(repo), triggers=bad), blocking=False)
 
@@ -78,17 +79,18 @@ def test_sigterm_stops_cleanly_after_running_job(env_project, small_data):
     repo = env_project
     before = len(schedule.recent_runs(repo, 1000))
     cmd = [str(Path(sys.executable).parent / "recfeast"), "schedule", "--data-dir", str(small_data[0]),
-           "--repo-path", str(repo), "--tables-every", "0 3 1 1 *", "--load-every", "60"]
+           "--repo-path", str(repo), "--embeddings-every", "0 3 1 1 *", "--aggregates-every", "0 3 1 1 *",
+           "--load-every", "60"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
     deadline = time.time() + 120
-    while time.time() < deadline and len(schedule.recent_runs(repo, 1000)) < before + 2:
-        time.sleep(0.5)  # both jobs start at once
+    while time.time() < deadline and len(schedule.recent_runs(repo, 1000)) < before + 3:
+        time.sleep(0.5)  # the three jobs start at once (and wait for each other on the tables lock)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert "stopping after the running job" in out
     runs = schedule.recent_runs(repo, 1000)[: len(schedule.recent_runs(repo, 1000)) - before]
-    assert {r["job"] for r in runs} == {"tables", "load_online"}
+    assert {r["job"] for r in runs} == {"embeddings", "aggregates", "load_online"}
     assert all(r["status"] in ("ok", "skipped") and r["ended_at"] for r in runs), runs
 
 
