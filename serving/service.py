@@ -1,0 +1,276 @@
+"""Recommend and search: retrieve candidates -> online features -> ranking model -> top k.
+
+>>> svc = RecommendService.from_config(ServiceConfig(checkpoint="runs/ranking/ranking_model.pt"))
+>>> svc.recommend(196, k=10)["items"][0]        # {"item_id", "score", "retrieval_score"}
+>>> svc.search("space opera with rebels", user_id=196, k=10)
+
+Recommend retrieves the items nearest the user's sequence embedding (it lives in the item
+text-embedding space), topped up with the most popular items (all of them for a user without
+history); search retrieves the items nearest the query embedding and ranks them by
+``query_weight * query cosine + (1 - query_weight) * model probability``. Each answer names the
+feature service, the index state, the embedding identities and the ranking checkpoint it used.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recfeast import config
+from recfeast.errors import FeatureLookupError, ModelError
+from recfeast.serving.index import latest_item_rows
+
+MAX_K = 100
+
+
+class UnknownUserError(FeatureLookupError):
+    """The user has no row in the online store (the HTTP API answers 404)."""
+
+
+@dataclass
+class ServiceConfig:
+    """What a :class:`RecommendService` serves.
+
+    Attributes:
+        checkpoint: ranking model (``recfeast train`` output). repo / online_store / project /
+            feature_service: the online features (defaults as in :class:`OnlineFeatureClient`).
+        candidates: items retrieved before ranking. popular: popular items added to recommend's
+            candidates. query_weight: share of the query cosine in search scores (0..1).
+        as_of: unix seconds used as "now" for request-time features (replaying historical data
+            such as MovieLens, whose users stopped rating in 1998); None = the clock.
+        refresh_every_s: how often a background thread checks the tables for new embeddings (0 = never).
+        load_query_encoder: load the text encoder for search (False: recommend only).
+    """
+
+    checkpoint: str | Path
+    repo: str | Path | None = None
+    online_store: str | None = None
+    project: str | None = None
+    feature_service: str = "ranking_v1"
+    candidates: int = 100
+    popular: int = 20
+    query_weight: float = 0.5
+    as_of: int | None = None
+    refresh_every_s: float = 60.0
+    load_query_encoder: bool = True
+
+
+class RecommendService:
+    """Holds the online client, the index, the ranker and the query embedder of one deployment.
+
+    Args:
+        client: :class:`recfeast.serving.sdk.OnlineFeatureClient`. index: :class:`ItemIndex`.
+        ranker: :class:`Ranker`. embedder: :class:`QueryEmbedder` or None (search refused).
+        cfg: :class:`ServiceConfig`. observe: optional ``callback(stage, seconds)`` (metrics).
+
+    Raises:
+        ModelError: the ranker, the index and the query encoder disagree on the text embedding
+            identity, or the service lacks a feature the ranker needs.
+    """
+
+    def __init__(self, client, index, ranker, embedder, cfg: ServiceConfig, observe=None):
+        self.client, self.index, self.ranker, self.embedder, self.cfg = client, index, ranker, embedder, cfg
+        self.observe = observe or (lambda stage, seconds: None)
+        ranker.check_service(client.feature_names, client.service.name)
+        trained = ranker.embedding_models.get("text_model")
+        if trained and index.model_id not in trained:
+            raise ModelError(f"the item index holds {index.model_id} embeddings, the ranking model was trained on "
+                             f"{trained}: retrain the ranking model or re-embed the items")
+        if embedder is not None and embedder.model_id != index.model_id:
+            raise ModelError(f"query encoder {embedder.model_id} differs from the indexed item embeddings "
+                             f"{index.model_id}")
+        self._popular = np.zeros(0, np.int64)
+        self._popular_sig = None
+        self._refresh_popular()
+        self._stop = threading.Event()
+        if cfg.refresh_every_s:
+            threading.Thread(target=self._refresh_loop, name="index-refresh", daemon=True).start()
+
+    @classmethod
+    def from_config(cls, cfg: ServiceConfig, observe=None, on_cache=None, encoder=None) -> "RecommendService":
+        """Build everything from ``cfg`` (loads the ranker, indexes the tables, loads the text encoder).
+
+        Raises:
+            ConfigError / StoreError / ModelError / DataError from the parts.
+        """
+        from recfeast.serving.index import ItemIndex
+        from recfeast.serving.query import QueryEmbedder
+        from recfeast.serving.ranker import Ranker
+        from recfeast.serving.sdk import OnlineFeatureClient
+
+        client = OnlineFeatureClient(cfg.repo, cfg.online_store, cfg.feature_service, cfg.project)
+        index = ItemIndex(config.tables_dir(Path(client.store.repo_path)) / "item_text_embedding.parquet")
+        ranker = Ranker(cfg.checkpoint)
+        embedder = None
+        if cfg.load_query_encoder:
+            embedder = QueryEmbedder(encoder, expected_model_id=index.model_id, on_cache=on_cache)
+        return cls(client, index, ranker, embedder, cfg, observe)
+
+    # ---------------------------------------------------------------- refresh
+    def refresh(self) -> dict | None:
+        """Re-read the tables if they changed: index difference applied, popular items recomputed.
+
+        Raises:
+            ModelError: the new embeddings mix models, or moved to one the ranker or the query
+                encoder does not know (the old index keeps serving).
+        """
+        trained = self.ranker.embedding_models.get("text_model")
+        before = self.index.model_id
+        out = self.index.refresh()
+        if out and self.index.model_id != before and (
+                (trained and self.index.model_id not in trained)
+                or (self.embedder is not None and self.embedder.model_id != self.index.model_id)):
+            raise ModelError(f"the item embeddings moved to {self.index.model_id}; the ranking model ({trained}) "
+                             "and the query encoder must move with them: restart with matching models")
+        self._refresh_popular()
+        return out
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.cfg.refresh_every_s):
+            try:
+                self.refresh()
+            except Exception as exc:  # keep serving the last consistent state; /health reports it
+                self.last_refresh_error = str(exc)
+            else:
+                self.last_refresh_error = None
+
+    def close(self) -> None:
+        """Stop the background refresh."""
+        self._stop.set()
+
+    def _refresh_popular(self) -> None:
+        path = config.tables_dir(Path(self.client.store.repo_path)) / "item_content.parquet"
+        st = path.stat() if path.is_file() else None
+        sig = None if st is None else (st.st_mtime_ns, st.st_size)
+        if sig == self._popular_sig:
+            return
+        rows = latest_item_rows(path, ["popularity"])
+        rows = rows.sort_values(["popularity", "item_id"], ascending=[False, True], kind="stable")
+        self._popular, self._popular_sig = rows.item_id.to_numpy(np.int64), sig
+
+    # ---------------------------------------------------------------- requests
+    def _now(self, request_ts) -> int:
+        if request_ts is not None:
+            return request_ts
+        return int(self.cfg.as_of) if self.cfg.as_of is not None else int(time.time())
+
+    @staticmethod
+    def _k(k) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+            raise FeatureLookupError(f"k={k!r}: expected an integer from 1 to {MAX_K}")
+        return int(k)
+
+    def _timed(self, stage, fn, *args):
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.observe(stage, time.perf_counter() - t)
+
+    def _rank(self, feats, retrieval: dict, k: int, extra: np.ndarray | None = None, weight: float = 0.0):
+        p = self._timed("rank", self.ranker.score, feats)
+        score = p if extra is None else weight * np.nan_to_num(extra, nan=-1.0) + (1 - weight) * p
+        order = np.argsort(-score, kind="stable")[:k]
+        ids = feats.arrays["item_id"]
+        items = [{"item_id": int(ids[i]), "score": float(score[i]), "model_score": float(p[i]),
+                  "retrieval_score": retrieval.get(int(ids[i]))} for i in order]
+        if extra is not None:
+            for it, i in zip(items, order):
+                it["query_cosine"] = None if np.isnan(extra[i]) else float(extra[i])
+        return items
+
+    def _versions(self, feats) -> dict:
+        return {"feature_service": feats.feature_service, "online_store": self.client.online_store,
+                "request_ts": feats.request_ts, "embedding_models": feats.model_ids(),
+                "index": self.index.info(), "ranker": {k: self.ranker.version[k] for k in ("sha256", "checkpoint")},
+                "query_encoder": None if self.embedder is None else self.embedder.model_id}
+
+    def user_features(self, user_id: int, request_ts: int):
+        """The user's online row (with one placeholder item), or UnknownUserError."""
+        feats = self._timed("features", self.client.get_features, user_id, [int(self._popular[0])], request_ts)
+        if feats.status["user_profile"].iat[0] != "found":
+            raise UnknownUserError(f"user_id={user_id}: no such user in the online store")
+        return feats
+
+    def recommend(self, user_id: int, k: int = 10, request_ts: int | None = None) -> dict:
+        """Top ``k`` items for ``user_id``.
+
+        Returns:
+            ``{"user_id", "items": [{"item_id", "score", "model_score", "retrieval_score"}],
+            "candidates", "versions"}``; ``retrieval_score`` is the cosine to the user's sequence
+            embedding (None for popularity candidates).
+
+        Raises:
+            FeatureLookupError: bad ``user_id``/``k``. UnknownUserError: user not online.
+            StoreError / ModelError: the store or the model versions (see :class:`Ranker`).
+        """
+        from recfeast.serving.sdk import _as_key
+
+        k, user_id = self._k(k), _as_key(user_id, "user_id")
+        ts = self._now(request_ts)
+        user = self.user_features(user_id, ts)
+        seq = user.arrays["sequence_embedding"][0]
+        retrieval = {}
+        if seq.size and not np.isnan(seq).any():
+            ids, sims = self._timed("retrieve", self.index.search, seq, self.cfg.candidates)
+            retrieval = dict(zip(ids.tolist(), sims.tolist()))
+        popular = [int(i) for i in self._popular[:self.cfg.popular + len(retrieval) + k]]
+        if retrieval:
+            cands = list(retrieval) + [i for i in popular if i not in retrieval][:max(self.cfg.popular, k - len(retrieval))]
+        else:  # no history yet: rank the most popular items
+            cands = [int(i) for i in self._popular[:max(self.cfg.candidates, k)]]
+        feats = self._timed("features", self.client.get_features, user_id, cands, ts)
+        return {"user_id": user_id, "items": self._rank(feats, retrieval, k), "candidates": len(cands),
+                "versions": self._versions(feats)}
+
+    def search(self, query: str, user_id: int | None = None, k: int = 10, request_ts: int | None = None) -> dict:
+        """Top ``k`` items for a text query, personalised when ``user_id`` is given.
+
+        Returns:
+            ``{"query", "user_id", "items": [{"item_id", "score", "model_score", "retrieval_score",
+            "query_cosine"}], "candidates", "cache_hit", "versions"}``.
+
+        Raises:
+            FeatureLookupError: empty, overlong or non-string query, bad ``k``/``user_id``; search
+                not enabled. UnknownUserError: user not online. StoreError / ModelError.
+        """
+        from recfeast.serving.ondemand import query_item_cosine
+        from recfeast.serving.query import normalize_query
+        from recfeast.serving.sdk import _as_key
+
+        k = self._k(k)
+        normalize_query(query, self.embedder.max_chars if self.embedder else 512)
+        if user_id is not None:
+            user_id = _as_key(user_id, "user_id")
+        if self.embedder is None:
+            raise FeatureLookupError("search is not enabled on this server (started without the query encoder)")
+        ts = self._now(request_ts)
+        if user_id is not None:
+            self.user_features(user_id, ts)
+        vec, hit = self._timed("embed_query", self.embedder.embed, query)
+        ids, sims = self._timed("retrieve", self.index.search, vec, max(self.cfg.candidates, k))
+        if not len(ids):
+            return {"query": query, "user_id": user_id, "items": [], "candidates": 0, "cache_hit": hit,
+                    "versions": {"index": self.index.info()}}
+        feats = self._timed("features", self.client.get_features, user_id, ids.tolist(), ts)
+        qcos = query_item_cosine(vec, feats.arrays["text_embedding"])
+        items = self._rank(feats, dict(zip(ids.tolist(), sims.tolist())), k, qcos, self.cfg.query_weight)
+        return {"query": query, "user_id": user_id, "items": items, "candidates": len(ids), "cache_hit": hit,
+                "versions": self._versions(feats)}
+
+    def health(self) -> dict:
+        """``{"status": "ok"|"degraded", "online_store", "index", "ranker", "query_cache", "detail"}``;
+        reads one user row to prove the store answers."""
+        detail = getattr(self, "last_refresh_error", None)
+        status = "ok" if detail is None else "degraded"
+        try:
+            self.client.reader.read({"user_id": [0], "item_id": []}, self.client.views[:1])
+        except Exception as exc:
+            status, detail = "unavailable", f"online store: {exc}"
+        return {"status": status, "online_store": self.client.online_store, "index": self.index.info(),
+                "ranker": self.ranker.version, "detail": detail,
+                "query_cache": None if self.embedder is None else self.embedder.cache_info()}

@@ -1,0 +1,104 @@
+"""recommend and search on the slice: retrieval -> online features -> the trained model, with the
+versions they used, on both stores."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from recfeast.errors import FeatureLookupError, ModelError
+from recfeast.serving.ranker import Ranker
+from recfeast.serving.service import RecommendService, ServiceConfig, UnknownUserError
+
+pytestmark = pytest.mark.slow
+
+TS = 893_300_000
+
+
+@pytest.fixture(scope="module")
+def services(small_run, redis_small, small_model, text_encoder):
+    repo, _, project = small_run
+    out = {}
+    for kind in ("sqlite", "redis"):
+        cfg = ServiceConfig(checkpoint=small_model, repo=repo, online_store=kind, project=project, as_of=TS,
+                            candidates=20, popular=5, refresh_every_s=0)
+        out[kind] = RecommendService.from_config(cfg, encoder=text_encoder)
+    return out
+
+
+def test_recommend_ranks_with_the_model_and_names_versions(services, small_data, small_model):
+    user = small_data[1]["user_ids"][0]
+    answers = {kind: svc.recommend(user, k=8) for kind, svc in services.items()}
+    assert answers["sqlite"]["items"] == answers["redis"]["items"]
+    svc = services["redis"]
+    res = answers["redis"]
+    items = res["items"]
+    assert len(items) == 8 and [i["score"] for i in items] == sorted((i["score"] for i in items), reverse=True)
+    # the scores are the model's on the online features of exactly these items
+    feats = svc.client.get_features(user, [i["item_id"] for i in items], TS)
+    np.testing.assert_allclose([i["model_score"] for i in items], svc.ranker.score(feats), rtol=1e-6)
+    # retrieval: the nearest items to the user's sequence embedding, cosines as the index gives them
+    seq = feats.arrays["sequence_embedding"][0]
+    near, sims = svc.index.search(seq, 20)
+    retrieved = {i["item_id"]: i["retrieval_score"] for i in items if i["retrieval_score"] is not None}
+    assert retrieved and all(i in near for i in retrieved)
+    for item, s in retrieved.items():
+        assert s == pytest.approx(float(sims[list(near).index(item)]))
+    v = res["versions"]
+    ckpt = torch.load(small_model, weights_only=False)
+    assert v["embedding_models"]["text_model"] == ckpt["embedding_models"]["text_model"]
+    assert v["index"]["model_id"] == ckpt["embedding_models"]["text_model"][0] == v["query_encoder"]
+    assert v["ranker"]["sha256"] == hashlib.sha256(small_model.read_bytes()).hexdigest()[:12]
+    assert v["feature_service"] == "ranking_v1" and v["request_ts"] == TS and v["online_store"] == "redis"
+    assert res["candidates"] <= 20 + 5
+
+
+def test_search_finds_the_query_and_personalises(services, small_data):
+    svc = services["sqlite"]
+    svc.cfg.query_weight = 1.0  # relevance only: the order is the query cosine's
+    try:
+        res = svc.search("Star Wars: a farm boy joins the rebels against the galactic empire", k=3)
+    finally:
+        svc.cfg.query_weight = 0.5
+    ids = [i["item_id"] for i in res["items"]]
+    assert 50 in ids and res["user_id"] is None
+    assert [i["query_cosine"] for i in res["items"]] == sorted((i["query_cosine"] for i in res["items"]), reverse=True)
+    for it in res["items"]:
+        assert it["query_cosine"] == pytest.approx(it["retrieval_score"], abs=1e-5)
+    user = small_data[1]["user_ids"][0]
+    again = svc.search("Star Wars: a farm boy joins the rebels against the galactic empire", user_id=user, k=3)
+    assert again["cache_hit"] is True and again["user_id"] == user
+    for it in again["items"]:
+        assert it["score"] == pytest.approx(0.5 * it["query_cosine"] + 0.5 * it["model_score"])
+
+
+def test_bad_requests(services):
+    svc = services["sqlite"]
+    with pytest.raises(UnknownUserError, match="user_id=987654"):
+        svc.recommend(987654)
+    with pytest.raises(UnknownUserError):
+        svc.search("comedy", user_id=987654)
+    for k in (0, 101, 2.5, True):
+        with pytest.raises(FeatureLookupError, match="k="):
+            svc.recommend(1, k=k)
+    with pytest.raises(FeatureLookupError, match="empty"):
+        svc.search("  ")
+
+
+def test_versions_must_agree(services, small_model, small_data, tmp_path):
+    svc = services["sqlite"]
+    ckpt = torch.load(small_model, weights_only=False)
+    other = dict(ckpt, embedding_models={**ckpt["embedding_models"], "text_model": ["minilm@sha256:0000000000ff"]})
+    path = tmp_path / "other.pt"
+    torch.save(other, path)
+    ranker = Ranker(path)
+    # an index of one model and a ranker trained on another cannot serve together
+    with pytest.raises(ModelError, match="retrain the ranking model"):
+        RecommendService(svc.client, svc.index, ranker, None, svc.cfg)
+    # and a request whose items carry embeddings the ranker never saw is refused, naming them
+    feats = svc.client.get_features(small_data[1]["user_ids"][0], small_data[1]["item_ids"][:3], TS)
+    with pytest.raises(ModelError, match=r"text_embedding of items \["):
+        ranker.score(feats)
+    with pytest.raises(ModelError, match="no ranking model checkpoint"):
+        Ranker(tmp_path / "nope.pt")
