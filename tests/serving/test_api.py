@@ -1,0 +1,196 @@
+"""The HTTP API on the slice: answers, the exact status code and message of every bad request (never
+a 500), Prometheus metrics, the ingest path, and `recfeast serve` as a real process."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from recfeast.serving.api import create_app
+from recfeast.serving.metrics import Metrics
+from recfeast.serving.service import RecommendService, ServiceConfig
+
+pytestmark = pytest.mark.slow
+
+TS = 893_300_000
+
+
+@pytest.fixture(scope="module")
+def api(small_run, small_model, text_encoder):
+    repo, _, project = small_run
+    metrics = Metrics()
+    cfg = ServiceConfig(checkpoint=small_model, repo=repo, online_store="sqlite", project=project, as_of=TS,
+                        candidates=20, refresh_every_s=0)
+    svc = RecommendService.from_config(cfg, observe=metrics.observe_stage, on_cache=metrics.cache_lookup,
+                                       encoder=text_encoder)
+    return TestClient(create_app(svc, metrics), raise_server_exceptions=False), svc
+
+
+def test_answers(api, small_data):
+    client, svc = api
+    user, items = small_data[1]["user_ids"][0], small_data[1]["item_ids"][:4]
+    r = client.post("/features", json={"user_id": user, "item_ids": items, "request_ts": TS})
+    assert r.status_code == 200
+    body = r.json()
+    want = svc.client.get_features(user, items, TS).to_json()
+    assert body == want and len(body["items"][0]["text_embedding"]) == 384
+    slim = client.post("/features", json={"user_id": user, "item_ids": items, "vectors": False}).json()
+    assert "text_embedding" not in slim["items"][0] and "popularity" in slim["items"][0]
+    rec = client.post("/recommend", json={"user_id": user, "k": 5}).json()
+    assert rec["items"] == svc.recommend(user, 5)["items"] and len(rec["items"]) == 5
+    assert client.get(f"/recommend?user_id={user}&k=5").json()["items"] == rec["items"]
+    s = client.post("/search", json={"query": "galactic empire", "user_id": user, "k": 4}).json()
+    assert len(s["items"]) == 4 and s["versions"]["query_encoder"] == svc.index.model_id
+    h = client.get("/health")
+    assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["index"]["items"] == len(svc.index)
+
+
+BAD = [
+    # (method, path, body or raw bytes, status, message fragment)
+    ("post", "/recommend", b"{not json", 400, "malformed JSON body"),
+    ("post", "/recommend", b"", 422, "no JSON body"),
+    ("post", "/recommend", {"user_id": "abc"}, 422, "user_id: Input should be a valid integer"),
+    ("post", "/recommend", {"user_id": 1.5}, 422, "user_id: Input should be a valid integer"),
+    ("post", "/recommend", {"user_id": 1, "k": 0}, 422, "k: Input should be greater than or equal to 1"),
+    ("post", "/recommend", {"user_id": 1, "k": 101}, 422, "k: Input should be less than or equal to 100"),
+    ("post", "/recommend", {"user_id": 1, "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
+    ("post", "/recommend", {"user_id": 987654}, 404, "user_id=987654: no such user"),
+    ("get", "/recommend?user_id=x", None, 422, "user_id: Input should be a valid integer"),
+    ("get", "/recommend?user_id=1&k=500", None, 422, "k=500: expected an integer from 1 to 100"),
+    ("post", "/search", {"query": ""}, 422, "query: String should have at least 1 character"),
+    ("post", "/search", {"query": "   "}, 422, "query is empty"),
+    ("post", "/search", {"query": "x" * 513}, 422, "query: String should have at most 512 characters"),
+    ("post", "/search", {"query": 7}, 422, "query: Input should be a valid string"),
+    ("post", "/search", {"query": "comedy", "user_id": 987654}, 404, "no such user"),
+    ("post", "/features", {"user_id": 1, "item_ids": []}, 422, "item_ids: List should have at least 1 item"),
+    ("post", "/features", {"user_id": 1, "item_ids": list(range(1001))}, 422, "item_ids: List should have at most 1000"),
+    ("post", "/features", {"user_id": 1, "item_ids": [1, "2"]}, 422, "item_ids.1: Input should be a valid integer"),
+    ("post", "/features", {"user_id": 1, "item_ids": [2**63]}, 422, "item_ids[0]=9223372036854775808: outside the int64 range"),
+    ("post", "/features", [1, 2], 422, "Input should be a valid dictionary"),
+    ("post", "/events", {"events": []}, 422, "no events"),
+    ("post", "/events", {"events": "x"}, 422, "expected a JSON list of events"),
+    ("post", "/events", b"[{]", 400, "malformed JSON body"),
+    ("get", "/nowhere", None, 404, ""),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,message", BAD, ids=[f"{b[1]}-{b[3]}-{n}" for n, b in enumerate(BAD)])
+def test_bad_requests_get_4xx_with_a_message(api, method, path, body, status, message):
+    client, _ = api
+    if isinstance(body, bytes):
+        r = client.request(method, path, content=body, headers={"content-type": "application/json"})
+    else:
+        r = client.request(method, path, json=body)
+    assert r.status_code == status, r.text
+    if message:
+        assert message in r.json()["error"], r.json()
+
+
+def test_metrics_count_requests_cache_and_rejections(api, small_data):
+    client, _ = api
+    before = client.get("/metrics").text
+    user = small_data[1]["user_ids"][1]
+    for _ in range(3):
+        assert client.post("/search", json={"query": "a ghost story in an old house", "user_id": user}).status_code == 200
+    client.post("/recommend", json={"user_id": 987654})
+    after = client.get("/metrics").text
+
+    def value(text, prefix):
+        line = next((ln for ln in text.splitlines() if ln.startswith(prefix + " ")), None)
+        return 0.0 if line is None else float(line.rsplit(" ", 1)[1])
+
+    assert value(after, 'recfeast_query_cache_total{result="hit"}') - value(before, 'recfeast_query_cache_total{result="hit"}') == 2
+    assert value(after, 'recfeast_query_cache_total{result="miss"}') - value(before, 'recfeast_query_cache_total{result="miss"}') == 1
+    key = 'recfeast_request_seconds_count{code="200",endpoint="/search"}'
+    assert value(after, key) - value(before, key) == 3
+    key = 'recfeast_rejected_requests_total{code="404",endpoint="/recommend"}'
+    assert value(after, key) - value(before, key) == 1
+    assert 'recfeast_stage_seconds_bucket{le="0.001",stage="features"}' in after
+    assert "recfeast_store_errors_total" in after or "recfeast_store_errors" in after
+
+
+def test_store_down_is_503_and_counted(small_run, small_model, text_encoder):
+    """Redis stopping answering is a 503 naming the store, counted in recfeast_store_errors_total."""
+    repo, _, project = small_run
+    from recfeast.serving.sdk import OnlineFeatureClient
+
+    os.environ["REDIS_CONNECTION_STRING"], saved = "127.0.0.1:1,db=15", os.environ["REDIS_CONNECTION_STRING"]
+    try:
+        client = OnlineFeatureClient(repo, "redis", project=project)
+    finally:
+        os.environ["REDIS_CONNECTION_STRING"] = saved
+    svc = RecommendService.from_config(ServiceConfig(checkpoint=small_model, repo=repo, project=project, as_of=TS,
+                                                     refresh_every_s=0, load_query_encoder=False))
+    svc.client = client  # same registry, a Redis that is not there
+    metrics = Metrics()
+    http = TestClient(create_app(svc, metrics), raise_server_exceptions=False)
+    r = http.post("/recommend", json={"user_id": 1})
+    assert r.status_code == 503 and "online store unavailable" in r.json()["error"]
+    assert http.get("/health").status_code == 503
+    assert 'recfeast_store_errors_total{store="redis"} 1.0' in http.get("/metrics").text
+    assert http.post("/search", json={"query": "x"}).status_code == 422  # no encoder loaded: said so
+
+
+def test_events_go_through_the_ingest_path(small_run, small_model, small_data, tmp_path, text_encoder):
+    """/events on a copy of the slice's repository: accepted, duplicates and rejections as the Ingestor says."""
+    src, _, project = small_run
+    repo = tmp_path / "repo"
+    shutil.copytree(src, repo)
+    svc = RecommendService.from_config(ServiceConfig(checkpoint=small_model, repo=repo, project=project, as_of=TS,
+                                                     refresh_every_s=0, load_query_encoder=False))
+    http = TestClient(create_app(svc), raise_server_exceptions=False)
+    user, items = small_data[1]["user_ids"][0], small_data[1]["item_ids"]
+    events = [{"user_id": user, "item_id": items[0], "action": "click", "event_timestamp": TS},
+              {"user_id": user, "item_id": items[1], "action": "rate", "value": 4, "event_timestamp": TS + 5},
+              {"user_id": user, "item_id": 424242, "action": "click", "event_timestamp": TS + 6}]
+    r = http.post("/events", json={"events": events})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["accepted"] == 2 and body["duplicates"] == 0
+    assert [x["index"] for x in body["rejected"]] == [2] and body["rejected"][0]["event"] == events[2]
+    again = http.post("/events", json=events[:2]).json()
+    assert again["accepted"] == 0 and again["duplicates"] == 2
+    bad = http.post("/events", json=[{"user_id": user}])
+    assert bad.status_code == 422 and bad.json()["error"] == "all 1 events rejected"
+    assert bad.json()["rejected"][0]["index"] == 0
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_recfeast_serve_answers_over_http(small_run, small_model, small_data):
+    repo, _, project = small_run
+    port = _free_port()
+    exe = str(Path(sys.executable).parent / "recfeast")
+    proc = subprocess.Popen([exe, "serve", "--repo-path", str(repo), "--model", str(small_model), "--port", str(port),
+                             "--as-of", str(TS), "--no-search"], env={**os.environ, "RECFEAST_PROJECT": project},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, "recfeast serve did not come up in 120 s"
+            time.sleep(0.5)
+        user = small_data[1]["user_ids"][0]
+        r = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": user, "k": 3}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["items"]) == 3
+        assert httpx.post(f"http://127.0.0.1:{port}/search", json={"query": "x"}, timeout=30).status_code == 422
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert "recfeast serving ranking_v1 from sqlite" in out
