@@ -1,0 +1,279 @@
+"""Serving benchmarks: online features in process, /recommend over HTTP, query-embedding cache.
+
+Needs the feature tables and a ranking model: `recfeast materialize --data-dir ../shared/data/movielens-100k`
+and `recfeast train --data-dir ../shared/data/movielens-100k` first. Loads the tables into Redis
+($REDIS_CONNECTION_STRING, default 127.0.0.1:6379) under the project "recfeast_bench" (a user's keys
+are not touched; removed at the end), then:
+
+1. features: 1 random user + 100 random items through ``ranking_v1`` (384-d text, 1280-d image, 384-d
+   sequence vectors, both on-demand views), the paths interleaved request by request so machine noise
+   hits them alike: recfeast ``get_features`` (typed arrays + statuses; and with the DataFrame built);
+   Feast ``get_online_features`` (protos; and ``.to_dict()``); the floor: one redis-py pipeline of the
+   same HMGETs recfeast sends (same bytes, no decoding), and of HGETALLs.
+2. http: ``recfeast serve --online-store redis`` in a subprocess; N client threads POST /recommend
+   (random users, k=10) for D seconds; p50/p99, QPS, errors. Clients and server share the machine.
+3. query: ``QueryEmbedder`` over the real text encoder: miss (new text) vs hit (cached) latency for
+   MovieLens titles, and throughput of 16 concurrent callers (batched) vs one caller.
+
+Run: .venv/bin/python -m bench.bench_serving [--only features,http,query] [--duration 60] [--clients 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+PROJECT = "recfeast_bench"
+AS_OF = 893_300_000  # just after the last MovieLens-100k rating
+
+
+def _load_redis(repo):
+    from recfeast import config
+    from recfeast.materialize import online, store
+
+    fs = store.feature_store(repo, "redis", PROJECT)
+    store.apply(fs)
+    online.load(fs, config.tables_dir(repo), quiet=True)
+    return fs
+
+
+def bench_features(repo, n: int, n_items: int) -> dict:
+    import pandas as pd
+
+    from bench.common import percentiles_ms
+    from recfeast import config
+    from recfeast.serving.layout import entity_key_bytes
+    from recfeast.serving.sdk import OnlineFeatureClient
+
+    tables = config.tables_dir(repo)
+    rng = np.random.default_rng(0)
+    items = pd.read_parquet(tables / "item_text_embedding.parquet", columns=["item_id"]).item_id.unique()
+    users = pd.read_parquet(tables / "user_profile.parquet", columns=["user_id"]).user_id.unique()
+    reqs = [(int(rng.choice(users)), [int(i) for i in rng.choice(items, n_items, replace=False)]) for _ in range(n + 20)]
+    client = OnlineFeatureClient(repo, "redis", project=PROJECT)
+    fs, svc, r = client.store, client.service, client.reader.client
+    project = PROJECT.encode()
+    by_key = {}
+    for v in client.views:
+        by_key.setdefault(v.join_key, []).extend([*v.fields, v.ts_field])
+
+    def rows(u, its):
+        return [{"user_id": u, "item_id": i, "request_ts": AS_OF} for i in its]
+
+    def raw_hmget(u, its):
+        with r.pipeline(transaction=False) as p:
+            p.hmget(entity_key_bytes("user_id", u) + project, by_key["user_id"])
+            for i in its:
+                p.hmget(entity_key_bytes("item_id", i) + project, by_key["item_id"])
+            return p.execute()
+
+    def raw_hgetall(u, its):
+        with r.pipeline(transaction=False) as p:
+            p.hgetall(entity_key_bytes("user_id", u) + project)
+            for i in its:
+                p.hgetall(entity_key_bytes("item_id", i) + project)
+            return p.execute()
+
+    paths = {
+        "recfeast get_features (arrays)": lambda u, its: client.get_features(u, its, AS_OF),
+        "recfeast get_features + .frame": lambda u, its: client.get_features(u, its, AS_OF).frame,
+        "feast get_online_features (protos)": lambda u, its: fs.get_online_features(features=svc, entity_rows=rows(u, its)),
+        "feast get_online_features + .to_dict()": lambda u, its: fs.get_online_features(features=svc, entity_rows=rows(u, its)).to_dict(),
+        "raw redis pipeline, same HMGETs (floor)": raw_hmget,
+        "raw redis pipeline, HGETALL": raw_hgetall,
+    }
+    times = {k: [] for k in paths}
+    for k, (u, its) in enumerate(reqs):
+        for name, fn in paths.items():
+            t = time.perf_counter()
+            fn(u, its)
+            if k >= 20:  # warm-up
+                times[name].append(time.perf_counter() - t)
+    lat = {k: percentiles_ms(v) for k, v in times.items()}
+    feast, floor = lat["feast get_online_features (protos)"]["p50_ms"], lat["raw redis pipeline, same HMGETs (floor)"]["p50_ms"]
+    for v in lat.values():
+        v["vs_feast_p50"], v["vs_floor_p50"] = v["p50_ms"] / feast, v["p50_ms"] / floor
+    reply = raw_hmget(*reqs[0])
+    return {"items_per_lookup": n_items, "lookups": n, "bytes_per_lookup": sum(len(b or b"") for row in reply for b in row),
+            "latency": lat}
+
+
+def _wait_up(url: str, proc, timeout: float = 180) -> None:
+    import httpx
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stdout.read()}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("server did not start")
+
+
+def bench_http(repo, checkpoint, duration: float, clients: int, port: int) -> dict:
+    import httpx
+    import pandas as pd
+
+    from bench.common import percentiles_ms
+    from recfeast import config
+
+    users = pd.read_parquet(config.tables_dir(repo) / "user_profile.parquet", columns=["user_id"]).user_id.unique()
+    exe = str(Path(sys.executable).parent / "recfeast")
+    env = {**os.environ, "RECFEAST_PROJECT": PROJECT}
+    cmd = [exe, "serve", "--repo-path", str(repo), "--online-store", "redis", "--model", str(checkpoint), "--port",
+           str(port), "--as-of", str(AS_OF), "--no-search"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_up(url, proc)
+        lat, errors, lock = [], [], threading.Lock()
+        stop = time.perf_counter() + duration
+
+        def worker(seed):
+            rng = np.random.default_rng(seed)
+            with httpx.Client(base_url=url, timeout=30) as c:
+                for _ in range(20):  # warm-up, not counted
+                    c.post("/recommend", json={"user_id": int(rng.choice(users)), "k": 10})
+                mine, bad = [], []
+                while time.perf_counter() < stop:
+                    t = time.perf_counter()
+                    try:
+                        resp = c.post("/recommend", json={"user_id": int(rng.choice(users)), "k": 10})
+                        ok = resp.status_code == 200 and len(resp.json()["items"]) == 10
+                    except httpx.HTTPError as exc:
+                        ok, resp = False, exc
+                    mine.append(time.perf_counter() - t)
+                    if not ok:
+                        bad.append(str(getattr(resp, "text", resp))[:200])
+            with lock:
+                lat.extend(mine)
+                errors.extend(bad)
+
+        threads = [threading.Thread(target=worker, args=(s,)) for s in range(clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        metrics = httpx.get(url + "/metrics").text
+        stages = {}
+        for line in metrics.splitlines():
+            if line.startswith("recfeast_stage_seconds_sum") or line.startswith("recfeast_stage_seconds_count"):
+                name, value = line.rsplit(" ", 1)
+                stage = name.split('stage="')[1].split('"')[0]
+                stages.setdefault(stage, {})["sum" if "_sum" in name else "count"] = float(value)
+        return {"command": " ".join(cmd[1:]), "clients": clients, "duration_s": wall, "requests": len(lat),
+                "errors": len(errors), "error_samples": errors[:3], "qps": len(lat) / wall,
+                "latency": percentiles_ms(lat),
+                "server_stage_mean_ms": {k: 1000 * v["sum"] / v["count"] for k, v in stages.items() if v.get("count")}}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def bench_query(data_dir: Path | None, n: int) -> dict:
+    import pandas as pd
+    import torch
+
+    from bench.common import percentiles_ms
+    from recfeast.materialize.encoders import TextEncoder
+    from recfeast.serving.query import QueryEmbedder
+
+    torch.set_num_threads(1)  # as `recfeast serve` runs it
+    titles = pd.read_csv(Path(data_dir) / "u.item", sep="|", encoding="latin-1", header=None, usecols=[1])[1]
+    queries = [f"{t.rsplit('(', 1)[0].strip()} movie" for t in titles.drop_duplicates().iloc[:2 * n]]
+    enc = TextEncoder()
+    emb = QueryEmbedder(enc, max_wait_ms=2.0)
+    emb.embed("warm up")
+    miss, hit = [], []
+    for q in queries[:n]:
+        t = time.perf_counter()
+        emb.embed(q)
+        miss.append(time.perf_counter() - t)
+    for q in queries[:n]:
+        t = time.perf_counter()
+        _, was_hit = emb.embed(q)
+        hit.append(time.perf_counter() - t)
+        assert was_hit
+    # throughput on new texts: one caller vs 16 concurrent callers (batched by the worker)
+    fresh = queries[n:2 * n]
+    half = len(fresh) // 2
+    t = time.perf_counter()
+    for q in fresh[:half]:
+        emb.embed(q)
+    one = half / (time.perf_counter() - t)
+    batches_before = len(emb.batches)
+    todo = list(fresh[half:])
+    lock = threading.Lock()
+
+    def caller():
+        while True:
+            with lock:
+                if not todo:
+                    return
+                q = todo.pop()
+            emb.embed(q)
+
+    threads = [threading.Thread(target=caller) for _ in range(16)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    many = (len(fresh) - half) / (time.perf_counter() - t)
+    sizes = emb.batches[batches_before:]
+    m, h = percentiles_ms(miss), percentiles_ms(hit)
+    return {"model": enc.model_id, "queries": n, "torch_threads": 1, "miss": m, "hit": h,
+            "miss_over_hit_p50": m["p50_ms"] / h["p50_ms"], "sequential_qps": one, "concurrent16_qps": many,
+            "concurrent16_mean_batch": float(np.mean(sizes)) if sizes else 0.0}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repo", default=None)
+    ap.add_argument("--model", default="runs/ranking/ranking_model.pt")
+    ap.add_argument("--data-dir", default="../shared/data/movielens-100k")
+    ap.add_argument("--only", default="features,http,query")
+    ap.add_argument("--n", type=int, default=300, help="timed lookups per path")
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--queries", type=int, default=200)
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+
+    from bench.common import save
+    from recfeast import config
+
+    repo = config.repo_path(args.repo)
+    parts = set(args.only.split(","))
+    result = {"project": PROJECT, "as_of": AS_OF}
+    fs = _load_redis(repo) if parts & {"features", "http"} else None
+    try:
+        if "features" in parts:
+            result["features"] = bench_features(repo, args.n, 100)
+        if "http" in parts:
+            result["http"] = bench_http(repo, Path(args.model).resolve(), args.duration, args.clients, args.port)
+        if "query" in parts:
+            result["query"] = bench_query(args.data_dir, args.queries)
+    finally:
+        if fs is not None:
+            fs._get_provider().online_store.teardown(fs.config, fs.list_feature_views(), fs.list_entities())
+    save("serving", result)
+
+
+if __name__ == "__main__":
+    main()
