@@ -110,13 +110,18 @@ class EventLog:
         return df.reset_index(drop=True)
 
     def tails(self, user_ids, limit: int) -> pd.DataFrame:
-        """Each user's newest ``limit`` events (columns user_id, item_id, ts_us, seq), newest first."""
+        """Each user's newest ``limit`` events (columns user_id, item_id, ts_us, seq), newest first
+        within each user; one indexed query per user, in one read transaction."""
         cur = self.conn.cursor()
         rows = []
-        for u in user_ids:
-            cur.execute("SELECT user_id, item_id, ts_us, seq FROM events WHERE user_id=? "
-                        "ORDER BY ts_us DESC, seq DESC LIMIT ?", (int(u), int(limit)))
-            rows += cur.fetchall()
+        cur.execute("BEGIN")
+        try:
+            for u in user_ids:
+                cur.execute("SELECT user_id, item_id, ts_us, seq FROM events WHERE user_id=? "
+                            "ORDER BY ts_us DESC, seq DESC LIMIT ?", (int(u), int(limit)))
+                rows += cur.fetchall()
+        finally:
+            cur.execute("COMMIT")
         return pd.DataFrame(rows, columns=["user_id", "item_id", "ts_us", "seq"]).astype("int64")
 
     def read(self, columns=COLUMNS) -> pd.DataFrame:

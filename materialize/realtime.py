@@ -131,7 +131,8 @@ class ItemEmbeddings:
         ok = ~np.isnan(matrix).any(axis=1)
         self.matrix, self.model_id = np.asarray(matrix[ok], np.float32), model_id
         self.row = pd.Series(np.arange(int(ok.sum())), index=np.asarray(item_ids)[ok])
-        self.known_set = frozenset(int(i) for i in self.row.index)
+        self._pos = {int(i): n for n, i in enumerate(self.row.index)}
+        self.known_set = frozenset(self._pos)
         return self
 
     def _load(self) -> None:
@@ -151,7 +152,8 @@ class ItemEmbeddings:
         self.model_id = str(models[0]) if len(models) else ""
         self.matrix = np.stack(df["text_embedding"].to_numpy()).astype(np.float32) if len(df) else np.zeros((0, 384), np.float32)
         self.row = pd.Series(np.arange(len(df)), index=df["item_id"].to_numpy())
-        self.known_set = frozenset(int(i) for i in self.row.index)
+        self._pos = {int(i): n for n, i in enumerate(self.row.index)}
+        self.known_set = frozenset(self._pos)
         self._mtime = mtime
 
     def refresh(self) -> None:
@@ -165,8 +167,8 @@ class ItemEmbeddings:
 
     def lookup(self, item_ids: list[int]) -> np.ndarray:
         """``(L, dim)`` float32 embeddings of the known items among ``item_ids``, in order."""
-        ids = [i for i in item_ids if i in self.row.index]
-        return self.matrix[self.row[ids].to_numpy()] if ids else np.zeros((0, self.matrix.shape[1]), np.float32)
+        rows = [r for r in map(self._pos.get, item_ids) if r is not None]
+        return self.matrix[rows] if rows else np.zeros((0, self.matrix.shape[1]), np.float32)
 
 
 def state_frame(states: list[TailState], items: ItemEmbeddings, encoder, model_id: str | None = None) -> pd.DataFrame:
