@@ -78,6 +78,22 @@ def recent_runs(repo: Path, limit: int = 20) -> list[dict]:
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
 
+def mark_interrupted(repo: Path) -> int:
+    """Close the records of runs whose process died (SIGKILL, power cut): a ``running`` record whose
+    job lock nobody holds becomes ``interrupted``. Called when a scheduler starts. Returns how many."""
+    repo = config.repo_path(repo)
+    n = 0
+    with contextlib.closing(_runs_db(repo)) as db:
+        for run_id, job in db.execute("SELECT id, job FROM runs WHERE status='running'").fetchall():
+            with job_lock(repo, job) as free:
+                if free:
+                    db.execute("UPDATE runs SET status='interrupted', ended_at=?, detail=? WHERE id=?",
+                               (_now(), "the process running it died; the next run redoes its work", run_id))
+                    n += 1
+        db.commit()
+    return n
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -196,6 +212,7 @@ def build_scheduler(cfg: ScheduleConfig, blocking: bool = True):
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     repo = config.repo_path(cfg.repo)
+    mark_interrupted(repo)
     unknown = set(cfg.triggers) - set(JOBS)
     if unknown:
         raise ConfigError(f"unknown job(s) {sorted(unknown)} in triggers; expected {JOBS}")

@@ -126,3 +126,31 @@ def test_redis_down_retries_then_fails_visibly_and_next_run_catches_up(env_proje
         assert ok["status"] == "ok" and "redis" not in online.load_pending(tables)
     finally:
         drop_online(fs)
+
+
+def test_killed_scheduler_restarts_and_its_run_is_marked_interrupted(env_project, small_data):
+    """SIGKILL mid-run: no lock stays held, the dead run is closed as `interrupted` on restart, and
+    the persisted schedule runs again."""
+    repo = env_project
+    cmd = [str(Path(sys.executable).parent / "recfeast"), "schedule", "--data-dir", str(small_data[0]),
+           "--repo-path", str(repo), "--embeddings-every", "0 3 1 1 *", "--aggregates-every", "0 3 1 1 *",
+           "--load-every", "60"]
+    before = {r["id"] for r in schedule.recent_runs(repo, 1000)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    deadline = time.time() + 120
+    while time.time() < deadline and not [r for r in schedule.recent_runs(repo, 1000)
+                                          if r["id"] not in before and r["status"] == "running"]:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait(timeout=30)
+    new = [r for r in schedule.recent_runs(repo, 1000) if r["id"] not in before]
+    running = [r["id"] for r in new if r["status"] == "running"]
+    assert running, new
+    sched = schedule.build_scheduler(schedule.ScheduleConfig(data_dir=str(small_data[0]), repo=str(repo)),
+                                     blocking=False)          # a restart: closes the dead runs
+    closed = {r["id"]: r for r in schedule.recent_runs(repo, 1000) if r["id"] in running}
+    assert all(r["status"] == "interrupted" and r["ended_at"] for r in closed.values()), closed
+    assert sorted(j.id for j in sched.get_jobs()) == ["aggregates", "embeddings", "load_online"]
+    for job in ("embeddings", "aggregates", "load_online"):     # every lock is free again
+        with schedule.job_lock(repo, job) as held:
+            assert held
