@@ -316,6 +316,10 @@ def run(cfg: JobConfig) -> JobSummary:
         io.remove_stale_temp_files(out_dir)
         for name, table in tables.items():
             summary.tables[name] = {**summary.tables.get(name, {}), **_write_table(name, table, out_dir, run_ts)}
+        if "embeddings" not in cfg.parts and (out_dir / "quarantine.parquet").is_file():
+            # image rules come from the embeddings part: keep its records when it did not run
+            old_q = pd.read_parquet(out_dir / "quarantine.parquet")
+            q.rows += old_q[old_q["rule"].str.startswith("image_")].to_dict("records")
         qf = q.frame()
         io.atomic_write_bytes(out_dir / "quarantine.parquet", lambda p: qf.to_parquet(p, index=False))
         if stats:

@@ -157,3 +157,25 @@ def test_feast_cli_apply_and_materialize(small_run, tmp_path):
     items = pd.read_parquet(repo / "data" / "tables" / "item_text_embedding.parquet").item_id.tolist()[:5]
     user = int(pd.read_parquet(repo / "data" / "tables" / "user_profile.parquet").user_id.iat[0])
     _check_online_equals_tables(client, repo, user, items)
+
+
+def test_parts_rebuild_only_their_tables_and_keep_image_quarantine(small_run, small_data, tmp_path):
+    """The scheduler's embeddings and aggregates jobs: each part rewrites only its own tables, and
+    the aggregates part keeps the image quarantine records the embeddings part made."""
+    src, _, project = small_run
+    repo = make_repo(tmp_path / "repo")
+    shutil.copytree(src / "data" / "tables", repo / "data" / "tables")
+    tables = repo / "data" / "tables"
+    before = {name: (tables / f"{name}.parquet").stat().st_mtime_ns for name in TABLES}
+    summary = run(JobConfig(data_dir=small_data[0], repo=repo, project=project, apply=False, progress=False,
+                            parts=("aggregates",)))
+    after = {name: (tables / f"{name}.parquet").stat().st_mtime_ns for name in TABLES}
+    changed = sorted(n for n in TABLES if after[n] != before[n])
+    assert changed == sorted(["item_content", "user_profile", "user_behavior", "user_sequence_embedding",
+                              "user_realtime"])
+    assert "encode images" not in summary.seconds
+    assert all(summary.tables[n]["new_or_changed"] == 0 for n in changed)   # same input, same rows
+    q = pd.read_parquet(tables / "quarantine.parquet")
+    assert sorted(q[q.rule == "image_corrupt"].entity_key) == ["9001", "9002"]
+    with pytest.raises(Exception, match="parts"):
+        run(JobConfig(data_dir=small_data[0], repo=repo, parts=("nightly",), progress=False))
