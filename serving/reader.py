@@ -38,16 +38,31 @@ class RedisReader:
     """Reads Feast's Redis hashes with one pipelined HMGET per entity (all views of that entity).
 
     Args:
-        store: a ``feast.FeatureStore`` whose online store is Redis (its client and project are used).
+        store: a ``feast.FeatureStore`` whose online store is Redis (its address and project are used).
+        timeout_s: socket connect and read timeout. retries: retries of a failed read (no backoff).
+
+    A request must fail fast when Redis is gone: Feast's client retries 3 times with exponential
+    backoff (8.5 s to refuse one read here), so a plain Redis gets its own pool with the same
+    address and these limits; cluster and sentinel setups keep Feast's client.
     """
 
     kind = "redis"
 
-    def __init__(self, store):
+    def __init__(self, store, timeout_s: float = 1.0, retries: int = 1):
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         cfg = store.config
         self.project = cfg.project.encode()
         self.version = cfg.entity_key_serialization_version
-        self.client = store._get_provider().online_store._get_client(cfg.online_store)
+        client = store._get_provider().online_store._get_client(cfg.online_store)
+        if type(client) is redis.Redis:
+            pool = client.connection_pool
+            kw = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), retries), "socket_timeout": timeout_s,
+                  "socket_connect_timeout": timeout_s}
+            client = redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kw))
+        self.client = client
 
     def read(self, keys: dict[str, list[int]], views: list[ViewSpec]) -> dict[str, ViewRows]:
         """Rows of ``views`` for the entities ``keys`` (join key -> ids), in one round trip.
