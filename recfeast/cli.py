@@ -297,36 +297,5 @@ def serve(repo_path, online_store, checkpoint, host, port, as_of, candidates, no
         _fail(exc)
 
 
-@main.command()
-@_repo_opt
-@_store_opt
-@click.option("--model", "checkpoint", default="runs/ranking/ranking_model.pt", show_default=True,
-              type=click.Path(dir_okay=False), help="Ranking model checkpoint written by `recfeast train`.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--as-of", type=int, default=None,
-              help="Unix seconds used as 'now' for request-time features, to replay historical data "
-                   "(MovieLens-100k ends at 893286638). Default: the clock.")
-@click.option("--candidates", default=100, show_default=True, type=click.IntRange(1, 1000),
-              help="Items retrieved by nearest-neighbour search before ranking.")
-@click.option("--no-search", is_flag=True, help="Do not load the text encoder (/search answers 422).")
-@click.option("--refresh-every", default=60.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds between checks of the tables for new item embeddings (0: never).")
-@click.option("--torch-threads", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Threads per model call; requests run in parallel on top.")
-def serve(repo_path, online_store, checkpoint, host, port, as_of, candidates, no_search, refresh_every,
-          torch_threads):
-    """Serve /features, /recommend, /search, /events, /health and /metrics over HTTP (FastAPI)."""
-    from recfeast.serving.api import serve as run_server
-    from recfeast.serving.service import ServiceConfig
-
-    cfg = ServiceConfig(checkpoint=checkpoint, repo=repo_path, online_store=online_store, as_of=as_of,
-                        candidates=candidates, load_query_encoder=not no_search, refresh_every_s=refresh_every)
-    try:
-        run_server(cfg, host=host, port=port, torch_threads=torch_threads, log=click.echo)
-    except RecfeastError as exc:
-        _fail(exc)
-
-
 if __name__ == "__main__":  # pragma: no cover
     main()
