@@ -1,0 +1,703 @@
+"""Train the sequence encoder on next-item prediction over frozen item embeddings (``recfeast finetune sequence``).
+
+Task. A user's last ``max_len`` rated items (their text embeddings, oldest first) go through
+:class:`~recfeast.materialize.encoders.sequence.SequenceEncoder`; the output ``u`` (L2-normalised,
+in the item space) scores every catalog item by ``cos(u, item) / temperature``, and a full softmax
+over the whole catalog (1682 items for MovieLens-100k, small enough that no sampling is needed) is
+trained with cross-entropy on the item rated next. The item embeddings are frozen: they are both the
+inputs and the output space, so the trained encoder's vectors stay comparable with the item vectors
+already in the feature tables and the serving index.
+
+Positives. Every rating after a user's first one is a target, whatever its value: the encoder reads
+every rated item (materialization does), a MovieLens rating says "watched", and the embedding feeds
+retrieval of what the user will watch next (``/recommend`` searches the item index with it).
+Keeping only ratings >= 4 would drop 39% of the targets and mix the "will they like it" question,
+which the ranking model answers with its own labels, into retrieval.
+
+Temporal split (the boundaries of ``recfeast train``, ``training/config.py``): a target belongs to
+train, validation or test by its own timestamp (before ``val_start``; ``val_start``..``test_start``;
+from ``test_start``). Its history is every earlier rating of the user, from any period, so no
+target ever sees its own future, and the weights only ever see train-period targets. Ties in time are
+ordered by item id, as ``materialize.features.user_histories`` does.
+
+Training windows (GRU4Rec, Hidasi et al. 2016, *Session-based Recommendations with Recurrent Neural
+Networks*; SASRec, Kang & McAuley 2018, predict at every position of a sequence in one pass): a window
+of up to ``max_len`` consecutive items is run through the recurrent cell once and its output after
+each step predicts the following item. The loss is taken only at the last ``window_stride``
+positions of each window (whose targets tile the user's sequence), so every target is predicted from
+at least ``max_len - window_stride + 1`` previous items (or all of them when the user has fewer),
+close to what the encoder reads at inference, for ``1/window_stride`` of the recurrent work of one
+window per target. ``window_stride=1`` is exactly the inference setting.
+
+Evaluation (full ranking, no sampled negatives; the "rank all items" protocol Krichene & Rendle 2020
+recommend over SASRec's sampled one): for every event of the period, the encoder output of the
+user's last ``max_len`` items before it ranks all catalog items, minus the items the user rated
+before it (MovieLens has no repeat ratings); Recall@K = share of events whose item is in the top K
+(one relevant item: equal to HR@K), NDCG@K = mean of 1/log2(rank + 2) for rank < K. Ties count half.
+Micro-averaged over events; 95% intervals by a paired bootstrap over users (clusters of events).
+
+Reported side by side: the untrained encoder (= normalised mean of the history, its zero-initialised
+projection), the last item (cosine to the last item's embedding), the most popular items before
+``test_start``, and the trained encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recfeast.errors import ConfigError, DataError
+
+#: metrics of the evaluation (K is ``SequenceTrainConfig.k``)
+PROTOCOL = ("next-item prediction, temporal split by the target's time (train < {val} <= val < {test} <= test); "
+            "history = the user's last {L} rated items before the target; every catalog item ranked except "
+            "the user's earlier items; Recall@{k} = HR@{k} (one relevant item), NDCG@{k}; micro-averaged "
+            "over events; 95% CI: paired bootstrap over users")
+
+
+@dataclass
+class SequenceTrainConfig:
+    """Settings of ``recfeast finetune sequence`` / :func:`train_sequence` (stored in ``metrics.json``)."""
+
+    # --- data
+    repo: str | None = None                 # feature repository; default recfeast.config.repo_path()
+    data_dir: str | None = None             # raw events; default $RECFEAST_DATA_DIR
+    item_embeddings: str | None = None      # item table (item_id, text_embedding, text_model); default
+                                            # <repo>/data/tables/item_text_embedding.parquet
+    val_start: str = "1998-03-01"           # T1: targets before it train, T1..T2 validate (= recfeast train)
+    test_start: str = "1998-03-29"          # T2: targets from here are the test set (= recfeast train)
+    max_users: int | None = None            # seeded sample of users (quick runs, tests); None = all
+    # --- encoder (SequenceEncoderConfig; input_dim comes from the item table)
+    cell: str = "gru"                       # "gru" or "lstm"
+    hidden_dim: int = 256                   # recurrent state size (materialization's default)
+    max_len: int = 20                       # N: items the encoder reads (= materialization's sequence_max_len)
+    # --- objective and optimisation
+    temperature: float = 0.05               # softmax over cos(u, item) / temperature
+    window_stride: int = 10                 # new targets per training window, 1..max_len (see module doc)
+    lr: float = 1e-3                        # Adam
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0                  # max global gradient norm (recurrent nets)
+    batch_size: int = 256                   # windows per step
+    max_epochs: int = 20
+    patience: int = 3                       # epochs without a better validation NDCG@K (or loss) before stopping
+    monitor: str = "ndcg"                   # early stopping on validation "ndcg" (higher) or "loss" (lower)
+    seed: int = 0                           # weights, window offsets, shuffling, user sample, bootstrap
+    threads: int = 2                        # torch CPU threads (the machines here have 2 shared cores)
+    # --- evaluation and output
+    k: int = 10                             # cut-off of Recall@K / NDCG@K
+    bootstrap: int = 2000                   # bootstrap resamples of the paired differences
+    eval_batch_size: int = 1024
+    out_dir: str = "runs/sequence"          # checkpoint, metrics.json, training_curve.png
+    progress: bool = True                   # tqdm bars per epoch
+
+    def validate(self) -> "SequenceTrainConfig":
+        """Check every setting before any work is done.
+
+        Raises:
+            ConfigError: naming the setting and what was expected.
+        """
+        try:
+            t1, t2 = pd.Timestamp(self.val_start, tz="UTC"), pd.Timestamp(self.test_start, tz="UTC")
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"val_start={self.val_start!r} / test_start={self.test_start!r}: expected "
+                              f"dates like 1998-03-01 ({exc})") from exc
+        if t1 >= t2:
+            raise ConfigError(f"val_start {self.val_start} must be before test_start {self.test_start}")
+        if self.cell not in ("gru", "lstm"):
+            raise ConfigError(f"cell={self.cell!r}: expected 'gru' or 'lstm'")
+        if self.monitor not in ("ndcg", "loss"):
+            raise ConfigError(f"monitor={self.monitor!r}: expected 'ndcg' or 'loss'")
+        for name in ("hidden_dim", "max_len", "batch_size", "max_epochs", "patience", "threads", "k",
+                     "eval_batch_size", "bootstrap", "window_stride"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r}: expected an integer >= 1")
+        if self.window_stride > self.max_len:
+            raise ConfigError(f"window_stride={self.window_stride} must be <= max_len={self.max_len}")
+        if self.max_users is not None and (isinstance(self.max_users, bool) or not isinstance(self.max_users, int)
+                                           or self.max_users < 2):
+            raise ConfigError(f"max_users={self.max_users!r}: expected None (all users) or an integer >= 2")
+        for name in ("temperature", "lr"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name}={value!r}: expected a number > 0")
+        for name in ("weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+                raise ConfigError(f"{name}={value!r}: expected a number >= 0")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class SequenceData:
+    """Users' rating sequences as rows of the item table.
+
+    Attributes:
+        item_ids: ``(m,)`` int64 catalog item ids, in the row order of ``item_emb``.
+        item_emb: ``(m, d)`` float32 item embeddings as the table stores them (encoder inputs).
+        item_model: identity of the model that produced ``item_emb`` (``name@sha256:...``).
+        user_ids: ``(u,)`` int64.
+        seqs: ``u`` arrays of item rows (int64), oldest first (ties in time by item id).
+        times: ``u`` arrays of event times, int64 nanoseconds since the epoch (UTC), aligned with ``seqs``.
+        first_pos: ``(u, m)`` int32: position of the user's first rating of each item, or
+            ``np.iinfo(int32).max`` when never rated (the "seen before position p" test is ``first_pos < p``).
+        dropped_events: ratings dropped because their item has no embedding.
+    """
+
+    item_ids: np.ndarray
+    item_emb: np.ndarray
+    item_model: str
+    user_ids: np.ndarray
+    seqs: list
+    times: list
+    first_pos: np.ndarray
+    dropped_events: int = 0
+
+
+def build_sequence_data(events: pd.DataFrame, items: pd.DataFrame) -> SequenceData:
+    """Group cleaned rating events into per-user sequences over the rows of an item table.
+
+    Args:
+        events: columns user_id, item_id (int), event_timestamp (tz-aware UTC); every row is one
+            interaction (``action`` is not read). Rows whose item is not in ``items`` are dropped and counted.
+        items: columns item_id, text_embedding (equal-length float vectors), text_model.
+
+    Returns:
+        :class:`SequenceData`; users with no kept event are left out.
+
+    Raises:
+        DataError: a column is missing, the embeddings are ragged or not finite, or no event remains.
+    """
+    for frame, name, cols in ((events, "events", ("user_id", "item_id", "event_timestamp")),
+                              (items, "item table", ("item_id", "text_embedding", "text_model"))):
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise DataError(f"{name} lacks column(s) {missing}; has {list(frame.columns)}")
+    items = items.drop_duplicates("item_id", keep="last").sort_values("item_id")
+    try:
+        emb = np.stack([np.asarray(v, dtype=np.float32) for v in items["text_embedding"]])
+    except ValueError as exc:
+        raise DataError(f"item table: text_embedding vectors have different lengths ({exc})") from exc
+    if emb.ndim != 2 or not np.isfinite(emb).all():
+        raise DataError("item table: text_embedding must be finite vectors of one length")
+    models = items["text_model"].dropna().unique()
+    if len(models) > 1:
+        raise DataError(f"item table mixes embedding models {sorted(models)}: rematerialize with one model")
+    item_ids = items["item_id"].to_numpy(np.int64)
+    row = pd.Series(np.arange(len(item_ids)), index=item_ids)
+    ev = events[["user_id", "item_id", "event_timestamp"]]
+    known = ev["item_id"].isin(row.index)
+    ev = ev[known].sort_values(["user_id", "event_timestamp", "item_id"], kind="stable")
+    if ev.empty:
+        raise DataError("no event refers to an item of the item table")
+    users = ev["user_id"].to_numpy(np.int64)
+    rows = row[ev["item_id"].to_numpy(np.int64)].to_numpy(np.int64)
+    times = ev["event_timestamp"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("datetime64[ns]").astype(np.int64)
+    bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
+    user_ids = users[bounds[:-1]]
+    never = np.iinfo(np.int32).max
+    first_pos = np.full((len(user_ids), len(item_ids)), never, dtype=np.int32)
+    seqs, tlist = [], []
+    for u, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        s = rows[a:b]
+        seqs.append(s)
+        tlist.append(times[a:b])
+        pos = np.arange(len(s), dtype=np.int32)[::-1]  # assign last-to-first so the first occurrence wins
+        first_pos[u, s[::-1]] = pos
+    return SequenceData(item_ids, emb, str(models[0]) if len(models) else "unknown", user_ids, seqs, tlist,
+                        first_pos, int((~known).sum()))
+
+
+def load_sequence_data(cfg: SequenceTrainConfig) -> SequenceData:
+    """Read and clean the raw events (``cfg.data_dir``) and the item embedding table, keep the
+    ``rate`` events, sample ``cfg.max_users`` users (seeded) if set.
+
+    Raises:
+        ConfigError: no data folder; DataError: a missing table or unusable data.
+    """
+    from recfeast import config
+    from recfeast.materialize.adapters import read_catalog
+    from recfeast.materialize.cleaning import clean
+
+    path = Path(cfg.item_embeddings) if cfg.item_embeddings else (
+        config.tables_dir(config.repo_path(cfg.repo)) / "item_text_embedding.parquet")
+    if not path.is_file():
+        raise DataError(f"{path}: no item embedding table; run `recfeast materialize --data-dir ...` first "
+                        "(or pass --item-embeddings)")
+    items = pd.read_parquet(path, columns=["item_id", "text_embedding", "text_model"])
+    events = clean(read_catalog(config.data_dir(cfg.data_dir))).events
+    if "action" in events.columns:
+        events = events[events["action"] == "rate"]
+    if cfg.max_users is not None:
+        users = np.sort(events["user_id"].unique())
+        if len(users) > cfg.max_users:
+            keep = np.random.default_rng(cfg.seed).choice(users, cfg.max_users, replace=False)
+            events = events[events["user_id"].isin(keep)]
+    return build_sequence_data(events, items)
+
+
+@dataclass
+class Targets:
+    """Targets of one period: ``user`` (index into ``SequenceData.seqs``) and ``pos`` (position of the
+    target in that user's sequence, >= 1), both ``(n,)`` int64, ordered by user then position."""
+
+    user: np.ndarray
+    pos: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+
+def split_targets(data: SequenceData, val_start: str, test_start: str) -> dict[str, Targets]:
+    """Every rating after a user's first, assigned to ``train``/``val``/``test`` by its own time."""
+    t1 = pd.Timestamp(val_start, tz="UTC").value
+    t2 = pd.Timestamp(test_start, tz="UTC").value
+    out = {s: ([], []) for s in ("train", "val", "test")}
+    for u, t in enumerate(data.times):
+        pos = np.arange(1, len(t))
+        tt = t[1:]
+        for name, sel in (("train", tt < t1), ("val", (tt >= t1) & (tt < t2)), ("test", tt >= t2)):
+            out[name][0].append(np.full(sel.sum(), u))
+            out[name][1].append(pos[sel])
+    return {s: Targets(np.concatenate(us).astype(np.int64) if us else np.zeros(0, np.int64),
+                       np.concatenate(ps).astype(np.int64) if ps else np.zeros(0, np.int64))
+            for s, (us, ps) in out.items()}
+
+
+def history_matrix(data: SequenceData, targets: Targets, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Histories of the targets: ``(idx, lengths)``; ``idx`` ``(n, max_len)`` int64 item rows,
+    left-aligned, padded with ``m`` (a zero row appended to the embeddings); ``lengths`` ``(n,)`` int64 >= 1."""
+    m = len(data.item_ids)
+    n = len(targets)
+    idx = np.full((n, max_len), m, dtype=np.int64)
+    lengths = np.empty(n, dtype=np.int64)
+    for i, (u, p) in enumerate(zip(targets.user, targets.pos)):
+        h = data.seqs[u][max(0, p - max_len):p]
+        idx[i, :len(h)] = h
+        lengths[i] = len(h)
+    return idx, lengths
+
+
+def training_windows(data: SequenceData, targets: Targets, max_len: int, stride: int,
+                     rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Windows for all-position training (see module doc), with a fresh random phase per call.
+
+    Targets of a user are cut into groups of up to ``stride`` consecutive positions (phase drawn
+    from ``rng``); a group ending at target position ``q`` becomes the window of input positions
+    ``max(0, q - max_len) .. q - 1``; the output after input position ``p - 1`` predicts position ``p``.
+
+    Returns:
+        ``idx`` ``(w, max_len)`` int64 input item rows (padded with ``m``), ``user`` ``(w,)`` int64,
+        ``start`` ``(w,)`` int64 (sequence position of the first input), ``loss`` ``(w, max_len)`` bool
+        (step j's output is scored), ``target`` ``(w, max_len)`` int64 item row predicted at step j
+        (``m`` where not scored), ``tpos`` ``(w, max_len)`` int64 sequence position of that target.
+    """
+    m = len(data.item_ids)
+    bounds = np.flatnonzero(np.r_[True, targets.user[1:] != targets.user[:-1], True]) if len(targets) else [0]
+    idx, users, starts, loss, tgt, tpos = [], [], [], [], [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        u = int(targets.user[a])
+        pos = targets.pos[a:b]
+        seq = data.seqs[u]
+        phase = int(rng.integers(0, stride))
+        group = (pos + phase) // stride
+        cuts = np.flatnonzero(np.r_[True, group[1:] != group[:-1], True])
+        for c0, c1 in zip(cuts[:-1], cuts[1:]):
+            ps = pos[c0:c1]
+            q = int(ps[-1])
+            s = max(0, q - max_len)
+            win = np.full(max_len, m, dtype=np.int64)
+            win[:q - s] = seq[s:q]
+            lm = np.zeros(max_len, dtype=bool)
+            lm[ps - s - 1] = True
+            t = np.full(max_len, m, dtype=np.int64)
+            t[ps - s - 1] = seq[ps]
+            tp = np.zeros(max_len, dtype=np.int64)
+            tp[ps - s - 1] = ps
+            idx.append(win), users.append(u), starts.append(s), loss.append(lm), tgt.append(t), tpos.append(tp)
+    if not idx:
+        z = np.zeros((0, max_len), np.int64)
+        return {"idx": z, "user": np.zeros(0, np.int64), "start": np.zeros(0, np.int64),
+                "loss": z.astype(bool), "target": z, "tpos": z}
+    return {"idx": np.stack(idx), "user": np.asarray(users, np.int64), "start": np.asarray(starts, np.int64),
+            "loss": np.stack(loss), "target": np.stack(tgt), "tpos": np.stack(tpos)}
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def target_ranks(scores: np.ndarray, targets: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """0-based rank of each row's target among the row's candidates; ties count half.
+
+    Args:
+        scores: ``(n, m)`` float, higher = better.
+        targets: ``(n,)`` int column of each row's relevant item.
+        exclude: ``(n, m)`` bool, items removed from the ranking (the target itself is never removed).
+
+    Returns:
+        ``(n,)`` float64: number of kept items scored above the target + half of those tied with it.
+
+    Raises:
+        ValueError: shapes disagree or a target is out of range.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    n, m = scores.shape
+    if targets.shape != (n,) or (exclude is not None and exclude.shape != (n, m)):
+        raise ValueError(f"scores {scores.shape}, targets {targets.shape}, exclude "
+                         f"{None if exclude is None else exclude.shape}: expected (n, m), (n,), (n, m)")
+    if n and (targets.min() < 0 or targets.max() >= m):
+        raise ValueError(f"targets must be in 0..{m - 1}")
+    st = scores[np.arange(n), targets][:, None]
+    keep = np.ones((n, m), dtype=bool) if exclude is None else ~exclude
+    keep[np.arange(n), targets] = False  # compare with the others
+    return (((scores > st) & keep).sum(1) + 0.5 * ((scores == st) & keep).sum(1)).astype(np.float64)
+
+
+def recall_ndcg(ranks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-event ``(recall@k, ndcg@k)`` with one relevant item: ``1[rank < k]`` and
+    ``1/log2(rank + 2)`` when rank < k else 0 (Järvelin & Kekäläinen 2002; the ideal DCG is 1)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    hit = ranks < k
+    return hit.astype(np.float64), np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def cluster_bootstrap(a: np.ndarray, b: np.ndarray, groups: np.ndarray, n: int = 2000, seed: int = 0) -> dict:
+    """95% percentile-bootstrap interval of ``mean(a) - mean(b)`` over paired per-event values,
+    resampling whole groups (users) with replacement, so that events of one user move together
+    (cluster bootstrap; Efron & Tibshirani 1993; Field & Welsh 2007).
+
+    Args:
+        a, b: ``(n_events,)`` float per-event values of two methods on the same events.
+        groups: ``(n_events,)`` group id of each event.
+
+    Returns:
+        ``{"diff": mean(a) - mean(b), "ci95": [low, high], "groups": number of groups}``.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    _, g = np.unique(groups, return_inverse=True)
+    ng = int(g.max()) + 1 if len(g) else 0
+    sums = np.bincount(g, weights=a - b, minlength=ng)
+    counts = np.bincount(g, minlength=ng).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    w = np.stack([np.bincount(rng.integers(0, ng, ng), minlength=ng) for _ in range(n)]).astype(np.float64)
+    diffs = (w @ sums) / np.maximum(w @ counts, 1.0)
+    return {"diff": float((a - b).mean()) if len(a) else 0.0,
+            "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))], "groups": ng}
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+def prefix_outputs(encoder, x: torch.Tensor) -> torch.Tensor:
+    """The encoder's output after every prefix of a batch of windows, in one recurrent pass.
+
+    ``out[:, j]`` equals ``encoder(x[:, :j + 1], j + 1)`` (the test suite pins this): normalised
+    (running mean of the items + projection of the recurrent state after item j). Steps after a
+    window's real length read padding; their outputs are never scored.
+
+    Args:
+        encoder: a :class:`~recfeast.materialize.encoders.sequence.SequenceEncoder`.
+        x: ``(b, L, d)`` float32, left-aligned windows.
+
+    Returns:
+        ``(b, L, d)`` float32, L2-normalised along the last axis.
+    """
+    out, _ = encoder.rnn(x)
+    steps = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype)
+    mean = x.cumsum(1) / steps[None, :, None]
+    return torch.nn.functional.normalize(mean + encoder.proj(out), p=2, dim=-1)
+
+
+class _Scorer:
+    """Frozen item tensors and the seen-item test shared by training and evaluation."""
+
+    def __init__(self, data: SequenceData):
+        emb = torch.from_numpy(data.item_emb)
+        self.m = emb.shape[0]
+        self.emb_pad = torch.cat([emb, torch.zeros(1, emb.shape[1])])          # inputs; row m = padding
+        self.items_n = torch.nn.functional.normalize(emb, p=2, dim=1)          # output space
+        self.first_pos = torch.from_numpy(data.first_pos)
+
+    def seen(self, user: torch.Tensor, pos: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``(n, m)`` bool: items the user rated before position ``pos`` (never the target)."""
+        mask = self.first_pos[user] < pos[:, None]
+        mask[torch.arange(len(target)), target] = False
+        return mask
+
+    def loss(self, u: torch.Tensor, target: torch.Tensor, seen: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Full-softmax cross-entropy of ``cos(u, item) / temperature`` with earlier items masked out."""
+        logits = (u @ self.items_n.T / temperature).masked_fill(seen, float("-inf"))
+        return torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+
+
+def evaluate(data: SequenceData, targets: Targets, methods: dict, cfg: SequenceTrainConfig,
+             scorer: _Scorer | None = None) -> dict:
+    """Rank the whole catalog for every target with each method.
+
+    Args:
+        methods: name -> a ``SequenceEncoder`` (scored through its ``forward`` on the last
+            ``cfg.max_len`` items), ``"last_item"`` (cosine to the last item) or a ``(m,)`` float
+            array of fixed item scores (e.g. popularity).
+
+    Returns:
+        name -> ``{"ranks": (n,) float64, "loss": mean cross-entropy per target (encoders only, at
+        cfg.temperature) or None}``.
+    """
+    scorer = scorer or _Scorer(data)
+    idx, lengths = history_matrix(data, targets, cfg.max_len)
+    user, pos = torch.from_numpy(targets.user), torch.from_numpy(targets.pos)
+    tgt = torch.from_numpy(np.fromiter((data.seqs[u][p] for u, p in zip(targets.user, targets.pos)),
+                                       dtype=np.int64, count=len(targets)))
+    out = {name: {"ranks": np.empty(len(targets)), "loss": 0.0} for name in methods}
+    for model in methods.values():
+        if isinstance(model, torch.nn.Module):
+            model.eval()
+    with torch.inference_mode():
+        for s in range(0, len(targets), cfg.eval_batch_size):
+            sl = slice(s, s + cfg.eval_batch_size)
+            b_idx, b_len = torch.from_numpy(idx[sl]), torch.from_numpy(lengths[sl])
+            seen = scorer.seen(user[sl], pos[sl], tgt[sl])
+            for name, method in methods.items():
+                if isinstance(method, torch.nn.Module):
+                    u = method(scorer.emb_pad[b_idx[:, :int(b_len.max())]], b_len)
+                    scores = u @ scorer.items_n.T
+                    out[name]["loss"] += float(scorer.loss(u, tgt[sl], seen, cfg.temperature))
+                elif isinstance(method, str) and method == "last_item":
+                    last = b_idx[torch.arange(len(b_len)), b_len - 1]
+                    scores = scorer.items_n[last] @ scorer.items_n.T
+                    out[name]["loss"] = None
+                else:
+                    scores = torch.as_tensor(np.asarray(method, np.float32)).expand(len(b_len), -1)
+                    out[name]["loss"] = None
+                out[name]["ranks"][sl] = target_ranks(scores.numpy(), tgt[sl].numpy(), seen.numpy())
+    for res in out.values():
+        if res["loss"] is not None:
+            res["loss"] /= max(len(targets), 1)
+    return out
+
+
+def _summary(ranks: np.ndarray, k: int) -> dict:
+    rec, ndcg = recall_ndcg(ranks, k)
+    n = max(len(ranks), 1)
+    return {f"recall@{k}": float(rec.sum() / n), f"ndcg@{k}": float(ndcg.sum() / n),
+            "mean_rank": float(ranks.mean()) if len(ranks) else None, "events": len(ranks)}
+
+
+def fit(data: SequenceData, splits: dict[str, Targets], cfg: SequenceTrainConfig, log=print):
+    """Train a fresh ``SequenceEncoder`` (Adam, full softmax) on the train targets, evaluating the
+    validation targets after every epoch (epoch 0 = untrained); stop after ``cfg.patience`` epochs
+    without improvement of ``cfg.monitor`` and return the best epoch's weights.
+
+    Returns:
+        ``(encoder in eval mode, history)``; history rows: epoch, train_loss (mean cross-entropy
+        per scored target, nats; None at epoch 0), val_loss, val_recall@k, val_ndcg@k, seconds.
+    """
+    from tqdm.auto import tqdm
+
+    from recfeast.materialize.encoders.sequence import SequenceEncoder, SequenceEncoderConfig
+
+    torch.manual_seed(cfg.seed)
+    enc = SequenceEncoder(SequenceEncoderConfig(input_dim=data.item_emb.shape[1], hidden_dim=cfg.hidden_dim,
+                                                cell=cfg.cell, max_len=cfg.max_len, seed=cfg.seed))
+    scorer = _Scorer(data)
+    opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    k = cfg.k
+
+    def validate(epoch, train_loss, seconds):
+        res = evaluate(data, splits["val"], {"enc": enc}, cfg, scorer)["enc"]
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": res["loss"],
+               **{f"val_{m}": v for m, v in _summary(res["ranks"], k).items() if m in (f"recall@{k}", f"ndcg@{k}")},
+               "seconds": seconds}
+        log(f"    epoch {epoch:2d}  train loss {'   -  ' if train_loss is None else f'{train_loss:.4f}'}  "
+            f"val loss {row['val_loss']:.4f}  val Recall@{k} {row[f'val_recall@{k}']:.4f}  "
+            f"val NDCG@{k} {row[f'val_ndcg@{k}']:.4f}  ({seconds:.1f} s)")
+        return row
+
+    def score(row):
+        return row[f"val_ndcg@{k}"] if cfg.monitor == "ndcg" else -row["val_loss"]
+
+    history = [validate(0, None, 0.0)]
+    best, best_state, stale = score(history[0]), {n: v.clone() for n, v in enc.state_dict().items()}, 0
+    for epoch in range(1, cfg.max_epochs + 1):
+        t0 = time.perf_counter()
+        win = training_windows(data, splits["train"], cfg.max_len, cfg.window_stride, rng)
+        order = rng.permutation(len(win["idx"]))
+        enc.train()
+        total, count = 0.0, 0
+        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", unit="batch",
+                   disable=not cfg.progress, leave=False)
+        for s in bar:
+            b = order[s:s + cfg.batch_size]
+            x = scorer.emb_pad[torch.from_numpy(win["idx"][b])]
+            out = prefix_outputs(enc, x)
+            lm = torch.from_numpy(win["loss"][b])
+            u = out[lm]
+            tgt = torch.from_numpy(win["target"][b])[lm]
+            users = torch.from_numpy(win["user"][b])[:, None].expand(-1, cfg.max_len)[lm]
+            seen = scorer.seen(users, torch.from_numpy(win["tpos"][b])[lm], tgt)
+            loss = scorer.loss(u, tgt, seen, cfg.temperature)
+            opt.zero_grad()
+            (loss / len(tgt)).backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(enc.parameters(), cfg.grad_clip)
+            opt.step()
+            total, count = total + float(loss.detach()), count + len(tgt)
+            bar.set_postfix(loss=f"{total / max(count, 1):.3f}")
+        bar.close()
+        row = validate(epoch, total / max(count, 1), time.perf_counter() - t0)
+        history.append(row)
+        if score(row) > best + 1e-5:
+            best, stale = score(row), 0
+            best_state = {n: v.clone() for n, v in enc.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                log(f"    early stop: no better validation {cfg.monitor} for {cfg.patience} epochs")
+                break
+    enc.load_state_dict(best_state)
+    return enc.eval(), history
+
+
+# ---------------------------------------------------------------------------------------------
+# the task
+
+
+def _plot(path: Path, history: list[dict], k: int, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax[0].plot(ep[1:], [h["train_loss"] for h in history[1:]], "o-", label="train")
+    ax[0].plot(ep, [h["val_loss"] for h in history], "o-", label="validation")
+    ax[0].set_title("cross-entropy per target (full softmax)")
+    ax[1].plot(ep, [h[f"val_ndcg@{k}"] for h in history], "o-", label=f"NDCG@{k}")
+    ax[1].plot(ep, [h[f"val_recall@{k}"] for h in history], "o-", label=f"Recall@{k}")
+    ax[1].set_title("validation (epoch 0 = untrained)")
+    for a in ax:
+        a.set_xlabel("epoch"), a.grid(alpha=0.3), a.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def train_sequence(cfg: SequenceTrainConfig, log=print) -> dict:
+    """Train and evaluate the sequence encoder; write ``<out_dir>/sequence_encoder.pt`` (loadable
+    alone by ``SequenceEncoder.load``), ``metrics.json``, ``results.md`` and ``training_curve.png``.
+
+    Steps: 1 events and item embeddings, 2 temporal split, 3 training with early stopping,
+    4 test evaluation of the trained encoder and the baselines with bootstrap intervals, 5 save.
+
+    Returns:
+        the metrics dict written to ``metrics.json`` (``test`` rows per method, ``diff`` intervals,
+        ``history``, ``config``, ``model_id``, lineage of the data).
+
+    Raises:
+        ConfigError: a bad setting; DataError: missing tables or no targets in a period.
+    """
+    from recfeast.materialize.io import atomic_write_bytes, write_json
+
+    cfg.validate()
+    t_start = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(cfg.threads, os.cpu_count() or 1))
+    try:
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        data = load_sequence_data(cfg)
+        splits = split_targets(data, cfg.val_start, cfg.test_start)
+        sizes = {s: len(t) for s, t in splits.items()}
+        log(f"1. data: {len(data.user_ids)} users, {len(data.item_ids)} items ({data.item_model}), "
+            f"{sum(len(s) for s in data.seqs)} ratings ({data.dropped_events} without an item embedding dropped)")
+        log(f"2. targets: train {sizes['train']}, val {sizes['val']}, test {sizes['test']} "
+            f"(val from {cfg.val_start}, test from {cfg.test_start})")
+        for s, n in sizes.items():
+            if n == 0:
+                raise DataError(f"no {s} targets: move val_start/test_start (data from "
+                                f"{pd.Timestamp(min(t[0] for t in data.times), tz='UTC')} to "
+                                f"{pd.Timestamp(max(t[-1] for t in data.times), tz='UTC')})")
+
+        log(f"3. training {cfg.cell.upper()} (hidden {cfg.hidden_dim}, max_len {cfg.max_len}, temperature "
+            f"{cfg.temperature}, {torch.get_num_threads()} threads)")
+        t_fit = time.perf_counter()
+        enc, history = fit(data, splits, cfg, log)
+        fit_s = time.perf_counter() - t_fit
+
+        log("4. test evaluation")
+        from recfeast.materialize.encoders.sequence import SequenceEncoder
+
+        untrained = SequenceEncoder(enc.config)
+        pop = np.zeros(len(data.item_ids))
+        t2 = pd.Timestamp(cfg.test_start, tz="UTC").value
+        for s, t in zip(data.seqs, data.times):
+            np.add.at(pop, s[t < t2], 1.0)
+        names = {"untrained": "untrained encoder (mean of history)", "last_item": "last item",
+                 "popular": f"most popular before {cfg.test_start}", "trained": f"trained {cfg.cell.upper()}"}
+        res = evaluate(data, splits["test"], {"untrained": untrained, "last_item": "last_item", "popular": pop,
+                                              "trained": enc}, cfg)
+        k = cfg.k
+        rows = [{"method": key, "name": names[key], **_summary(r["ranks"], k), "loss": r["loss"]}
+                for key, r in res.items()]
+        groups = splits["test"].user
+        gains = {key: recall_ndcg(r["ranks"], k) for key, r in res.items()}
+        diffs = {}
+        for ref in ("untrained", "last_item"):
+            diffs[f"trained - {ref}"] = {
+                f"recall@{k}": cluster_bootstrap(gains["trained"][0], gains[ref][0], groups, cfg.bootstrap, cfg.seed),
+                f"ndcg@{k}": cluster_bootstrap(gains["trained"][1], gains[ref][1], groups, cfg.bootstrap, cfg.seed)}
+
+        best = max(history[1:] or history, key=lambda h: h[f"val_ndcg@{k}"] if cfg.monitor == "ndcg" else -h["val_loss"])
+        epochs_run = len(history) - 1
+        per_epoch = [h["seconds"] for h in history[1:]]
+        protocol = PROTOCOL.format(val=cfg.val_start, test=cfg.test_start, L=cfg.max_len, k=k)
+        metrics = {
+            "protocol": protocol, "config": asdict(cfg), "encoder_config": asdict(enc.config),
+            "model_id": enc.model_id, "untrained_model_id": untrained.model_id,
+            "item_embedding_model": data.item_model,
+            "data": {"users": len(data.user_ids), "items": len(data.item_ids),
+                     "ratings": int(sum(len(s) for s in data.seqs)), "dropped_events": data.dropped_events,
+                     "targets": sizes, "time_range": [str(pd.Timestamp(min(t[0] for t in data.times), tz="UTC")),
+                                                      str(pd.Timestamp(max(t[-1] for t in data.times), tz="UTC"))],
+                     "test_users": int(len(np.unique(groups)))},
+            "test": rows, "diff": diffs, "history": history, "best_epoch": best["epoch"], "epochs_run": epochs_run,
+            "seconds": {"fit": round(fit_s, 1), "per_epoch_mean": round(float(np.mean(per_epoch)), 1) if per_epoch else None,
+                        "total": round(time.perf_counter() - t_start, 1)},
+            "threads": torch.get_num_threads(),
+        }
+
+        log("5. save")
+        enc.save(out / "sequence_encoder.pt")
+        write_json(out / "metrics.json", metrics)
+        table = pd.DataFrame(rows)[["name", f"recall@{k}", f"ndcg@{k}", "mean_rank", "loss", "events"]]
+        md = table.to_markdown(index=False, floatfmt=".4f")
+        diff_text = "\n".join(
+            f"- {name}: " + "; ".join(f"{m} {d['diff']:+.4f} (95% CI {d['ci95'][0]:+.4f} .. "
+                                       f"{d['ci95'][1]:+.4f}, {d['groups']} users)" for m, d in dd.items())
+            for name, dd in diffs.items())
+        text = (f"# Sequence encoder ({cfg.cell.upper()}) on next-item prediction, test from {cfg.test_start}\n\n"
+                f"Protocol: {protocol}\n\n{md}\n\n{diff_text}\n\nmodel: {enc.model_id}; best epoch "
+                f"{best['epoch']} of {epochs_run}; {metrics['seconds']['per_epoch_mean']} s per epoch\n")
+        atomic_write_bytes(out / "results.md", lambda p: p.write_text(text))
+        _plot(out / "training_curve.png", history, k, f"{cfg.cell.upper()} sequence encoder, {enc.model_id}")
+        log(f"\n{text}\nsaved to {out}: sequence_encoder.pt, metrics.json, results.md, training_curve.png")
+        return metrics
+    finally:
+        torch.set_num_threads(threads)
