@@ -175,6 +175,7 @@ class Ingestor:
         cfg: real-time feature settings.
         store: an existing ``feast.FeatureStore`` to use instead of building one.
         rating_scale: ``(min, max)`` of ``rate`` values.
+        sequence_model: registered sequence encoder id; default the registry's production one.
 
     Raises:
         DataError: no item embeddings table yet (run ``recfeast materialize`` first).
@@ -184,9 +185,10 @@ class Ingestor:
     """
 
     def __init__(self, repo=None, online_store: str | None = None, project: str | None = None,
-                 cfg: RealtimeConfig | None = None, store=None, rating_scale=(1.0, 5.0)):
+                 cfg: RealtimeConfig | None = None, store=None, rating_scale=(1.0, 5.0),
+                 sequence_model: str | None = None):
+        from recfeast.materialize import registry
         from recfeast.materialize import store as store_ops
-        from recfeast.materialize.encoders.sequence import SequenceEncoder, SequenceEncoderConfig
 
         self.repo = config.repo_path(repo)
         self.cfg = cfg or RealtimeConfig()
@@ -198,8 +200,8 @@ class Ingestor:
             raise StoreError(f"no {VIEW!r} feature view in the registry of {self.repo}: run `recfeast materialize` "
                              f"or `feast apply` first ({exc})") from exc
         self.items = ItemEmbeddings(config.tables_dir(self.repo) / "item_text_embedding.parquet")
-        self.encoder = SequenceEncoder(SequenceEncoderConfig(input_dim=self.items.matrix.shape[1],
-                                                             max_len=self.cfg.seq_len))
+        # the production sequence encoder, as the aggregates job uses (registry default: seeded GRU)
+        self.encoder = registry.sequence_encoder(self.repo, self.items.matrix.shape[1], self.cfg.seq_len, sequence_model)
         self.log = EventLog(log_path(self.repo))
         self._lock = threading.Lock()
 

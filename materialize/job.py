@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 
 from recfeast import config
 from recfeast.materialize import features as F
+from recfeast.materialize import registry
+from recfeast.materialize.embedding_cache import EmbeddingCache, cached_encode
 from recfeast.materialize.schema import FIELD_NULLED
 
 #: tables rebuilt by each part of the job (the scheduler runs the parts as separate jobs)
@@ -47,6 +49,8 @@ class JobConfig:
     materialize: bool = True            # load the online store after apply
     progress: bool = True               # progress bars and stage lines
     parts: tuple[str, ...] = ("embeddings", "aggregates")  # which tables to rebuild (see PARTS)
+    text_model: str | None = None       # registered text model id; default the registry's production one
+    sequence_model: str | None = None   # registered sequence model id; default production (or seeded GRU)
 
 
 @dataclass
@@ -57,6 +61,7 @@ class JobSummary:
     quarantine: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
+    embeddings: dict[str, dict] = field(default_factory=dict)   # per encoder: computed vs reused (cache)
     selection: dict = field(default_factory=dict)
     online_store: str = ""
     tables_dir: str = ""
@@ -73,6 +78,8 @@ class JobSummary:
         lines.append(f"feature selection: kept {len(self.selection.get('kept', []))} genre columns, "
                      f"dropped {', '.join(dropped) or 'none'}")
         lines.append("models: " + ", ".join(f"{k}={v}" for k, v in self.models.items()))
+        lines.append("embeddings: " + ", ".join(f"{k} {e['computed']} computed / {e['reused']} reused"
+                                                for k, e in self.embeddings.items()))
         lines.append("seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items())
                      + f" (total {sum(self.seconds.values()):.1f})")
         return "\n".join(lines)
@@ -89,48 +96,34 @@ def _file_hash(path) -> str:
         return f"unreadable:{path}"
 
 
-def reuse_or_encode(path: Path, key: str, keys: np.ndarray, hashes: list[str], model_id: str,
-                    vector_col: str, model_col: str, encode, dim: int) -> tuple[np.ndarray, int]:
-    """Embeddings for ``keys``: reused from the existing table at ``path`` where the input hash and
-    model identity match, computed with ``encode(positions)`` for the rest.
-
-    Returns:
-        ``((n, dim) float32, number reused)``; rows ``encode`` could not embed are NaN.
-    """
-    out = np.full((len(keys), dim), np.nan, dtype=np.float32)
-    todo = list(range(len(keys)))
-    if Path(path).is_file():
-        old = pd.read_parquet(path, columns=[key, vector_col, model_col, "content_hash"])
-        old = {(k, h, m): v for k, v, m, h in zip(old[key], old[vector_col], old[model_col], old["content_hash"])}
-        todo = []
-        for i, (k, h) in enumerate(zip(keys, hashes)):
-            vec = old.get((k, h, model_id))
-            if vec is not None and len(vec) == dim:
-                out[i] = vec
-            else:
-                todo.append(i)
-    if todo:
-        out[todo] = encode(todo)
-    return out, len(keys) - len(todo)
-
-
-def _encode_images(cfg: JobConfig, items: pd.DataFrame, out_dir: Path, q) -> tuple[np.ndarray, list[str], str]:
+def _encode_images(cfg: JobConfig, items: pd.DataFrame, out_dir: Path, cache_dir: Path, q,
+                   summary: "JobSummary") -> tuple[np.ndarray, list[str], str]:
     """Poster embeddings ``(n_items, dim)`` float32 (NaN rows: no usable image, quarantined), the
-    input hashes and the model identity; unchanged posters reuse the existing table's vectors."""
+    input hashes and the model identity; posters whose bytes were embedded before by the same model
+    come from the embedding cache."""
     from recfeast.materialize.encoders import ImageEncoder
 
     img_enc = ImageEncoder(cfg.image_backbone, cfg.image_weights)
     ids, paths = items["item_id"].to_numpy(), items["image_path"].tolist()
-    errors: dict[int, tuple[str, str]] = {}
+    errors: dict[int, tuple[str, str]] = {i: ("image_missing", "no image path") for i, p in enumerate(paths) if p is None}
+    has = [i for i, p in enumerate(paths) if p is not None]
+    hashes = [_file_hash(p) for p in paths]
 
-    def encode_images(pos):
-        res = img_enc.encode([paths[i] for i in pos], cfg.image_batch_size, show_progress_bar=cfg.progress)
-        errors.update({pos[j]: e for j, e in res.errors.items()})
+    def encode_images(pos):   # positions within ``has``
+        res = img_enc.encode([paths[has[i]] for i in pos], cfg.image_batch_size, show_progress_bar=cfg.progress)
+        errors.update({has[pos[j]]: e for j, e in res.errors.items()})
         return res.embeddings
 
-    hashes = [_file_hash(p) for p in paths]
-    emb, _ = reuse_or_encode(out_dir / "item_image_embedding.parquet", "item_id", ids, hashes, img_enc.model_id,
-                             "image_embedding", "image_model", encode_images, img_enc.dim)
+    cache = EmbeddingCache(cache_dir, img_enc.model_id, img_enc.dim,
+                           (out_dir / "item_image_embedding.parquet", "image_embedding", "image_model"))
+    emb = np.full((len(paths), img_enc.dim), np.nan, dtype=np.float32)
+    emb[has], reused, computed = cached_encode(cache, [hashes[i] for i in has], encode_images)
+    cache.save()
+    summary.embeddings["image"] = {"computed": computed, "reused": reused}
+    first_error = {hashes[i]: e for i, e in errors.items()}
+    for i in has:   # items sharing a failed file (encoded once) get its error too
+        if np.isnan(emb[i]).any() and i not in errors and hashes[i] in first_error:
+            errors[i] = first_error[hashes[i]]
     for i, (rule, detail) in sorted(errors.items()):
         if rule == "image_missing" and items["enrichment_dropped"].iat[i]:
             continue  # already quarantined as low_enrichment_confidence
@@ -227,6 +220,7 @@ def run(cfg: JobConfig) -> JobSummary:
     data_dir = config.data_dir(cfg.data_dir)
     repo = config.repo_path(cfg.repo)
     out_dir = config.tables_dir(repo)
+    cache_dir = repo / "data" / "embedding_cache"
     run_ts = pd.Timestamp.now(tz="UTC")
     stage = _Stages(cfg.progress)
     summary = JobSummary(tables_dir=str(out_dir))
@@ -255,29 +249,25 @@ def run(cfg: JobConfig) -> JobSummary:
                              "rule": f"dominant value share > {cfg.max_dominant_share}"}
 
     with stage("encode text"):
-        from recfeast.materialize.encoders import TextEncoder
-
-        text_enc = TextEncoder()
+        text_enc = registry.text_encoder(repo, cfg.text_model)
         texts = F.item_text(items)
         ids = items["item_id"].to_numpy()
-        text_emb, reused = reuse_or_encode(
-            out_dir / "item_text_embedding.parquet", "item_id", ids, [_sha(t) for t in texts],
-            text_enc.model_id, "text_embedding", "text_model",
-            lambda pos: text_enc.encode([texts[i] for i in pos], cfg.text_batch_size,
-                                        show_progress_bar=cfg.progress), text_enc.dim)
+        cache = EmbeddingCache(cache_dir, text_enc.model_id, text_enc.dim,
+                               (out_dir / "item_text_embedding.parquet", "text_embedding", "text_model"))
+        text_emb, reused, computed = cached_encode(
+            cache, [_sha(t) for t in texts],
+            lambda pos: text_enc.encode([texts[i] for i in pos], cfg.text_batch_size, show_progress_bar=cfg.progress))
+        cache.save()
         summary.models["text"] = text_enc.model_id
-        if "embeddings" in cfg.parts:
-            summary.tables["item_text_embedding"] = {"reused_embeddings": reused}
+        summary.embeddings["text"] = {"computed": computed, "reused": reused}
 
     if "embeddings" in cfg.parts:
         with stage("encode images"):
-            img_emb, img_hashes, summary.models["image"] = _encode_images(cfg, items, out_dir, q)
+            img_emb, img_hashes, summary.models["image"] = _encode_images(cfg, items, out_dir, cache_dir, q, summary)
 
     if "aggregates" in cfg.parts:
         with stage("encode sequences"):
-            from recfeast.materialize.encoders.sequence import SequenceEncoder, SequenceEncoderConfig
-
-            seq_enc = SequenceEncoder(SequenceEncoderConfig(input_dim=text_enc.dim, max_len=cfg.sequence_max_len))
+            seq_enc = registry.sequence_encoder(repo, text_enc.dim, cfg.sequence_max_len, cfg.sequence_model)
             hist = F.user_histories(ratings, cfg.sequence_max_len)
             row_of = pd.Series(np.arange(len(ids)), index=ids)
             seq_emb = seq_enc.encode([text_emb[row_of[np.asarray(h, dtype=np.int64)].to_numpy()]

@@ -91,7 +91,7 @@ def clear_online_rows(store, view_name: str, entity_ids: list[int]) -> int:
     return len(keys)
 
 
-def load(store, tables_dir: Path, quiet: bool = False) -> dict[str, int]:
+def load(store, tables_dir: Path, quiet: bool = False, sequence_model: str | None = None) -> dict[str, int]:
     """Bring ``store``'s online store up to date with the tables in ``tables_dir``.
 
     Clears the rows pending for this store kind, materializes every batch view from the earliest
@@ -131,13 +131,14 @@ def load(store, tables_dir: Path, quiet: bool = False) -> dict[str, int]:
     store_ops.materialize(store, views=views, start=start, quiet=quiet)
     faults.point("load:after_materialize")
     clear_pending(tables_dir, kind)
-    restore_realtime(store)
+    restore_realtime(store, sequence_model)
     return cleared
 
 
-def restore_realtime(store) -> int:
+def restore_realtime(store, sequence_model: str | None = None) -> int:
     """Push every logged user's real-time state into ``store`` (after a flushed or restarted online
-    store; a no-op without an event log). Returns users pushed.
+    store; a no-op without an event log), computed with ``sequence_model`` (a registered id; default
+    the production one). Returns users pushed.
 
     Raises:
         StoreError: the push failed.
@@ -149,7 +150,7 @@ def restore_realtime(store) -> int:
         return 0
     from recfeast.materialize.ingest import Ingestor
 
-    ing = Ingestor(repo, store=store)
+    ing = Ingestor(repo, store=store, sequence_model=sequence_model)
     try:
         return ing.rebuild_online()
     finally:

@@ -55,8 +55,9 @@ def repo_config(repo: Path, online_store: str | None = None, project: str | None
             :func:`recfeast.config.redis_connection_string`.
         offline_store: override the offline store type (``file`` for Feast's default dask store,
             used as the benchmark anchor); default the yaml's (``duckdb``).
-        project: override the project name; default ``$RECFEAST_PROJECT``, else the yaml's (tests use
-            their own so they never touch the user's keys).
+        project: override the project name; default ``$RECFEAST_PROJECT``, else the registry's serving
+            project (set by a model promotion, :mod:`recfeast.materialize.rollout`), else the yaml's
+            (tests use their own so they never touch the user's keys).
 
     Raises:
         ConfigError: the yaml is missing or Feast rejects it.
@@ -80,6 +81,10 @@ def repo_config(repo: Path, online_store: str | None = None, project: str | None
     if offline_store:
         raw["offline_store"] = {"type": offline_store}
     project = config.project(project)
+    if not project:   # after a model promotion the production features live in a project of their own
+        from recfeast.materialize.registry import serving_project
+
+        project = serving_project(repo)
     if project:
         raw["project"] = project
     try:

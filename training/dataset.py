@@ -75,7 +75,8 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1",
 
     Raises:
         DataError: ``entity_df`` lacks ``event_timestamp`` or has naive timestamps.
-        StoreError: Feast fails, or returns rows missing, duplicated or invented.
+        StoreError: Feast fails, or returns rows missing, duplicated or invented, or rows from two
+            versions of one encoder (a ``*_model`` column with two identities).
     """
     import time
 
@@ -119,6 +120,10 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1",
         null_share={c: float(out[c].isna().mean()) for c in feature_cols if c in out.columns},
         reproducible=reproducible, seconds=round(time.perf_counter() - t0, 2),
     )
+    mixed = {c: ids for c, ids in info.model_ids.items() if len(ids) > 1}
+    if mixed:
+        raise StoreError(f"the training set mixes embedding spaces {mixed}: the tables changed version while it was "
+                         "read (a model promotion?) or were written by two versions; rebuild it once they agree")
     return out, info
 
 
