@@ -591,8 +591,11 @@ def _plot(path: Path, history: list[dict], k: int, title: str) -> None:
     ax[1].plot(ep, [h[f"val_ndcg@{k}"] for h in history], "o-", label=f"NDCG@{k}")
     ax[1].plot(ep, [h[f"val_recall@{k}"] for h in history], "o-", label=f"Recall@{k}")
     ax[1].set_title("validation (epoch 0 = untrained)")
+    from matplotlib.ticker import MaxNLocator
+
     for a in ax:
         a.set_xlabel("epoch"), a.grid(alpha=0.3), a.legend(fontsize=8)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -659,7 +662,7 @@ def train_sequence(cfg: SequenceTrainConfig, log=print) -> dict:
         groups = splits["test"].user
         gains = {key: recall_ndcg(r["ranks"], k) for key, r in res.items()}
         diffs = {}
-        for ref in ("untrained", "last_item"):
+        for ref in ("untrained", "last_item", "popular"):
             diffs[f"trained - {ref}"] = {
                 f"recall@{k}": cluster_bootstrap(gains["trained"][0], gains[ref][0], groups, cfg.bootstrap, cfg.seed),
                 f"ndcg@{k}": cluster_bootstrap(gains["trained"][1], gains[ref][1], groups, cfg.bootstrap, cfg.seed)}
@@ -678,8 +681,10 @@ def train_sequence(cfg: SequenceTrainConfig, log=print) -> dict:
                                                       str(pd.Timestamp(max(t[-1] for t in data.times), tz="UTC"))],
                      "test_users": int(len(np.unique(groups)))},
             "test": rows, "diff": diffs, "history": history, "best_epoch": best["epoch"], "epochs_run": epochs_run,
-            "seconds": {"fit": round(fit_s, 1), "per_epoch_mean": round(float(np.mean(per_epoch)), 1) if per_epoch else None,
-                        "total": round(time.perf_counter() - t_start, 1)},
+            "seconds": {"fit": round(fit_s, 1), "total": round(time.perf_counter() - t_start, 1),
+                        **({f"per_epoch_{name}": round(float(f(per_epoch)), 1)
+                            for name, f in (("mean", np.mean), ("median", np.median), ("min", np.min))}
+                           if per_epoch else {})},
             "threads": torch.get_num_threads(),
         }
 
@@ -687,14 +692,16 @@ def train_sequence(cfg: SequenceTrainConfig, log=print) -> dict:
         enc.save(out / "sequence_encoder.pt")
         write_json(out / "metrics.json", metrics)
         table = pd.DataFrame(rows)[["name", f"recall@{k}", f"ndcg@{k}", "mean_rank", "loss", "events"]]
-        md = table.to_markdown(index=False, floatfmt=".4f")
+        md = table.to_markdown(index=False, floatfmt=".4f", missingval="-")
         diff_text = "\n".join(
             f"- {name}: " + "; ".join(f"{m} {d['diff']:+.4f} (95% CI {d['ci95'][0]:+.4f} .. "
                                        f"{d['ci95'][1]:+.4f}, {d['groups']} users)" for m, d in dd.items())
             for name, dd in diffs.items())
         text = (f"# Sequence encoder ({cfg.cell.upper()}) on next-item prediction, test from {cfg.test_start}\n\n"
                 f"Protocol: {protocol}\n\n{md}\n\n{diff_text}\n\nmodel: {enc.model_id}; best epoch "
-                f"{best['epoch']} of {epochs_run}; {metrics['seconds']['per_epoch_mean']} s per epoch\n")
+                f"{best['epoch']} of {epochs_run}; seconds per epoch (training + validation): median "
+                f"{metrics['seconds'].get('per_epoch_median')}, min {metrics['seconds'].get('per_epoch_min')}; "
+                f"{metrics['threads']} threads\n")
         atomic_write_bytes(out / "results.md", lambda p: p.write_text(text))
         _plot(out / "training_curve.png", history, k, f"{cfg.cell.upper()} sequence encoder, {enc.model_id}")
         log(f"\n{text}\nsaved to {out}: sequence_encoder.pt, metrics.json, results.md, training_curve.png")

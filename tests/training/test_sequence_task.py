@@ -246,6 +246,7 @@ def test_train_sequence_on_real_slice(slice_items, data_dir, tmp_path):
     assert min(h["val_loss"] for h in hist[1:]) < hist[0]["val_loss"] - 0.05
     rows = {r["method"]: r for r in metrics["test"]}
     assert set(rows) == {"untrained", "last_item", "popular", "trained"}
+    assert set(metrics["diff"]) == {"trained - untrained", "trained - last_item", "trained - popular"}
     for r in rows.values():
         assert r["events"] == metrics["data"]["targets"]["test"]
         assert 0.0 <= r["ndcg@10"] <= r["recall@10"] <= 1.0
