@@ -361,20 +361,22 @@ def finetune_sequence(data_dir, repo_path, item_embeddings, out_dir, cell, hidde
 @click.option("--max-epochs", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--pairs-per-epoch", default=1024, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=8), help="Tokens per text.")
+@click.option("--train-layers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Top transformer layers to update (0 = all: end to end). Fewer is faster on a CPU.")
 @click.option("--lr", default=2e-5, show_default=True, type=float)
 @click.option("--max-items", default=0, show_default=True, type=click.IntRange(min=0),
               help="Most-rated items only, for a quick run (0 = all).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--register", is_flag=True, help="Register the result in the repository's model registry.")
-def finetune_text(data_dir, repo_path, out_dir, tasks, max_epochs, pairs_per_epoch, max_length, lr, max_items, seed,
-                  register):
+def finetune_text(data_dir, repo_path, out_dir, tasks, max_epochs, pairs_per_epoch, max_length, train_layers, lr,
+                  max_items, seed, register):
     """Fine-tune the BERT text encoder end to end (genre head + contrastive pairs); print before/after
     genre micro-F1 and next-item Recall@10 / NDCG@10 on a held-out period."""
     from recfeast.training.text_finetune import TextFinetuneConfig, finetune_text as run_finetune
 
     cfg = TextFinetuneConfig(data_dir=data_dir, out_dir=out_dir, max_epochs=max_epochs, pairs_per_epoch=pairs_per_epoch,
                              tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), max_length=max_length,
-                             lr=lr, max_items=max_items or None, seed=seed)
+                             train_layers=train_layers or None, lr=lr, max_items=max_items or None, seed=seed)
     try:
         res = run_finetune(cfg, log=click.echo)
         if register:

@@ -58,7 +58,7 @@ def _feature_list(store, features):
 
 
 def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1",
-                     reproducible: bool = False) -> tuple[pd.DataFrame, TrainingSetInfo]:
+                     reproducible: bool = False, allow_mixed_models: bool = False) -> tuple[pd.DataFrame, TrainingSetInfo]:
     """Join features to ``entity_df`` as of each row's ``event_timestamp``.
 
     Args:
@@ -68,6 +68,7 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1",
             which pass through unchanged.
         features: a feature service name or object, or a list of ``view:feature`` references.
         reproducible: ignore feature rows created after the entity row's timestamp.
+        allow_mixed_models: accept rows whose embeddings come from two versions of one encoder.
 
     Returns:
         ``(frame, info)``: the input rows in input order with one column per feature (vectors as
@@ -76,7 +77,8 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1",
     Raises:
         DataError: ``entity_df`` lacks ``event_timestamp`` or has naive timestamps.
         StoreError: Feast fails, or returns rows missing, duplicated or invented, or rows from two
-            versions of one encoder (a ``*_model`` column with two identities).
+            versions of one encoder (a ``*_model`` column with two identities) unless
+            ``allow_mixed_models`` (a model trained on such a set compares vectors from two spaces).
     """
     import time
 
@@ -121,7 +123,7 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1",
         reproducible=reproducible, seconds=round(time.perf_counter() - t0, 2),
     )
     mixed = {c: ids for c, ids in info.model_ids.items() if len(ids) > 1}
-    if mixed:
+    if mixed and not allow_mixed_models:
         raise StoreError(f"the training set mixes embedding spaces {mixed}: the tables changed version while it was "
                          "read (a model promotion?) or were written by two versions; rebuild it once they agree")
     return out, info

@@ -39,6 +39,8 @@ class TextFinetuneConfig:
     name: str = "all-MiniLM-L6-v2-recfeast"  # model name in its identity (name@sha256:...)
     tasks: tuple[str, ...] = ("genre", "contrastive")
     max_length: int = 128                # tokens per text while training (and in the saved model)
+    train_layers: int | None = None      # top transformer layers updated; None = all (end to end), with
+                                         # fewer the token embeddings and lower layers stay frozen (faster on CPU)
     genre_batch_size: int = 16           # items per genre step
     pair_batch_size: int = 32            # pairs per contrastive step (31 in-batch negatives each)
     pairs_per_epoch: int = 1024          # contrastive pairs sampled per epoch
@@ -63,6 +65,8 @@ class TextFinetuneConfig:
         bad = set(self.tasks) - {"genre", "contrastive"}
         if bad or not self.tasks:
             raise ConfigError(f"tasks={self.tasks!r}: expected one or both of 'genre', 'contrastive'")
+        if self.train_layers is not None and (not isinstance(self.train_layers, int) or self.train_layers < 1):
+            raise ConfigError(f"train_layers={self.train_layers!r}: expected None (all) or an integer >= 1")
         for name in ("max_length", "genre_batch_size", "pairs_per_epoch", "max_epochs", "patience"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
@@ -202,7 +206,12 @@ def finetune_text(cfg: TextFinetuneConfig, log=print) -> dict:
         f"recall@10 {before['next_item']['recall@10']:.4f} ndcg@10 {before['next_item']['ndcg@10']:.4f}")
 
     # 3. train
-    opt = torch.optim.AdamW([{"params": model.encoder.parameters(), "lr": cfg.lr},
+    if cfg.train_layers is not None:
+        layers = model.encoder.encoder.layer
+        frozen = [model.encoder.embeddings, *layers[: max(0, len(layers) - cfg.train_layers)]]
+        for module in frozen:
+            module.requires_grad_(False)
+    opt = torch.optim.AdamW([{"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": cfg.lr},
                              {"params": model.head.parameters(), "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)
     bce = torch.nn.BCEWithLogitsLoss()
     g_texts, g_labels = gt.part("train")
@@ -245,7 +254,7 @@ def finetune_text(cfg: TextFinetuneConfig, log=print) -> dict:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         v = val_loss()
         total = sum(v.values())
         curves.append({"epoch": epoch, "train": float(np.mean(losses)), "seconds": round(time.perf_counter() - t0, 1),

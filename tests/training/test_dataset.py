@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfeast.errors import DataError
+from recfeast.errors import DataError, StoreError
 from recfeast.training.dataset import get_training_set, load_training_set, save_training_set
 
 DEFS = '''
@@ -71,7 +71,7 @@ def test_every_row_once_in_order_with_shared_user_and_time(store):
     entity = pd.concat([entity, pd.DataFrame({"user_id": [2, 3], "item_id": [100, 100],
                                               "event_timestamp": [ts("2020-01-02"), ts("2020-01-02")],
                                               "label": [1, 1]})], ignore_index=True)
-    out, info = get_training_set(store, entity, "svc")
+    out, info = get_training_set(store, entity, "svc", allow_mixed_models=True)
     assert len(out) == len(entity) == info.rows
     assert out.item_id.tolist() == entity.item_id.tolist() and out.label.tolist() == entity.label.tolist()
     assert out.user_id.tolist() == entity.user_id.tolist()
@@ -109,9 +109,11 @@ def test_reproducible_hides_later_created_values(store):
 def test_provenance_and_parquet_roundtrip(store, tmp_path):
     entity = pd.DataFrame({"user_id": [1, 2], "item_id": [100, 200], "event_timestamp": [ts("2020-01-04"), ts("2020-01-06")],
                            "label": [1, 0], "split": ["train", "test"]})
-    out, info = get_training_set(store, entity, "svc")
+    out, info = get_training_set(store, entity, "svc", allow_mixed_models=True)
     assert info.feature_service == "svc" and info.features == ["user_score:score", "item_vec:vec", "item_vec:vec_model"]
     assert info.model_ids == {"vec_model": ["m@1", "m@2"]}
+    with pytest.raises(StoreError, match="mixes embedding spaces"):   # two versions of one encoder
+        get_training_set(store, entity, "svc")
     assert info.rows == 2 and info.rows_by_split == {"train": 1, "test": 1} and info.positives == 1
     assert info.time_range == (str(ts("2020-01-04")), str(ts("2020-01-06")))
     save_training_set(out, info, tmp_path / "set.parquet")
