@@ -692,6 +692,7 @@ def train_sequence(cfg: SequenceTrainConfig, log=print) -> dict:
         enc.save(out / "sequence_encoder.pt")
         write_json(out / "metrics.json", metrics)
         table = pd.DataFrame(rows)[["name", f"recall@{k}", f"ndcg@{k}", "mean_rank", "loss", "events"]]
+        table["loss"] = table["loss"].astype(object).where(table["loss"].notna(), None)  # "-" for the baselines
         md = table.to_markdown(index=False, floatfmt=".4f", missingval="-")
         diff_text = "\n".join(
             f"- {name}: " + "; ".join(f"{m} {d['diff']:+.4f} (95% CI {d['ci95'][0]:+.4f} .. "
