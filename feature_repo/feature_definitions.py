@@ -162,7 +162,8 @@ user_sequence_embedding = FeatureView(
                           "the last 20 rated items, L2-normalised; metric: cosine."),
         Field(name="sequence_length", dtype=Int64, description="Items read (<= 20)."),
         Field(name="sequence_model", dtype=String,
-              description="Identity of the sequence encoder: name@sha256:<12 hex>."),
+              description="Identities of the sequence encoder and of the text encoder whose item "
+                          "embeddings it read: <sequence id>|<text id>."),
     ],
     source=user_sequence_embedding_source,
     online=True,

@@ -299,7 +299,8 @@ def run(cfg: JobConfig) -> JobSummary:
             tables["user_sequence_embedding"] = pd.DataFrame({
                 "user_id": hist["user_id"].to_numpy(), "event_timestamp": hist["event_timestamp"].to_numpy(),
                 "sequence_embedding": list(seq_emb), "sequence_length": hist["item_ids"].map(len).astype("int64"),
-                "sequence_model": seq_enc.model_id})
+                # the vectors live in the space of the text model they read: both identities name it
+                "sequence_model": f"{seq_enc.model_id}|{text_enc.model_id}"})
             tables["user_realtime"] = rt
 
     with stage("write tables"):
