@@ -76,6 +76,24 @@ def identity_of(kind: str, path: Path, name: str | None = None) -> str:
     raise ConfigError(f"kind={kind!r}: expected one of {KINDS}")
 
 
+def _training_record(artefact: Path) -> dict:
+    """What the training run wrote beside the artefact, as ``{config, metrics, lineage}``:
+    ``finetune.json`` inside a text model folder (``recfeast finetune text``), or ``metrics.json``
+    beside a sequence checkpoint (``recfeast finetune sequence``; its item-embedding model becomes
+    ``lineage.text_model``: the text space the sequence encoder was trained on)."""
+    if artefact.is_dir():
+        path = artefact / "finetune.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+    path = artefact.with_name("metrics.json")
+    if not path.is_file():
+        return {}
+    m = json.loads(path.read_text())
+    return {"config": m.get("config", {}),
+            "metrics": {"test": m.get("test"), "diff": m.get("diff"), "best_epoch": m.get("best_epoch")},
+            "lineage": {"text_model": m.get("item_embedding_model"), "data": m.get("data"),
+                        "untrained_model_id": m.get("untrained_model_id")}}
+
+
 def register(repo: Path, kind: str, artefact: Path, metrics: dict | None = None, lineage: dict | None = None,
              config: dict | None = None, name: str | None = None) -> dict:
     """Copy a trained encoder into the registry and record it (idempotent: registering the same
@@ -97,8 +115,7 @@ def register(repo: Path, kind: str, artefact: Path, metrics: dict | None = None,
     artefact = Path(artefact)
     if not artefact.exists():
         raise ConfigError(f"{artefact}: no such model artefact")
-    meta_file = artefact / "finetune.json" if artefact.is_dir() else artefact.with_suffix(".json")
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta = _training_record(artefact)
     if kind == "text":
         name = name or meta.get("config", {}).get("name") or artefact.name
     model_id = identity_of(kind, artefact, name)

@@ -332,9 +332,10 @@ def finetune() -> None:
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(min=1), help="torch CPU threads.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--register", is_flag=True, help="Register the trained encoder in the repository's model registry.")
 def finetune_sequence(data_dir, repo_path, item_embeddings, out_dir, cell, hidden_dim, max_len, temperature,
                       window_stride, max_epochs, patience, batch_size, lr, val_start, test_start, max_users, threads,
-                      seed, quiet):
+                      seed, quiet, register):
     """Train the GRU/LSTM sequence encoder on next-item prediction; print test Recall@10 / NDCG@10
     against the untrained encoder, the last item and popularity."""
     from recfeast.training.sequence_task import SequenceTrainConfig, train_sequence
@@ -346,6 +347,13 @@ def finetune_sequence(data_dir, repo_path, item_embeddings, out_dir, cell, hidde
                               max_users=max_users or None, threads=threads, seed=seed, progress=not quiet)
     try:
         train_sequence(cfg, log=click.echo)
+        if register:
+            from pathlib import Path
+
+            from recfeast.materialize import registry
+
+            e = registry.register(config.repo_path(repo_path), "sequence", Path(out_dir) / "sequence_encoder.pt")
+            click.echo(f"registered sequence model {e['model_id']} (trained on {e['lineage'].get('text_model')})")
     except RecfeastError as exc:
         _fail(exc)
 
@@ -394,6 +402,18 @@ def models() -> None:
     """The model registry: list, register and promote encoder versions."""
 
 
+def _headline(metrics: dict) -> str:
+    """A registered model's key test metrics on one line."""
+    if isinstance(metrics.get("after"), dict):        # recfeast finetune text
+        a = metrics["after"]
+        return (f"genre micro-F1 {a.get('genre_probe_micro_f1', float('nan')):.4f}, next-item "
+                f"recall@10 {a.get('recall@10', float('nan')):.4f} ndcg@10 {a.get('ndcg@10', float('nan')):.4f}")
+    for row in metrics.get("test") or []:            # recfeast finetune sequence
+        if isinstance(row, dict) and row.get("method") == "trained":
+            return f"next-item recall@10 {row['recall@10']:.4f} ndcg@10 {row['ndcg@10']:.4f}"
+    return ""
+
+
 @models.command("list")
 @_repo_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
@@ -412,9 +432,8 @@ def models_list(repo_path, as_json):
         prod = reg["production"].get(kind)
         click.echo(f"{kind}: production = {prod or 'default (built in)'}")
         for m in (m for m in reg["models"] if m["kind"] == kind):
-            metrics = m.get("metrics", {}).get("after", m.get("metrics", {}).get("test", {}))
             click.echo(f"  {'*' if m['model_id'] == prod else ' '} {m['model_id']}  registered {m['registered_at']}  "
-                       f"{json.dumps(metrics, default=str)[:120]}")
+                       f"{_headline(m.get('metrics') or {})}")
     click.echo(f"serving project: {reg.get('serving_project') or 'the feature_store.yaml project'}")
 
 
