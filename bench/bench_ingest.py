@@ -82,7 +82,8 @@ def _loading(repo: Path, kind: str) -> dict:
 
     tables = repo / "data" / "tables"
     out = {}
-    for how in ("feast_materialize", "recfeast_load"):
+    # alternating order, best of two each: the first load of a process pays warm-up costs
+    for how in ("feast_materialize", "recfeast_load", "recfeast_load", "feast_materialize"):
         fs = store.feature_store(repo, kind, f"bench_{uuid.uuid4().hex[:8]}")
         store.apply(fs)
         t = time.perf_counter()
@@ -93,7 +94,8 @@ def _loading(repo: Path, kind: str) -> dict:
             online.load(fs, tables, quiet=True)
         sec = time.perf_counter() - t
         rows = _online_rows(fs, tables)
-        out[how] = {"seconds": round(sec, 2), "rows": rows, "rows_per_s": round(rows / sec, 1)}
+        if how not in out or sec < out[how]["seconds"]:
+            out[how] = {"seconds": round(sec, 2), "rows": rows, "rows_per_s": round(rows / sec, 1)}
         fs._get_provider().online_store.teardown(fs.config, fs.list_feature_views(), fs.list_entities())
     out["ratio_recfeast_over_feast"] = round(out["recfeast_load"]["rows_per_s"] / out["feast_materialize"]["rows_per_s"], 3)
     return out
