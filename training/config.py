@@ -12,6 +12,22 @@ from recfeast.errors import ConfigError
 GROUPS = ("behavior", "text", "image", "sequence")
 
 
+def split_dates(val_start: str, test_start: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The temporal split's boundaries T1 < T2 as UTC timestamps (shared by every training task).
+
+    Raises:
+        ConfigError: a value is not a date, or T1 is not before T2.
+    """
+    try:
+        t1, t2 = pd.Timestamp(val_start, tz="UTC"), pd.Timestamp(test_start, tz="UTC")
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"val_start={val_start!r} / test_start={test_start!r}: expected "
+                          f"dates like 1998-03-01 ({exc})") from exc
+    if t1 >= t2:
+        raise ConfigError(f"val_start {val_start} must be before test_start {test_start}")
+    return t1, t2
+
+
 @dataclass
 class TrainConfig:
     """Settings of ``recfeast train`` / :func:`recfeast.training.train`."""
@@ -50,13 +66,7 @@ class TrainConfig:
         Raises:
             ConfigError: naming the setting and what was expected.
         """
-        try:
-            t1, t2 = pd.Timestamp(self.val_start, tz="UTC"), pd.Timestamp(self.test_start, tz="UTC")
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"val_start={self.val_start!r} / test_start={self.test_start!r}: expected "
-                              f"dates like 1998-03-01 ({exc})") from exc
-        if t1 >= t2:
-            raise ConfigError(f"val_start {self.val_start} must be before test_start {self.test_start}")
+        split_dates(self.val_start, self.test_start)
         checks = {"negatives_per_positive": 1, "max_epochs": 1, "eval_negatives": 1, "batch_size": 1,
                   "patience": 1, "k": 1}
         for name, low in checks.items():

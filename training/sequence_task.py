@@ -54,6 +54,7 @@ import pandas as pd
 import torch
 
 from recfeast.errors import ConfigError, DataError
+from recfeast.training.config import split_dates
 
 #: metrics of the evaluation (K is ``SequenceTrainConfig.k``)
 PROTOCOL = ("next-item prediction, temporal split by the target's time (train < {val} <= val < {test} <= test); "
@@ -103,13 +104,7 @@ class SequenceTrainConfig:
         Raises:
             ConfigError: naming the setting and what was expected.
         """
-        try:
-            t1, t2 = pd.Timestamp(self.val_start, tz="UTC"), pd.Timestamp(self.test_start, tz="UTC")
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"val_start={self.val_start!r} / test_start={self.test_start!r}: expected "
-                              f"dates like 1998-03-01 ({exc})") from exc
-        if t1 >= t2:
-            raise ConfigError(f"val_start {self.val_start} must be before test_start {self.test_start}")
+        split_dates(self.val_start, self.test_start)
         if self.cell not in ("gru", "lstm"):
             raise ConfigError(f"cell={self.cell!r}: expected 'gru' or 'lstm'")
         if self.monitor not in ("ndcg", "loss"):

@@ -75,6 +75,9 @@ class TextFinetuneConfig:
         for name in ("lr", "head_lr", "temperature"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected a positive number")
+        from recfeast.training.config import split_dates
+
+        split_dates(self.val_start, self.test_start)
         if not 0 < self.genre_test_share < 1 or not 0 < self.genre_val_share < 1:
             raise ConfigError("genre_val_share and genre_test_share must be in (0, 1)")
         return self
