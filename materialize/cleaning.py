@@ -30,6 +30,8 @@ duplicate_event            events    row_rejected  exact repeat of an earlier ev
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +63,11 @@ class CleanCatalog:
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_ISO_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_NUM_RE = re.compile(r"[+-]?[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?")
+
+
 def parse_int64_value(v) -> int | None:
     """One exact int64: an int, an integral float or a digit string; anything else (bools, 1.5,
     "7a", values outside int64) -> ``None``. Strings are parsed with ``int`` so ids above 2**53 keep
@@ -77,7 +84,7 @@ def parse_int64_value(v) -> int | None:
         text = str(v).strip()
         if text.endswith(".0"):
             text = text[:-2]
-        if not text.lstrip("+-").isdigit():
+        if not _INT_RE.fullmatch(text) or len(text) > 25:   # ASCII digits only ("²" is a digit to isdigit)
             return None
         x = int(text)
     return x if INT64_MIN <= x <= INT64_MAX else None
@@ -215,18 +222,20 @@ def parse_timestamp_value(v) -> pd.Timestamp | None:
     if v is None or isinstance(v, (bool, np.bool_)):
         return None
     num = None
-    if isinstance(v, (int, float, np.integer, np.floating)):
-        num = float(v)
-    elif isinstance(v, str):
-        try:
+    try:
+        if isinstance(v, (int, float, np.integer, np.floating)):
             num = float(v)
-        except ValueError:
-            num = None
+        elif isinstance(v, str) and _NUM_RE.fullmatch(v.strip()):
+            num = float(v)
+    except (ValueError, OverflowError):   # a 400-digit number is not a time
+        return None
     if num is not None:
         if not np.isfinite(num) or not TS_MIN.timestamp() <= num <= TS_MAX.timestamp():
             return None
         t = pd.Timestamp(int(round(num * 1_000_000)), unit="us", tz="UTC")
     else:
+        if isinstance(v, str) and not _ISO_RE.match(v.strip()):
+            return None   # pandas would read "now" or "today" as the clock: not an event time
         t = _parse_datetime(v)
         if t is pd.NaT:
             return None

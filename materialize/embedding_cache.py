@@ -42,9 +42,15 @@ class EmbeddingCache:
         self._new: dict[str, np.ndarray] = {}
         self.vectors: dict[str, np.ndarray] = {}
         if self.path.is_file():
-            df = pd.read_parquet(self.path)
-            self.vectors = dict(zip(df["content_hash"], df["embedding"]))
-        elif seed_table is not None and Path(seed_table[0]).is_file():
+            try:
+                df = pd.read_parquet(self.path, columns=["content_hash", "embedding"])
+                self.vectors = dict(zip(df["content_hash"], df["embedding"]))
+            except Exception as exc:  # a damaged cache is derived data: drop it and start again
+                import warnings
+
+                warnings.warn(f"{self.path}: unreadable embedding cache ({exc}); rebuilding it")
+                self.path.unlink(missing_ok=True)
+        if not self.path.is_file() and seed_table is not None and Path(seed_table[0]).is_file():
             table, vec_col, model_col = seed_table
             df = pd.read_parquet(table, columns=["content_hash", vec_col, model_col])
             df = df[df[model_col] == model_id]

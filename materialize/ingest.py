@@ -45,7 +45,7 @@ from recfeast.materialize.realtime import (FEATURES, ItemEmbeddings, RealtimeCon
 
 PUSH_SOURCE, VIEW = "user_realtime_push", "user_realtime"
 REQUIRED = ("user_id", "item_id", "action", "event_timestamp")
-ACTION_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+ACTION_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 MAX_FUTURE_S = 300   # event times more than this ahead of the clock are refused (clock skew, ms units)
 
 
@@ -99,7 +99,7 @@ def validate_one(rec, known_items, now_s: float, rating_scale=(1.0, 5.0)) -> tup
     if item not in known_items:
         return f"unknown_item: item_id={item} is not in the catalog (no item embedding)"
     action = rec["action"]
-    if not isinstance(action, str) or not ACTION_RE.match(action):
+    if not isinstance(action, str) or not ACTION_RE.fullmatch(action):
         return f"action={action!r}: expected a lower-case name like 'rate', 'click', 'view', 'purchase'"
     ts = parse_timestamp_value(rec["event_timestamp"])
     if ts is None:
@@ -116,9 +116,9 @@ def validate_one(rec, known_items, now_s: float, rating_scale=(1.0, 5.0)) -> tup
     if isinstance(value, (bool, np.bool_)):
         return f"unparsable_value: value={value!r} is not a number"
     try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return f"unparsable_value: value={value!r} is not a number"
+        value = float(value) + 0.0   # + 0.0 turns -0.0 into 0.0: one event, one id
+    except (TypeError, ValueError, OverflowError):
+        return f"unparsable_value: value={str(value)[:40]!r} is not a number"
     if not np.isfinite(value):
         return f"unparsable_value: value={value!r} is not a finite number"
     lo, hi = rating_scale
@@ -228,7 +228,9 @@ class Ingestor:
             added = self.log.append(events.drop(columns="index")) if len(events) else events
             res.accepted = len(added)
             res.duplicates += len(events) - len(added)
-            users = sorted(set(added["user_id"].tolist())) if len(added) else []
+            # every user with a valid event, also the ones whose events were already logged: a retry
+            # after a failed push (the events were logged, the push was not done) repairs them
+            users = sorted(set(events["user_id"].tolist())) if len(events) else []
             if push and users:
                 self.push(self.states(users))
             res.users_updated = len(users) if push else 0

@@ -121,6 +121,7 @@ class ItemEmbeddings:
     def __init__(self, path: Path | None):
         self.path = Path(path) if path is not None else None
         self._mtime = None
+        self.switched_to: str | None = None   # set when the table moved to another text model
         if self.path is not None:
             self._load()
 
@@ -149,6 +150,11 @@ class ItemEmbeddings:
         if len(models) > 1:
             raise DataError(f"{self.path}: rows from {len(models)} text models ({', '.join(models)}); "
                             "one embedding space expected")
+        if self._mtime is not None and len(models) and str(models[0]) != self.model_id:
+            # a promotion switched the table to another text model: keep this process in the space
+            # (and Feast project) it started with; restart it to follow the promotion
+            self._mtime, self.switched_to = mtime, str(models[0])
+            return
         self.model_id = str(models[0]) if len(models) else ""
         self.matrix = np.stack(df["text_embedding"].to_numpy()).astype(np.float32) if len(df) else np.zeros((0, 384), np.float32)
         self.row = pd.Series(np.arange(len(df)), index=df["item_id"].to_numpy())

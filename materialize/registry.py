@@ -43,9 +43,18 @@ def load(repo: Path) -> dict:
     if not path.is_file():
         return {"models": [], "production": {k: None for k in KINDS}, "serving_project": None, "history": []}
     try:
-        return json.loads(path.read_text())
+        reg = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc}); restore it from its backup or re-register") from exc
+        raise ConfigError(f"{path}: not valid JSON ({exc}); fix it, or move it away and register the models "
+                          "again (their artefacts are kept beside it)") from exc
+    ok = (isinstance(reg, dict) and isinstance(reg.get("models"), list) and isinstance(reg.get("production"), dict)
+          and all(isinstance(m, dict) and {"kind", "model_id", "path"} <= set(m) for m in reg["models"]))
+    if not ok:
+        raise ConfigError(f"{path}: expected {{'models': [{{'kind', 'model_id', 'path', ...}}], 'production': "
+                          "{...}, 'serving_project': ...}; fix it, or move it away and register the models again")
+    reg.setdefault("history", [])
+    reg.setdefault("serving_project", None)
+    return reg
 
 
 def save(repo: Path, reg: dict) -> None:
@@ -81,17 +90,40 @@ def _training_record(artefact: Path) -> dict:
     ``finetune.json`` inside a text model folder (``recfeast finetune text``), or ``metrics.json``
     beside a sequence checkpoint (``recfeast finetune sequence``; its item-embedding model becomes
     ``lineage.text_model``: the text space the sequence encoder was trained on)."""
-    if artefact.is_dir():
-        path = artefact / "finetune.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-    path = artefact.with_name("metrics.json")
+    path = artefact / "finetune.json" if artefact.is_dir() else artefact.with_name("metrics.json")
     if not path.is_file():
         return {}
-    m = json.loads(path.read_text())
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: the training record beside the model is not valid JSON ({exc})") from exc
+    if not isinstance(m, dict):
+        raise ConfigError(f"{path}: expected a JSON object (config, metrics, lineage)")
+    if artefact.is_dir():
+        return m
     return {"config": m.get("config", {}),
             "metrics": {"test": m.get("test"), "diff": m.get("diff"), "best_epoch": m.get("best_epoch")},
             "lineage": {"text_model": m.get("item_embedding_model"), "data": m.get("data"),
                         "untrained_model_id": m.get("untrained_model_id")}}
+
+
+def _check_tokenizer(folder: Path) -> None:
+    """Refuse a text model folder whose tokenizer does not fit the model (transformers would build a
+    tiny tokenizer from nothing and every text would embed alike).
+
+    Raises:
+        ModelError: no tokenizer files, or a vocabulary of another size than the model's.
+    """
+    import json as _json
+
+    if not folder.is_dir() or not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+        raise ModelError(f"{folder}: no tokenizer (tokenizer.json or vocab.txt): save it with the model")
+    from transformers import AutoTokenizer
+
+    cfg = _json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if cfg.get("vocab_size") and len(tok) > int(cfg["vocab_size"]) or len(tok) < 1000:
+        raise ModelError(f"{folder}: tokenizer of {len(tok)} tokens for a model of {cfg.get('vocab_size')}")
 
 
 def register(repo: Path, kind: str, artefact: Path, metrics: dict | None = None, lineage: dict | None = None,
@@ -117,7 +149,8 @@ def register(repo: Path, kind: str, artefact: Path, metrics: dict | None = None,
         raise ConfigError(f"{artefact}: no such model artefact")
     meta = _training_record(artefact)
     if kind == "text":
-        name = name or meta.get("config", {}).get("name") or artefact.name
+        name = name or (meta.get("config") or {}).get("name") or artefact.name
+        _check_tokenizer(artefact)
     model_id = identity_of(kind, artefact, name)
     reg = load(repo)
     for m in reg["models"]:

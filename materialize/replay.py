@@ -59,6 +59,8 @@ def compare(online: pd.DataFrame, batch: pd.DataFrame, atol: float = 1e-5) -> tu
         o = on.loc[u]
         for f in FEATURES:
             a, b = o[f], getattr(row, f)
+            if isinstance(a, float) and np.isnan(a):   # pandas turns a missing int into NaN
+                a = None
             if f == VECTOR:
                 if a is None:
                     out.append({"user_id": u, "feature": f, "online": None, "batch": "vector"})

@@ -68,7 +68,8 @@ def promote(repo, data_dir, text: str | None = None, sequence: str | None = None
 
     Raises:
         ConfigError: unknown version, a sequence encoder trained on another text space, bad stores.
-        StoreError / ModelError: loading failed (the registry is unchanged: the old versions stay served).
+        StoreError / ModelError: loading failed: the tables are rebuilt with the versions still served
+            (from the embedding cache) and the registry is unchanged, so the old versions stay served.
     """
     from recfeast.materialize import online, store
     from recfeast.materialize.job import JobConfig, run
@@ -86,6 +87,8 @@ def promote(repo, data_dir, text: str | None = None, sequence: str | None = None
             raise ConfigError(f"sequence model {target['sequence']} was trained on text space {trained_on}, but the "
                               f"text version would be {want}: promote a sequence model trained on it, or "
                               f"--sequence {DEFAULT}")
+    if not online_stores:
+        raise ConfigError("online_stores is empty: name at least one of sqlite, redis")
     for kind in online_stores:
         config.online_store(kind)
     project = project_for(_base_project(repo), target["text"], target["sequence"])
@@ -94,11 +97,20 @@ def promote(repo, data_dir, text: str | None = None, sequence: str | None = None
         summary = run(JobConfig(data_dir=data_dir, repo=repo, project=project, text_model=target["text"] or DEFAULT,
                                 sequence_model=target["sequence"] or DEFAULT, materialize=False, progress=False,
                                 online_store=online_stores[0]))
-        for kind in online_stores:
-            fs = store.feature_store(repo, kind, project)
-            store.apply(fs)
-            online.load(fs, config.tables_dir(repo), quiet=True, sequence_model=target["sequence"] or DEFAULT)
-            log(f"promote: loaded {kind} into {project}")
+        try:
+            for kind in online_stores:
+                fs = store.feature_store(repo, kind, project)
+                store.apply(fs)
+                online.load(fs, config.tables_dir(repo), quiet=True, sequence_model=target["sequence"] or DEFAULT)
+                log(f"promote: loaded {kind} into {project}")
+        except Exception:
+            # the tables already hold the target versions: put the served ones back (their embeddings
+            # are cached) so a later load of the serving project cannot mix two spaces, then fail
+            log("promote: loading failed; restoring the tables of the versions still served")
+            run(JobConfig(data_dir=data_dir, repo=repo, project=reg.get("serving_project") or _base_project(repo),
+                          text_model=prod.get("text") or DEFAULT, sequence_model=prod.get("sequence") or DEFAULT,
+                          materialize=False, apply=False, progress=False))
+            raise
         reg = registry.load(repo)
         previous = {"production": dict(reg["production"]), "serving_project": reg.get("serving_project")}
         reg["production"] = target

@@ -200,8 +200,9 @@ def _trigger(spec: dict):
         except ValueError as exc:
             raise ConfigError(f"cron {spec['cron']!r}: {exc}") from exc
     minutes = spec.get("interval_minutes")
-    if not isinstance(minutes, (int, float)) or minutes <= 0:
-        raise ConfigError(f"trigger {spec!r}: expected {{'interval_minutes': N > 0}} or {{'cron': '...'}}")
+    if not isinstance(minutes, (int, float)) or not 1 / 60 <= minutes <= 525_600:
+        raise ConfigError(f"trigger {spec!r}: expected {{'interval_minutes': N}} with N from 1/60 (one second) "
+                          "to 525600 (a year), or {'cron': 'm h dom mon dow'}")
     return IntervalTrigger(minutes=minutes, timezone="UTC")
 
 

@@ -106,7 +106,7 @@ def lookup(user_id, items, feature_service, request_ts, repo_path, online_store)
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(file_okay=False), envvar="RECFEAST_DATA_DIR", required=True,
+@click.option("--data-dir", type=click.Path(file_okay=False, exists=True), envvar="RECFEAST_DATA_DIR", required=True,
               help="Raw data folder read by the tables job. Default: $RECFEAST_DATA_DIR.")
 @_repo_opt
 @click.option("--online-stores", default="sqlite", show_default=True,
@@ -123,9 +123,13 @@ def schedule(data_dir, repo_path, online_stores, embeddings_every, aggregates_ev
     from recfeast.materialize.schedule import ScheduleConfig, serve
 
     def trigger(text):
-        return {"interval_minutes": float(text)} if text.replace(".", "", 1).isdigit() else {"cron": text}
+        if re.fullmatch(r"[0-9]+(\.[0-9]*)?", text.strip()):
+            return {"interval_minutes": float(text)}
+        return {"cron": text}
 
     stores = tuple(s.strip() for s in online_stores.split(",") if s.strip())
+    if not stores:
+        _fail(RecfeastError("--online-stores is empty: name at least one of sqlite, redis"))
     try:
         for kind in stores:
             config.online_store(kind)
@@ -160,7 +164,7 @@ def jobs(repo_path, limit, as_json):
 
 
 @main.command()
-@click.argument("source", type=click.File("r", encoding="utf-8"), default="-")
+@click.argument("source", type=click.File("rb"), default="-")
 @_repo_opt
 @_store_opt
 @click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1),
@@ -190,13 +194,17 @@ def ingest(source, repo_path, online_store, batch_size):
                     first_rejections.append({"line": line_of[r["index"]], "reason": r["reason"]})
             batch.clear(), line_of.clear()
 
-        for n, line in enumerate(source, start=1):
-            if not line.strip():
+        for n, raw in enumerate(source, start=1):
+            if not raw.strip():
                 continue
             try:
-                batch.append(json.loads(line))
+                batch.append(json.loads(raw.decode("utf-8")))
+            except UnicodeDecodeError as exc:
+                batch.append(InvalidRecord(f"not UTF-8 text ({exc.reason} at byte {exc.start})"))
             except json.JSONDecodeError as exc:
                 batch.append(InvalidRecord(f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            except ValueError as exc:   # e.g. an integer of more than 4300 digits
+                batch.append(InvalidRecord(f"not usable JSON ({str(exc)[:80]})"))
             line_of.append(n)
             if len(batch) >= batch_size:
                 flush()

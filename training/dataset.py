@@ -77,7 +77,8 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1",
     Raises:
         DataError: ``entity_df`` lacks ``event_timestamp`` or has naive timestamps.
         StoreError: Feast fails, or returns rows missing, duplicated or invented, or rows from two
-            versions of one encoder (a ``*_model`` column with two identities) unless
+            versions of one encoder (a ``*_model`` column with two identities, or a sequence embedding
+            read from another text space than ``text_model``'s) unless
             ``allow_mixed_models`` (a model trained on such a set compares vectors from two spaces).
     """
     import time
@@ -123,6 +124,11 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1",
         reproducible=reproducible, seconds=round(time.perf_counter() - t0, 2),
     )
     mixed = {c: ids for c, ids in info.model_ids.items() if len(ids) > 1}
+    text_ids = set(info.model_ids.get("text_model", []))
+    for col, ids in info.model_ids.items():   # "<sequence id>|<text id>": read from which text space?
+        spaces = {i.split("|", 1)[1] for i in ids if "|" in i}
+        if text_ids and spaces and spaces != text_ids:
+            mixed[col] = sorted(spaces | text_ids)
     if mixed and not allow_mixed_models:
         raise StoreError(f"the training set mixes embedding spaces {mixed}: the tables changed version while it was "
                          "read (a model promotion?) or were written by two versions; rebuild it once they agree")

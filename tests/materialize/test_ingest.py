@@ -42,18 +42,28 @@ def test_validate_keeps_good_events_and_gives_reasons():
         InvalidRecord("not valid JSON (Expecting value at column 1)"),                           # 13
         {"user_id": 2**63, "item_id": 1, "action": "click", "event_timestamp": T0},              # 14 overflow
         {"user_id": 7, "item_id": 1, "action": "click", "value": "NaN", "event_timestamp": T0},  # 15 NaN
+        {"user_id": "²", "item_id": 1, "action": "click", "event_timestamp": T0},                # 16 not ASCII
+        {"user_id": "+-5", "item_id": 1, "action": "click", "event_timestamp": T0},              # 17 two signs
+        {"user_id": 7, "item_id": 1, "action": "click", "event_timestamp": 10**400},             # 18 huge
+        {"user_id": 7, "item_id": 1, "action": "click", "event_timestamp": "now"},               # 19 the clock
+        {"user_id": 7, "item_id": 1, "action": "click\n", "event_timestamp": T0},                # 20 newline
+        {"user_id": 7, "item_id": 1, "action": "click", "value": 10**400, "event_timestamp": T0},  # 21 huge value
+        {"user_id": 9, "item_id": 1, "action": "click", "value": 0.0, "event_timestamp": T0},    # 22 ok
+        {"user_id": 9, "item_id": 1, "action": "click", "value": -0.0, "event_timestamp": T0},   # 23 repeat of 22
     ]
     events, rejected, dups = validate(records, known, now_s=NOW)
-    assert events["index"].tolist() == [0, 1] and dups == 1
+    assert events["index"].tolist() == [0, 1, 22] and dups == 2
     assert events.dtypes.astype(str).tolist() == ["int64", "int64", "int64", "object", "float64", "int64"]
     assert events[["user_id", "item_id", "action", "value", "ts_us"]].values.tolist() == [
-        [7, 50, "click", 1.0, T0 * 10**6], [8, 1, "rate", 4.0, T0 * 10**6]]
+        [7, 50, "click", 1.0, T0 * 10**6], [8, 1, "rate", 4.0, T0 * 10**6], [9, 1, "click", 0.0, T0 * 10**6]]
     reasons = {r["index"]: r["reason"] for r in rejected}
-    assert sorted(reasons) == [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+    assert sorted(reasons) == [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]
     for i, words in {3: "item_id=999", 4: "user_id=1.5", 5: "action='Click!'", 6: "needs a numeric value",
                      7: "rating 9 outside the scale [1, 5]", 8: "unparsable_timestamp", 9: "in the future",
                      10: "'yesterday'", 11: "item_id, action, event_timestamp", 12: "got list",
-                     13: "not valid JSON", 14: "int64", 15: "not a finite number"}.items():
+                     13: "not valid JSON", 14: "int64", 15: "not a finite number", 16: "user_id='²'",
+                     17: "user_id='+-5'", 18: "unparsable_timestamp", 19: "'now'", 20: "action='click\\n'",
+                     21: "not a number"}.items():
         assert words in reasons[i], (i, reasons[i])
 
 
@@ -111,9 +121,15 @@ def test_pushed_state_is_exact_with_late_same_instant_and_repeated_events(ingest
     assert row.realtime_model == f"{ing.encoder.model_id}|{ing.items.model_id}"
 
     again = ing.ingest([ev(a, T0), ev(b, T0 + 10 * MIN), ev(c, T0 + 50 * MIN), ev(d, day2), ev(e, day2)])
-    assert (again.accepted, again.duplicates, again.users_updated) == (0, 5, 0)
-    assert ing.log.count() == 5
-    mismatches, worst = compare(ing.read_online([user]), ing.batch_frame())
+    assert (again.accepted, again.duplicates, again.users_updated) == (0, 5, 1)   # re-pushed, same state
+    other = user + 1       # logged but never pushed (a push that failed): a resend repairs it
+    assert ing.ingest([{**ev(a, T0), "user_id": other}], push=False).accepted == 1
+    assert ing.read_online([other]).last_event_ts.iat[0] is None
+    retry = ing.ingest([{**ev(a, T0), "user_id": other}])
+    assert (retry.accepted, retry.duplicates, retry.users_updated) == (0, 1, 1)
+    assert ing.read_online([other]).last_event_ts.iat[0] == T0
+    assert ing.log.count() == 6
+    mismatches, worst = compare(ing.read_online([user, other]), ing.batch_frame())
     assert mismatches == [] and worst <= 1e-5
     ing.close()
 
@@ -175,3 +191,15 @@ def test_offline_table_from_the_log_and_restore_after_flush(ingest_repo, small_d
     mismatches, _ = compare(ing.read_online([1, 2, 3]), ing.batch_frame())
     assert mismatches == []
     ing.close()
+
+
+def test_compare_reports_users_missing_online():
+    batch = pd.DataFrame({"user_id": [1, 2], "last_item_ids": [[5], [6]], "session_event_count": [1, 1],
+                          "session_start_ts": [T0, T0], "day_event_count": [1, 1], "last_event_ts": [T0, T0],
+                          "realtime_sequence_embedding": [np.zeros(3), np.zeros(3)], "realtime_model": ["m", "m"]})
+    online = batch.copy().astype(object)
+    for col in ("last_item_ids", "realtime_sequence_embedding", "realtime_model"):
+        online.at[1, col] = None
+    online["session_event_count"] = [1.0, np.nan]   # what pandas makes of a missing int
+    mismatches, _ = compare(online, batch)
+    assert {m["user_id"] for m in mismatches} == {2} and len(mismatches) == 4   # the four features set missing

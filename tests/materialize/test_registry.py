@@ -159,3 +159,27 @@ def test_promote_switches_projects_without_mixing_and_rolls_back(tmp_path, data_
     finally:
         for fs in stores + [store.feature_store(repo, "sqlite", base)]:
             drop_online(fs)
+
+
+def test_damaged_cache_is_rebuilt_and_a_bad_registry_is_refused(tmp_path, variant_model):
+    from recfeast.materialize.embedding_cache import EmbeddingCache, cache_path
+
+    cache_path(tmp_path, "m@sha256:1").write_bytes(b"not parquet")
+    with pytest.warns(UserWarning, match="unreadable embedding cache"):
+        cache = EmbeddingCache(tmp_path, "m@sha256:1", 4)
+    assert cache.lookup("x") is None
+    cache.add(["x"], np.ones((1, 4), np.float32))
+    assert cache.save() == 1 and EmbeddingCache(tmp_path, "m@sha256:1", 4).lookup("x").tolist() == [1.0] * 4
+    repo = make_repo(tmp_path / "repo")
+    registry.models_dir(repo).mkdir(parents=True)
+    for bad in ("{}", "[]", "null", '{"models": [{"kind": "text"}], "production": {}}'):
+        (registry.models_dir(repo) / registry.REGISTRY).write_text(bad)
+        with pytest.raises(ConfigError, match="expected"):
+            registry.load(repo)
+    (registry.models_dir(repo) / registry.REGISTRY).unlink()
+    no_tok = tmp_path / "no_tokenizer"
+    shutil.copytree(variant_model, no_tok, ignore=shutil.ignore_patterns("tokenizer*", "vocab.txt", "special_tokens*"))
+    from recfeast.errors import ModelError
+
+    with pytest.raises(ModelError, match="no tokenizer"):
+        registry.register(repo, "text", no_tok)
