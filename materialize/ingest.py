@@ -70,7 +70,13 @@ class IngestResult:
 
 
 class InvalidRecord(str):
-    """A record that could not even be parsed (e.g. a line that is not JSON); its text is the reason."""
+    """A record that could not even be parsed (e.g. a line that is not JSON); its text is the reason,
+    ``raw`` the input as received (kept in ``rejected.jsonl``)."""
+
+    def __new__(cls, reason: str, raw: str | None = None):
+        obj = super().__new__(cls, reason)
+        obj.raw = raw
+        return obj
 
 
 def validate_one(rec, known_items, now_s: float, rating_scale=(1.0, 5.0)) -> tuple | str:
@@ -206,9 +212,12 @@ class Ingestor:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ ingest
-    def ingest(self, records: list, push: bool = True) -> IngestResult:
+    def ingest(self, records: list, push: bool = True, sources: list | None = None) -> IngestResult:
         """Validate, log and push ``records`` (dicts with user_id, item_id, action, event_timestamp
         (unix seconds or ISO-8601) and value (required for ``rate``)).
+
+        ``sources``: optional label per record (e.g. the input file's line number), written with
+        each rejection to ``rejected.jsonl``.
 
         Returns:
             :class:`IngestResult`. Bad events never raise.
@@ -223,7 +232,7 @@ class Ingestor:
         events, rejected, dups = validate(records, self.items.known_set, rating_scale=self.rating_scale)
         res = IngestResult(rejected=rejected, duplicates=dups)
         if rejected:
-            self._set_aside(rejected)
+            self._set_aside(rejected, sources)
         with self._lock, _repo_lock(self.repo):
             added = self.log.append(events.drop(columns="index")) if len(events) else events
             res.accepted = len(added)
@@ -237,10 +246,18 @@ class Ingestor:
         res.seconds = round(time.perf_counter() - t0, 6)
         return res
 
-    def _set_aside(self, rejected: list[dict]) -> None:
+    def _set_aside(self, rejected: list[dict], sources: list | None = None) -> None:
         path = log_path(self.repo).with_name("rejected.jsonl")
         now = pd.Timestamp.now(tz="UTC").isoformat()
-        lines = "".join(json.dumps({**r, "rejected_at": now}, default=str) + "\n" for r in rejected)
+
+        def record(r):
+            ev = r["event"]
+            out = {**r, "event": getattr(ev, "raw", None) if isinstance(ev, InvalidRecord) else ev, "rejected_at": now}
+            if sources is not None:
+                out["source"] = sources[r["index"]]
+            return out
+
+        lines = "".join(json.dumps(record(r), default=str) + "\n" for r in rejected)
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(lines)
 

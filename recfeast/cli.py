@@ -185,7 +185,7 @@ def ingest(source, repo_path, online_store, batch_size):
         batch, line_of = [], []
 
         def flush():
-            res = ing.ingest(batch)
+            res = ing.ingest(batch, sources=[f"line {n}" for n in line_of])
             for k in ("accepted", "duplicates", "users_updated"):
                 total[k] += getattr(res, k)
             total["rejected"] += len(res.rejected)
@@ -200,11 +200,13 @@ def ingest(source, repo_path, online_store, batch_size):
             try:
                 batch.append(json.loads(raw.decode("utf-8")))
             except UnicodeDecodeError as exc:
-                batch.append(InvalidRecord(f"not UTF-8 text ({exc.reason} at byte {exc.start})"))
+                batch.append(InvalidRecord(f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                                           raw.decode("utf-8", errors="replace").rstrip("\n")))
             except json.JSONDecodeError as exc:
-                batch.append(InvalidRecord(f"not valid JSON ({exc.msg} at column {exc.colno})"))
+                batch.append(InvalidRecord(f"not valid JSON ({exc.msg} at column {exc.colno})",
+                                           raw.decode("utf-8").rstrip("\n")))
             except ValueError as exc:   # e.g. an integer of more than 4300 digits
-                batch.append(InvalidRecord(f"not usable JSON ({str(exc)[:80]})"))
+                batch.append(InvalidRecord(f"not usable JSON ({str(exc)[:80]})", raw.decode("utf-8")[:200]))
             line_of.append(n)
             if len(batch) >= batch_size:
                 flush()

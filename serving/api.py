@@ -122,7 +122,8 @@ def create_app(service, metrics=None, ingestor_factory=None):
     @app.post("/features")
     def features(req: FeaturesRequest):
         """Features of one user and up to 1000 items (ranking_v1), in the service's column order."""
-        feats = service.client.get_features(req.user_id, req.item_ids, req.request_ts)
+        # the service's clock (recfeast serve --as-of) when the request names no time, as /recommend
+        feats = service.client.get_features(req.user_id, req.item_ids, service._now(req.request_ts))
         return feats.to_json(vectors=req.vectors)
 
     @app.post("/recommend")

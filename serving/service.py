@@ -154,6 +154,7 @@ class RecommendService:
 
     # ---------------------------------------------------------------- requests
     def _now(self, request_ts) -> int:
+        """``request_ts`` if given, else the configured ``as_of``, else the clock (unix seconds)."""
         if request_ts is not None:
             return request_ts
         return int(self.cfg.as_of) if self.cfg.as_of is not None else int(time.time())

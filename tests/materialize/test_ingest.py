@@ -154,6 +154,7 @@ def test_cli_ingest_jsonl_and_rejections(ingest_repo, monkeypatch):
     assert "item_id=987654" in res["first_rejections"][1]["reason"]
     aside = [json.loads(x) for x in (log_path(repo).with_name("rejected.jsonl")).read_text().splitlines()]
     assert len(aside) == 2 and all("reason" in r and "rejected_at" in r for r in aside)
+    assert [r["source"] for r in aside] == ["line 2", "line 4"] and aside[0]["event"] == "{not json"
     log = EventLog(log_path(repo))
     assert log.read()[["user_id", "item_id", "action", "value"]].values.tolist() == [
         [5, ids[0], "click", 1.0], [5, ids[1], "rate", 5.0]]

@@ -43,6 +43,7 @@ def test_answers(api, small_data):
     assert body == want and len(body["items"][0]["text_embedding"]) == 384
     slim = client.post("/features", json={"user_id": user, "item_ids": items, "vectors": False}).json()
     assert "text_embedding" not in slim["items"][0] and "popularity" in slim["items"][0]
+    assert slim["request_ts"] == TS   # no request_ts: the service's --as-of clock, as /recommend
     rec = client.post("/recommend", json={"user_id": user, "k": 5}).json()
     assert rec["items"] == svc.recommend(user, 5)["items"] and len(rec["items"]) == 5
     assert client.get(f"/recommend?user_id={user}&k=5").json()["items"] == rec["items"]
