@@ -87,8 +87,11 @@ class Ranker:
             vals = feats.arrays[col]
             bad = [(int(i), v) for i, v in zip(feats.arrays["item_id"], vals) if v is not None and v not in allowed]
             if bad:
-                ids = sorted({i for i, _ in bad})[:5]
-                raise ModelError(f"{emb} of items {ids} comes from {bad[0][1]}, the ranking model was trained on "
+                if col.startswith("sequence") or col.startswith("realtime"):   # a user-level embedding
+                    where = f"of user {int(feats.arrays['user_id'][0])}"
+                else:
+                    where = f"of items {sorted({i for i, _ in bad})[:5]}"
+                raise ModelError(f"{emb} {where} comes from {bad[0][1]}, the ranking model was trained on "
                                  f"{allowed}: retrain or serve the matching embeddings")
 
     def score(self, feats) -> np.ndarray:

@@ -263,6 +263,29 @@ class RecommendService:
         return {"query": query, "user_id": user_id, "items": items, "candidates": len(ids), "cache_hit": hit,
                 "versions": self._versions(feats)}
 
+    def _version_problem(self) -> str | None:
+        """What :meth:`Ranker.check_versions` says of a sample of served rows (a user from the
+        tables and the popular items), or None when they match the checkpoint."""
+        if not hasattr(self, "_sample_user"):
+            import pandas as pd
+
+            path = config.tables_dir(config.repo_path(self.cfg.repo)) / "user_sequence_embedding.parquet"
+            try:
+                users = pd.read_parquet(path, columns=["user_id"])["user_id"]
+                self._sample_user = int(users.iat[0]) if len(users) else None
+            except Exception:
+                self._sample_user = None
+        if self._sample_user is None or not len(self._popular):
+            return None
+        try:
+            feats = self.client.get_features(self._sample_user, [int(i) for i in self._popular[:5]], self._now(None))
+            self.ranker.check_versions(feats)
+        except ModelError as exc:
+            return f"model versions: {exc}"
+        except Exception:
+            return None   # store problems are reported above
+        return None
+
     def health(self) -> dict:
         """``{"status": "ok"|"degraded", "online_store", "index", "ranker", "query_cache", "detail"}``;
         reads one user row to prove the store answers."""
@@ -272,6 +295,10 @@ class RecommendService:
             self.client.reader.read({"user_id": [0], "item_id": []}, self.client.views[:1])
         except Exception as exc:
             status, detail = "unavailable", f"online store: {exc}"
+        else:
+            problem = self._version_problem()
+            if problem:   # e.g. a promoted encoder the ranking checkpoint was not trained on
+                status, detail = "degraded", problem
         return {"status": status, "online_store": self.client.online_store, "index": self.index.info(),
                 "ranker": self.ranker.version, "detail": detail,
                 "query_cache": None if self.embedder is None else self.embedder.cache_info()}

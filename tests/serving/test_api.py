@@ -51,6 +51,13 @@ def test_answers(api, small_data):
     assert len(s["items"]) == 4 and s["versions"]["query_encoder"] == svc.index.model_id
     h = client.get("/health")
     assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["index"]["items"] == len(svc.index)
+    trained = svc.ranker.embedding_models["sequence_model"]
+    svc.ranker.embedding_models["sequence_model"] = ["sequence-gru@sha256:000000000000|other"]   # a promotion
+    try:
+        h = client.get("/health").json()
+        assert h["status"] == "degraded" and "sequence_embedding of user" in h["detail"]
+    finally:
+        svc.ranker.embedding_models["sequence_model"] = trained
 
 
 BAD = [
