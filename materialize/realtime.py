@@ -131,8 +131,7 @@ class ItemEmbeddings:
         self = cls(None)
         ok = ~np.isnan(matrix).any(axis=1)
         self.matrix, self.model_id = np.asarray(matrix[ok], np.float32), model_id
-        self.row = pd.Series(np.arange(int(ok.sum())), index=np.asarray(item_ids)[ok])
-        self._pos = {int(i): n for n, i in enumerate(self.row.index)}
+        self._pos = {int(i): n for n, i in enumerate(np.asarray(item_ids)[ok])}
         self.known_set = frozenset(self._pos)
         return self
 
@@ -157,8 +156,7 @@ class ItemEmbeddings:
             return
         self.model_id = str(models[0]) if len(models) else ""
         self.matrix = np.stack(df["text_embedding"].to_numpy()).astype(np.float32) if len(df) else np.zeros((0, 384), np.float32)
-        self.row = pd.Series(np.arange(len(df)), index=df["item_id"].to_numpy())
-        self._pos = {int(i): n for n, i in enumerate(self.row.index)}
+        self._pos = {int(i): n for n, i in enumerate(df["item_id"].to_numpy())}
         self.known_set = frozenset(self._pos)
         self._mtime = mtime
 
@@ -166,10 +164,6 @@ class ItemEmbeddings:
         """Reload if the table file changed since the last load."""
         if self.path is not None:
             self._load()
-
-    def known(self, item_ids) -> np.ndarray:
-        """``(n,)`` bool: which items have an embedding."""
-        return np.asarray(pd.Index(self.row.index).get_indexer(np.asarray(item_ids, np.int64)) >= 0)
 
     def lookup(self, item_ids: list[int]) -> np.ndarray:
         """``(L, dim)`` float32 embeddings of the known items among ``item_ids``, in order."""
