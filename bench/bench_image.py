@@ -15,7 +15,7 @@ def main():
     args = ap.parse_args()
 
     from bench.common import save, timed
-    from recfeast.materialize.encoders import ImageEncoder
+    from recfeast.encoders import ImageEncoder
 
     paths = sorted(Path(args.data_dir, "posters").glob("*.jpg"))[: args.n]
     enc = ImageEncoder()

@@ -78,7 +78,8 @@ def _online_rows(fs, tables: Path) -> int:
 
 
 def _loading(repo: Path, kind: str) -> dict:
-    from recfeast.materialize import online, store
+    from recfeast import store
+    from recfeast.materialize import online
 
     tables = repo / "data" / "tables"
     out = {}
@@ -102,7 +103,7 @@ def _loading(repo: Path, kind: str) -> dict:
 
 
 def main() -> None:
-    from recfeast.materialize import store
+    from recfeast import store
     from recfeast.materialize.ingest import Ingestor
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -41,7 +41,7 @@ def main():
 
     from bench.common import percentiles_ms, save
     from recfeast import config
-    from recfeast.materialize import store
+    from recfeast import store
     from recfeast.serving.sdk import OnlineFeatureClient
 
     repo = config.repo_path(args.repo)

@@ -31,7 +31,7 @@ def _case(store_kind: str, n: int, service: bool) -> dict:
 
     warnings.filterwarnings("ignore")
     from recfeast import config
-    from recfeast.materialize.store import feature_store
+    from recfeast.store import feature_store
     from recfeast.training.dataset import get_training_set
 
     repo = config.repo_path()
@@ -39,7 +39,7 @@ def _case(store_kind: str, n: int, service: bool) -> dict:
     if store_kind == "file":
         from feast import FeatureStore
 
-        from recfeast.materialize.store import repo_config
+        from recfeast.store import repo_config
 
         fs = FeatureStore(repo_path=str(repo), config=repo_config(repo, offline_store="file"))
     tables = config.tables_dir(repo)

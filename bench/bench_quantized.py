@@ -74,10 +74,10 @@ def main():
     import torch
 
     from bench.common import percentiles_ms, save
-    from recfeast.materialize.adapters import read_catalog
-    from recfeast.materialize.cleaning import clean
-    from recfeast.materialize.encoders import TextEncoder
-    from recfeast.materialize.encoders.quantized import (QuantizationConfig, QuantizedTextEncoder,
+    from recfeast.adapters import read_catalog
+    from recfeast.cleaning import clean
+    from recfeast.encoders import TextEncoder
+    from recfeast.encoders.quantized import (QuantizationConfig, QuantizedTextEncoder,
                                                          serialized_bytes, weight_bytes)
     from recfeast.materialize.features import item_text
     from recfeast.training.text_data import corating_pairs, split_pairs

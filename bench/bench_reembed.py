@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _canonical_copy(data_dir: Path, dst: Path) -> None:
     """The catalog in recfeast's canonical files, so one overview can be edited."""
-    from recfeast.materialize.adapters.movielens import read
+    from recfeast.adapters.movielens import read
 
     raw = read(data_dir)
     dst.mkdir(parents=True)

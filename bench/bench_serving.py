@@ -37,7 +37,8 @@ AS_OF = 893_300_000  # just after the last MovieLens-100k rating
 
 def _load_redis(repo):
     from recfeast import config
-    from recfeast.materialize import online, store
+    from recfeast import store
+    from recfeast.materialize import online
 
     fs = store.feature_store(repo, "redis", PROJECT)
     store.apply(fs)
@@ -50,7 +51,7 @@ def bench_features(repo, n: int, n_items: int) -> dict:
 
     from bench.common import percentiles_ms
     from recfeast import config
-    from recfeast.serving.layout import entity_key_bytes
+    from recfeast.layout import entity_key_bytes
     from recfeast.serving.sdk import OnlineFeatureClient
 
     tables = config.tables_dir(repo)
@@ -189,7 +190,7 @@ def bench_query(data_dir: Path | None, n: int) -> dict:
     import torch
 
     from bench.common import percentiles_ms
-    from recfeast.materialize.encoders import TextEncoder
+    from recfeast.encoders import TextEncoder
     from recfeast.serving.query import QueryEmbedder
 
     torch.set_num_threads(1)  # as `recfeast serve` runs it

@@ -16,9 +16,9 @@ def main():
     args = ap.parse_args()
 
     from bench.common import save, timed
-    from recfeast.materialize.adapters import read_catalog
-    from recfeast.materialize.cleaning import clean
-    from recfeast.materialize.encoders import TextEncoder
+    from recfeast.adapters import read_catalog
+    from recfeast.cleaning import clean
+    from recfeast.encoders import TextEncoder
     from recfeast.materialize.features import item_text
     from sentence_transformers import SentenceTransformer
 

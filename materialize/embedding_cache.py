@@ -72,7 +72,7 @@ class EmbeddingCache:
 
     def save(self) -> int:
         """Write the cache with the new vectors (atomically). Returns the number of entries."""
-        from recfeast.materialize.io import atomic_write_bytes, vector_array
+        from recfeast.io import atomic_write_bytes, vector_array
 
         if not self._new:
             return len(self.vectors)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recfeast.materialize.preprocess import apply_normalizer, fit_normalizer
+from recfeast.entities import genre_matrix, item_available_from, item_text, user_available_from  # noqa: F401
+from recfeast.preprocess import apply_normalizer, fit_normalizer
 
 DAY = pd.Timedelta(days=1)
 WINDOWS_DAYS = (7, 30, 90)
@@ -22,50 +23,9 @@ AGE_BUCKETS = ((0, 18, "<18"), (18, 25, "18-24"), (25, 35, "25-34"), (35, 45, "3
                (45, 50, "45-49"), (50, 56, "50-55"), (56, 200, "56+"))
 
 
-def item_text(items: pd.DataFrame) -> list[str]:
-    """Text each item is embedded from: ``"<title>. <genres>. <description> <tagline>"``."""
-    out = []
-    for title, genres, desc, tag in zip(items["title"], items["genres"], items["description"], items["tagline"]):
-        parts = [str(title).strip()]
-        if len(genres):
-            parts.append(", ".join(genres))
-        parts.extend(str(x).strip() for x in (desc, tag) if x)
-        out.append(". ".join(p.rstrip(".") for p in parts[:2]) + ("." if len(parts) > 1 else "")
-                   + "".join(" " + p for p in parts[2:]))
-    return out
-
-
-def item_available_from(items: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
-    """When each item entered the catalog: its first event, else its release date, else 1970-01-01.
-
-    Returns a ``datetime64[ns, UTC]`` Series indexed like ``items``.
-    """
-    first = events.groupby("item_id")["event_timestamp"].min()
-    ts = items["item_id"].map(first)
-    ts = ts.where(ts.notna(), items["release_date"])
-    return ts.fillna(pd.Timestamp(0, tz="UTC")).astype("datetime64[ns, UTC]")
-
-
-def user_available_from(users: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
-    """When each user was first seen: the first event, else 1970-01-01 (``datetime64[ns, UTC]``)."""
-    first = events.groupby("user_id")["event_timestamp"].min()
-    return users["user_id"].map(first).fillna(pd.Timestamp(0, tz="UTC")).astype("datetime64[ns, UTC]")
-
-
 def end_of_day(ts: pd.Series) -> pd.Series:
     """Next midnight UTC after each timestamp (the snapshot time of that day)."""
     return ts.dt.floor("D") + DAY
-
-
-def genre_matrix(items: pd.DataFrame, genres: list[str]) -> np.ndarray:
-    """``(n_items, len(genres))`` float32 multi-hot of each item's genres."""
-    col = {g: j for j, g in enumerate(genres)}
-    m = np.zeros((len(items), len(genres)), dtype=np.float32)
-    for i, gs in enumerate(items["genres"]):
-        for g in gs:
-            if g in col:
-                m[i, col[g]] = 1.0
-    return m
 
 
 def build_item_content(items: pd.DataFrame, events: pd.DataFrame, genres: list[str]) -> tuple[pd.DataFrame, dict]:

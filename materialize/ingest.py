@@ -39,7 +39,7 @@ import pandas as pd
 
 from recfeast import config
 from recfeast.errors import StoreError
-from recfeast.materialize.eventlog import EventLog, log_path
+from recfeast.eventlog import EventLog, log_path
 from recfeast.materialize.realtime import (FEATURES, ItemEmbeddings, RealtimeConfig, batch_states, complete_state,
                                            state_frame, tail_state)
 
@@ -83,13 +83,13 @@ def validate_one(rec, known_items, now_s: float, rating_scale=(1.0, 5.0)) -> tup
     """One event -> ``(user_id, item_id, action, value, ts_us)`` or the reason it is refused.
 
     Rules: a JSON object with user_id, item_id, action, event_timestamp; ids exact int64
-    (:func:`~recfeast.materialize.cleaning.parse_int64_value`); the item known to the catalog; the
+    (:func:`~recfeast.cleaning.parse_int64_value`); the item known to the catalog; the
     action a lower-case name; event time as in the batch cleaning
-    (:func:`~recfeast.materialize.cleaning.parse_timestamp_value`) and at most ``MAX_FUTURE_S``
+    (:func:`~recfeast.cleaning.parse_timestamp_value`) and at most ``MAX_FUTURE_S``
     ahead of ``now_s``; value a finite number (required for ``rate``, within ``rating_scale``;
     default 1 for other actions).
     """
-    from recfeast.materialize.cleaning import parse_int64_value, parse_timestamp_value
+    from recfeast.cleaning import parse_int64_value, parse_timestamp_value
 
     if isinstance(rec, InvalidRecord):
         return str(rec)
@@ -193,8 +193,8 @@ class Ingestor:
     def __init__(self, repo=None, online_store: str | None = None, project: str | None = None,
                  cfg: RealtimeConfig | None = None, store=None, rating_scale=(1.0, 5.0),
                  sequence_model: str | None = None):
-        from recfeast.materialize import registry
-        from recfeast.materialize import store as store_ops
+        from recfeast import model_registry as registry
+        from recfeast import store as store_ops
 
         self.repo = config.repo_path(repo)
         self.cfg = cfg or RealtimeConfig()

@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 
 from recfeast import config
 from recfeast.materialize import features as F
-from recfeast.materialize import registry
+from recfeast import model_registry as registry
 from recfeast.materialize.embedding_cache import EmbeddingCache, cached_encode
-from recfeast.materialize.schema import FIELD_NULLED
+from recfeast.schema import FIELD_NULLED
 
 #: tables rebuilt by each part of the job (the scheduler runs the parts as separate jobs)
 PARTS = {
@@ -101,7 +101,7 @@ def _encode_images(cfg: JobConfig, items: pd.DataFrame, out_dir: Path, cache_dir
     """Poster embeddings ``(n_items, dim)`` float32 (NaN rows: no usable image, quarantined), the
     input hashes and the model identity; posters whose bytes were embedded before by the same model
     come from the embedding cache."""
-    from recfeast.materialize.encoders import ImageEncoder
+    from recfeast.encoders import ImageEncoder
 
     img_enc = ImageEncoder(cfg.image_backbone, cfg.image_weights)
     ids, paths = items["item_id"].to_numpy(), items["image_path"].tolist()
@@ -133,7 +133,8 @@ def _encode_images(cfg: JobConfig, items: pd.DataFrame, out_dir: Path, cache_dir
 
 def _write_table(name: str, table: pd.DataFrame, out_dir: Path, run_ts: pd.Timestamp) -> dict:
     """Write one feature table atomically; returns its row counts (see ``io.write_feature_table``)."""
-    from recfeast.materialize import io, online
+    from recfeast import io
+    from recfeast.materialize import online
 
     path = out_dir / f"{name}.parquet"
     if name == "user_realtime":
@@ -158,8 +159,8 @@ def _with_logged_events(events: pd.DataFrame, items: pd.DataFrame, repo: Path, q
     """The clean raw events plus the events ingested into the repository's event log (already
     validated at ingest), without repeats; logged events of items no longer in the catalog are
     quarantined (``unknown_item``)."""
-    from recfeast.materialize.eventlog import EventLog, log_path
-    from recfeast.materialize.schema import ROW_REJECTED
+    from recfeast.eventlog import EventLog, log_path
+    from recfeast.schema import ROW_REJECTED
 
     path = log_path(repo)
     if not path.is_file():
@@ -212,10 +213,11 @@ def run(cfg: JobConfig) -> JobSummary:
         ModelError: an encoder cannot be loaded. StoreError: Feast apply/materialize failed.
         Bad rows never raise: they are quarantined (``quarantine.parquet``) and counted.
     """
-    from recfeast.materialize import io, online, store
-    from recfeast.materialize.adapters import read_catalog
-    from recfeast.materialize.cleaning import clean
-    from recfeast.materialize.preprocess import select_columns
+    from recfeast import io, store
+    from recfeast.materialize import online
+    from recfeast.adapters import read_catalog
+    from recfeast.cleaning import clean
+    from recfeast.preprocess import select_columns
 
     data_dir = config.data_dir(cfg.data_dir)
     repo = config.repo_path(cfg.repo)
@@ -275,7 +277,7 @@ def run(cfg: JobConfig) -> JobSummary:
             summary.models["sequence"] = seq_enc.model_id
         with stage("real-time features from the event log"):
             from recfeast.materialize import realtime
-            from recfeast.materialize.eventlog import log_path
+            from recfeast.eventlog import log_path
 
             rt = realtime.offline_table(log_path(repo), realtime.ItemEmbeddings.from_arrays(ids, text_emb, text_enc.model_id),
                                         seq_enc, realtime.RealtimeConfig(seq_len=cfg.sequence_max_len))

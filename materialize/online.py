@@ -34,7 +34,7 @@ def load_pending(tables_dir: Path) -> dict:
 
 def add_pending(tables_dir: Path, view: str, entities: list[int], kinds=("sqlite", "redis")) -> None:
     """Record ``entities`` of ``view`` as to be cleared in every store kind (atomic write)."""
-    from recfeast.materialize.io import write_json
+    from recfeast.io import write_json
 
     if not entities:
         return
@@ -47,7 +47,7 @@ def add_pending(tables_dir: Path, view: str, entities: list[int], kinds=("sqlite
 
 def clear_pending(tables_dir: Path, kind: str) -> None:
     """Forget what was pending for ``kind`` (after a successful load)."""
-    from recfeast.materialize.io import write_json
+    from recfeast.io import write_json
 
     pending = load_pending(tables_dir)
     if pending.pop(kind, None) is not None:
@@ -106,7 +106,7 @@ def load(store, tables_dir: Path, quiet: bool = False, sequence_model: str | Non
     """
     import pyarrow.parquet as pq
 
-    from recfeast.materialize import store as store_ops
+    from recfeast import store as store_ops
 
     from recfeast.errors import StoreError
 
@@ -143,7 +143,7 @@ def restore_realtime(store, sequence_model: str | None = None) -> int:
     Raises:
         StoreError: the push failed.
     """
-    from recfeast.materialize.eventlog import log_path
+    from recfeast.eventlog import log_path
 
     repo = Path(store.repo_path)
     if not log_path(repo).is_file():

@@ -223,7 +223,7 @@ def batch_states(events: pd.DataFrame, cfg: RealtimeConfig, snapshots: bool = Fa
 def offline_table(log_file: Path, items: ItemEmbeddings, encoder, cfg: RealtimeConfig) -> pd.DataFrame:
     """The ``user_realtime`` table: the state after each user's last event of each active UTC day,
     recomputed from the event log at ``log_file`` (empty when there is no log yet)."""
-    from recfeast.materialize.eventlog import EventLog
+    from recfeast.eventlog import EventLog
 
     if not Path(log_file).is_file():
         return state_frame([], items, encoder)

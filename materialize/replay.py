@@ -92,8 +92,8 @@ def replay_check(data_dir, repo=None, online_store: str | None = None, project: 
 
     from recfeast import config
     from recfeast.errors import ConfigError
-    from recfeast.materialize.adapters import read_catalog
-    from recfeast.materialize.cleaning import clean
+    from recfeast.adapters import read_catalog
+    from recfeast.cleaning import clean
     from recfeast.materialize.ingest import Ingestor
 
     if batch_size < 1 or days <= 0:

@@ -30,7 +30,7 @@ import yaml
 
 from recfeast import config
 from recfeast.errors import ConfigError
-from recfeast.materialize import registry
+from recfeast import model_registry as registry
 
 DEFAULT = registry.DEFAULT
 
@@ -71,7 +71,8 @@ def promote(repo, data_dir, text: str | None = None, sequence: str | None = None
         StoreError / ModelError: loading failed: the tables are rebuilt with the versions still served
             (from the embedding cache) and the registry is unchanged, so the old versions stay served.
     """
-    from recfeast.materialize import online, store
+    from recfeast import store
+    from recfeast.materialize import online
     from recfeast.materialize.job import JobConfig, run
     from recfeast.materialize.schedule import job_lock
 
@@ -124,6 +125,6 @@ def promote(repo, data_dir, text: str | None = None, sequence: str | None = None
 
 
 def _default_text_id() -> str:
-    from recfeast.materialize.encoders.text import TextEncoder
+    from recfeast.encoders.text import TextEncoder
 
     return TextEncoder().model_id

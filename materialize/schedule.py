@@ -171,7 +171,8 @@ def _load_job(data_dir, repo, online_stores):
     from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
     from recfeast.errors import StoreError
-    from recfeast.materialize import online, store
+    from recfeast import store
+    from recfeast.materialize import online
 
     @retry(retry=retry_if_exception_type(StoreError), stop=stop_after_attempt(LOAD_ATTEMPTS),
            wait=wait_exponential(min=LOAD_BACKOFF_MIN_S, max=LOAD_BACKOFF_MAX_S), reraise=True)

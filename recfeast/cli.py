@@ -7,7 +7,7 @@
 - ``recfeast ingest [FILE]``: :class:`recfeast.materialize.ingest.Ingestor`
 - ``recfeast replay-check --data-dir DIR``: :func:`recfeast.materialize.replay.replay_check`
 - ``recfeast finetune text|sequence``: :mod:`recfeast.training.text_finetune`, :mod:`recfeast.training.sequence_task`
-- ``recfeast models list|register|promote``: :mod:`recfeast.materialize.registry`, :mod:`recfeast.materialize.rollout`
+- ``recfeast models list|register|promote``: :mod:`recfeast.model_registry`, :mod:`recfeast.materialize.rollout`
 """
 
 from __future__ import annotations
@@ -304,9 +304,19 @@ def serve(repo_path, online_store, checkpoint, host, port, as_of, candidates, no
     cfg = ServiceConfig(checkpoint=checkpoint, repo=repo_path, online_store=online_store, as_of=as_of,
                         candidates=candidates, load_query_encoder=not no_search, refresh_every_s=refresh_every)
     try:
-        run_server(cfg, host=host, port=port, torch_threads=torch_threads, log=click.echo)
+        run_server(cfg, host=host, port=port, torch_threads=torch_threads, log=click.echo,
+                   ingestor_factory=_service_ingestor)
     except RecfeastError as exc:
         _fail(exc)
+
+
+def _service_ingestor(service):
+    """The /events ingest path of a running server: the materialize package's Ingestor on the
+    service's repository, store and project (the CLI wires the siblings together)."""
+    from recfeast.materialize.ingest import Ingestor
+
+    store = service.client.store
+    return Ingestor(repo=store.repo_path, online_store=service.client.online_store, project=store.project)
 
 
 @main.group()
@@ -360,7 +370,7 @@ def finetune_sequence(data_dir, repo_path, item_embeddings, out_dir, cell, hidde
         if register:
             from pathlib import Path
 
-            from recfeast.materialize import registry
+            from recfeast import model_registry as registry
 
             e = registry.register(config.repo_path(repo_path), "sequence", Path(out_dir) / "sequence_encoder.pt")
             click.echo(f"registered sequence model {e['model_id']} (trained on {e['lineage'].get('text_model')})")
@@ -398,7 +408,7 @@ def finetune_text(data_dir, repo_path, out_dir, tasks, max_epochs, pairs_per_epo
     try:
         res = run_finetune(cfg, log=click.echo)
         if register:
-            from recfeast.materialize import registry
+            from recfeast import model_registry as registry
 
             e = registry.register(config.repo_path(repo_path), "text", res["model_dir"])
             click.echo(f"registered text model {e['model_id']}")
@@ -429,7 +439,7 @@ def _headline(metrics: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
 def models_list(repo_path, as_json):
     """Registered encoders (production marked with *), and the serving project."""
-    from recfeast.materialize import registry
+    from recfeast import model_registry as registry
 
     try:
         reg = registry.load(config.repo_path(repo_path))
@@ -453,7 +463,7 @@ def models_list(repo_path, as_json):
 @_repo_opt
 def models_register(kind, artefact, repo_path):
     """Register a trained encoder (a transformers folder for text, a checkpoint file for sequence)."""
-    from recfeast.materialize import registry
+    from recfeast import model_registry as registry
 
     try:
         e = registry.register(config.repo_path(repo_path), kind, artefact)

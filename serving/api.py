@@ -60,8 +60,9 @@ def create_app(service, metrics=None, ingestor_factory=None):
     Args:
         service: the service answering /features, /recommend, /search, /health.
         metrics: :class:`recfeast.serving.metrics.Metrics` (a new one by default).
-        ingestor_factory: ``() -> Ingestor`` for /events; default
-            ``recfeast.materialize.ingest.Ingestor`` on the service's repository and store.
+        ingestor_factory: ``() -> ingestor`` for /events, an object with ``ingest(list[dict])``
+            (``recfeast serve`` passes ``recfeast.materialize.ingest.Ingestor``; serving does not import
+            the write path). None: /events answers 503.
     """
     from fastapi import Body, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -153,7 +154,9 @@ def create_app(service, metrics=None, ingestor_factory=None):
             return error(422, f"{len(batch)} events: at most {MAX_EVENTS} per request")
         with ingest_lock:
             if "it" not in ingestor:
-                ingestor["it"] = ingestor_factory() if ingestor_factory else _default_ingestor(service)
+                if ingestor_factory is None:
+                    return error(503, "this server has no ingest path: start it with `recfeast serve`")
+                ingestor["it"] = ingestor_factory()
         result = ingestor["it"].ingest(batch)
         out = result.to_json()
         if result.accepted == 0 and result.duplicates == 0:
@@ -175,26 +178,20 @@ def create_app(service, metrics=None, ingestor_factory=None):
     return app
 
 
-def _default_ingestor(service):
-    try:
-        from recfeast.materialize.ingest import Ingestor
-    except ImportError as exc:
-        raise StoreError(f"the ingest path is not installed: {exc}") from exc
-    store = service.client.store
-    return Ingestor(repo=store.repo_path, online_store=service.client.online_store, project=store.project)
-
-
-def build_app(cfg) -> Any:
-    """App for a :class:`recfeast.serving.service.ServiceConfig`, metrics wired into the service."""
+def build_app(cfg, ingestor_factory=None) -> Any:
+    """App for a :class:`recfeast.serving.service.ServiceConfig`, metrics wired into the service;
+    ``ingestor_factory(service)`` builds the /events ingest path (see :func:`create_app`)."""
     from recfeast.serving.metrics import Metrics
     from recfeast.serving.service import RecommendService
 
     metrics = Metrics()
     service = RecommendService.from_config(cfg, observe=metrics.observe_stage, on_cache=metrics.cache_lookup)
-    return create_app(service, metrics)
+    factory = (lambda: ingestor_factory(service)) if ingestor_factory else None
+    return create_app(service, metrics, factory)
 
 
-def serve(cfg, host: str = "127.0.0.1", port: int = 8000, torch_threads: int = 1, log=print) -> None:
+def serve(cfg, host: str = "127.0.0.1", port: int = 8000, torch_threads: int = 1, log=print,
+          ingestor_factory=None) -> None:
     """Build the app for ``cfg`` and run it under uvicorn until SIGINT/SIGTERM.
 
     Raises:
@@ -205,7 +202,7 @@ def serve(cfg, host: str = "127.0.0.1", port: int = 8000, torch_threads: int = 1
 
     torch.set_num_threads(torch_threads)
     t = time.perf_counter()
-    app = build_app(cfg)
+    app = build_app(cfg, ingestor_factory)
     svc = app.state.service
     log(f"recfeast serving {svc.client.service.name} from {svc.client.online_store}; index {svc.index.info()['items']} "
         f"items ({svc.index.model_id}); ranker {svc.ranker.version['sha256']}; ready in {time.perf_counter() - t:.1f} s")

@@ -43,7 +43,7 @@ class QueryEmbedder:
 
     Args:
         encoder: object with ``encode(list[str]) -> (n, d) float32`` (L2-normalised) and
-            ``model_id``; default a :class:`recfeast.materialize.encoders.TextEncoder`, loaded here.
+            ``model_id``; default a :class:`recfeast.encoders.TextEncoder`, loaded here.
         expected_model_id: identity of the item text embeddings being served; the encoder must
             have the same, or queries and items would live in different spaces.
         cache_size: queries kept (LRU). workers: encoding threads. max_batch: queries per forward
@@ -58,7 +58,7 @@ class QueryEmbedder:
                  workers: int = 1, max_batch: int = 32, max_wait_ms: float = 2.0, on_cache=None,
                  max_chars: int = MAX_QUERY_CHARS):
         if encoder is None:
-            from recfeast.materialize.encoders import TextEncoder
+            from recfeast.encoders import TextEncoder
 
             encoder = TextEncoder()
         if expected_model_id is not None and encoder.model_id != expected_model_id:

@@ -1,6 +1,6 @@
 """The trained ranking model at request time: checkpoint, version checks, scores.
 
-The checkpoint (``training.task.save_checkpoint``) records the features it was trained on and the
+The checkpoint (``recfeast.ranking.checkpoint.save_checkpoint``) records the features it was trained on and the
 identities of the encoders behind its embedding inputs. A request is scored only when every
 embedding it carries comes from one of those encoders: an item re-embedded by another model sits in
 another space, and scoring it with this model would be silently wrong.
@@ -44,7 +44,7 @@ class Ranker:
     def __init__(self, checkpoint: str | Path):
         import torch
 
-        from recfeast.training.task import load_checkpoint
+        from recfeast.ranking.checkpoint import load_checkpoint
 
         path = Path(checkpoint)
         if not path.is_file():

@@ -2,7 +2,7 @@
 
 Feast's ``get_online_features`` reads view by view, builds a proto per value and runs the on-demand
 views in pandas; here every view of every entity goes out together and the raw bytes come back for
-:mod:`recfeast.serving.codec`. The layout is described in :mod:`recfeast.serving.layout`.
+:mod:`recfeast.codec`. The layout is described in :mod:`recfeast.layout`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from recfeast.errors import StoreError
-from recfeast.serving.layout import ViewSpec, entity_key_bytes
+from recfeast.layout import ViewSpec, entity_key_bytes
 
 
 @dataclass

@@ -7,7 +7,7 @@
 
 Reads go straight to the online store in Feast's layout (:mod:`recfeast.serving.reader`): one Redis
 pipeline or one SQLite query for the user and every item, raw bytes decoded into typed columns
-(:mod:`recfeast.serving.codec`), on-demand features computed vectorised
+(:mod:`recfeast.codec`), on-demand features computed vectorised
 (:mod:`recfeast.serving.ondemand`). Feast's registry supplies the definitions; Feast's own read path
 (``get_online_features``) is not used, and the tests pin the answers equal to it.
 """
@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from recfeast.errors import FeatureLookupError, StoreError
-from recfeast.serving.codec import decode_column
-from recfeast.serving.layout import FLOAT32, FLOAT64, INT64, STRING, VECTOR
+from recfeast.codec import decode_column
+from recfeast.layout import FLOAT32, FLOAT64, INT64, STRING, VECTOR
 
 FOUND, MISSING, STALE = "found", "missing", "stale"
 MAX_ITEMS = 1000  #: candidates per call; a request for more is refused
@@ -140,8 +140,8 @@ class OnlineFeatureClient:
 
     def __init__(self, repo: str | Path | None = None, online_store: str | None = None,
                  feature_service: str = "ranking_v1", project: str | None = None, max_items: int = MAX_ITEMS):
-        from recfeast.materialize.store import feature_store
-        from recfeast.serving.layout import service_layout
+        from recfeast.store import feature_store
+        from recfeast.layout import service_layout
         from recfeast.serving.reader import make_reader
 
         self.store = feature_store(repo, online_store, project)

@@ -37,22 +37,22 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def catalog(data_dir):
     """The full real catalog, cleaned."""
-    from recfeast.materialize.adapters import read_catalog
-    from recfeast.materialize.cleaning import clean
+    from recfeast.adapters import read_catalog
+    from recfeast.cleaning import clean
 
     return clean(read_catalog(data_dir))
 
 
 @pytest.fixture(scope="session")
 def text_encoder():
-    from recfeast.materialize.encoders import TextEncoder
+    from recfeast.encoders import TextEncoder
 
     return TextEncoder()
 
 
 @pytest.fixture(scope="session")
 def image_encoder():
-    from recfeast.materialize.encoders import ImageEncoder
+    from recfeast.encoders import ImageEncoder
 
     return ImageEncoder()
 
@@ -66,7 +66,7 @@ def _write_slice(root: Path, catalog, data_dir: Path) -> dict:
                 if p is None and not catalog.items.set_index("item_id").enrichment_dropped[i]][:2]
     popular = catalog.events.item_id.value_counts().index[:30].tolist()
     item_ids = sorted(set(SLICE_ITEMS + empty_desc + no_image + popular))
-    from recfeast.materialize.adapters.movielens import read
+    from recfeast.adapters.movielens import read
 
     raw = read(data_dir)
     items = raw.items[raw.items.item_id.astype(int).isin(item_ids)].copy()

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from recfeast.cli import main
-from recfeast.materialize import online, store
+from recfeast import store
+from recfeast.materialize import online
 from tests.conftest import DATA_DIR, drop_online, latest_rows, make_repo, unique_project
 
 pytestmark = pytest.mark.slow

@@ -140,7 +140,7 @@ def save_training_set(frame: pd.DataFrame, info: TrainingSetInfo, path: Path) ->
     ``recfeast``) and ``info`` as ``<path>.json``; both atomically."""
     import pyarrow.parquet as pq
 
-    from recfeast.materialize import io
+    from recfeast import io
 
     vec = [c for c in frame.columns if frame[c].dtype == object and any(isinstance(v, np.ndarray) for v in frame[c].head(200))]
     table = io.to_arrow(frame, vec)

@@ -108,8 +108,8 @@ def load_sequence_data(cfg: SequenceTrainConfig) -> SequenceData:
         ConfigError: no data folder; DataError: a missing table or unusable data.
     """
     from recfeast import config
-    from recfeast.materialize.adapters import read_catalog
-    from recfeast.materialize.cleaning import clean
+    from recfeast.adapters import read_catalog
+    from recfeast.cleaning import clean
 
     path = Path(cfg.item_embeddings) if cfg.item_embeddings else (
         config.tables_dir(config.repo_path(cfg.repo)) / "item_text_embedding.parquet")

@@ -1,7 +1,7 @@
 """Train the sequence encoder on next-item prediction over frozen item embeddings (``recfeast finetune sequence``).
 
 Task. A user's last ``max_len`` rated items (their text embeddings, oldest first) go through
-:class:`~recfeast.materialize.encoders.sequence.SequenceEncoder`; the output ``u`` (L2-normalised,
+:class:`~recfeast.encoders.sequence.SequenceEncoder`; the output ``u`` (L2-normalised,
 in the item space) scores every catalog item by ``cos(u, item) / temperature``, and a full softmax
 over the whole catalog (1682 items for MovieLens-100k, small enough that no sampling is needed) is
 trained with cross-entropy on the item rated next. The item embeddings are frozen: they are both the
@@ -145,7 +145,7 @@ def prefix_outputs(encoder, x: torch.Tensor) -> torch.Tensor:
     window's real length read padding; their outputs are never scored.
 
     Args:
-        encoder: a :class:`~recfeast.materialize.encoders.sequence.SequenceEncoder`.
+        encoder: a :class:`~recfeast.encoders.sequence.SequenceEncoder`.
         x: ``(b, L, d)`` float32, left-aligned windows.
 
     Returns:
@@ -243,7 +243,7 @@ def fit(data: SequenceData, splits: dict[str, Targets], cfg: SequenceTrainConfig
     """
     from tqdm.auto import tqdm
 
-    from recfeast.materialize.encoders.sequence import SequenceEncoder, SequenceEncoderConfig
+    from recfeast.encoders.sequence import SequenceEncoder, SequenceEncoderConfig
 
     torch.manual_seed(cfg.seed)
     enc = SequenceEncoder(SequenceEncoderConfig(input_dim=data.item_emb.shape[1], hidden_dim=cfg.hidden_dim,
@@ -351,7 +351,7 @@ def train_sequence(cfg: SequenceTrainConfig, log=print) -> dict:
     Raises:
         ConfigError: a bad setting; DataError: missing tables or no targets in a period.
     """
-    from recfeast.materialize.io import atomic_write_bytes, write_json
+    from recfeast.io import atomic_write_bytes, write_json
 
     cfg.validate()
     t_start = time.perf_counter()
@@ -380,7 +380,7 @@ def train_sequence(cfg: SequenceTrainConfig, log=print) -> dict:
         fit_s = time.perf_counter() - t_fit
 
         log("4. test evaluation")
-        from recfeast.materialize.encoders.sequence import SequenceEncoder
+        from recfeast.encoders.sequence import SequenceEncoder
 
         untrained = SequenceEncoder(enc.config)
         pop = np.zeros(len(data.item_ids))

@@ -16,8 +16,9 @@ import torch
 
 from recfeast.training.config import TrainConfig
 from recfeast.training.evaluate import auc, log_loss, paired_bootstrap, per_user_gains, positive_ranks, rank_metrics
-from recfeast.training.features import FeatureSpec
-from recfeast.training.model import RankingModel
+from recfeast.ranking.features import FeatureSpec
+from recfeast.ranking.checkpoint import load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
+from recfeast.ranking.model import RankingModel
 
 PROTOCOL = ("temporal split; positives = ratings >= {pos}; {neg} sampled unrated negatives per positive at the same "
             "timestamp; ranking: first test-period positive of each of up to {users} users ranked against {n} "
@@ -77,31 +78,6 @@ def fit_model(cfg: TrainConfig, spec: FeatureSpec, train: dict, y_train: np.ndar
     return model.eval(), history
 
 
-def save_checkpoint(path: Path, model: RankingModel, cfg: TrainConfig, spec: FeatureSpec, features: list[str],
-                    normalization: dict, metrics: dict, model_ids: dict | None = None,
-                    feature_selection: dict | None = None) -> None:
-    """One file holding everything needed to rebuild and use the model (atomic write): config,
-    fitted transform, feature list, the embedding models' identities the model was trained on
-    (serving must read features from the same encoders), the kept genre columns, normalisation
-    statistics and test metrics."""
-    from recfeast.materialize.io import atomic_write_bytes
-
-    ckpt = {"config": asdict(cfg), "spec": spec.to_dict(), "features": features, "normalization": normalization,
-            "metrics": metrics, "embedding_models": model_ids or {}, "feature_selection": feature_selection or {},
-            "dense_dim": model.dense_dim, "vector_dims": model.vector_dims, "proj_dim": model.proj_dim,
-            "state_dict": model.state_dict()}
-    atomic_write_bytes(path, lambda p: torch.save(ckpt, p))
-
-
-def load_checkpoint(path: Path) -> tuple[RankingModel, FeatureSpec, dict]:
-    """Rebuild ``(model, spec, checkpoint dict)`` from :func:`save_checkpoint`'s file alone."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = ckpt["config"]
-    model = RankingModel(ckpt["dense_dim"], ckpt["vector_dims"], tuple(cfg["hidden"]), cfg["dropout"], ckpt.get("proj_dim", 32))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), FeatureSpec.from_dict(ckpt["spec"]), ckpt
-
-
 def _plots(out: Path, histories: dict, ablation: pd.DataFrame, k: int) -> None:
     import matplotlib
 
@@ -144,10 +120,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
         ConfigError / DataError / StoreError from the steps (bad settings, data or store).
     """
     from recfeast import config
-    from recfeast.materialize import features as F
-    from recfeast.materialize.adapters import read_catalog
-    from recfeast.materialize.cleaning import clean
-    from recfeast.materialize.store import feature_store
+    from recfeast import entities as F
+    from recfeast.adapters import read_catalog
+    from recfeast.cleaning import clean
+    from recfeast.store import feature_store
     from recfeast.training.dataset import get_training_set, save_training_set
     from recfeast.training.examples import labelled_examples, sample_unrated
 
@@ -240,7 +216,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     selection = json.loads((config.tables_dir(repo) / "feature_selection.json").read_text())
     save_checkpoint(out / "ranking_model.pt", model, cfg, spec, info.features, normalization, best,
                     model_ids=info.model_ids, feature_selection=selection)
-    from recfeast.materialize.io import write_json
+    from recfeast.io import write_json
     write_json(out / "metrics.json", metrics)
     cols = ["variant", "auc", "log_loss", f"ndcg@{cfg.k}", f"hr@{cfg.k}", "users", "epochs"]
     table = ablation[cols].to_markdown(index=False, floatfmt=".4f")

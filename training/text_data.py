@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recfeast.materialize import features as F
+from recfeast import entities as F
 
 
 @dataclass

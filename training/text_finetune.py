@@ -98,7 +98,7 @@ class _Model:
     def embed(self, texts: list[str], normalize: bool = True):
         import torch
 
-        from recfeast.materialize.encoders.text import mean_pool
+        from recfeast.encoders.text import mean_pool
 
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         emb = mean_pool(self.encoder(**batch).last_hidden_state, batch["attention_mask"])
@@ -167,11 +167,11 @@ def finetune_text(cfg: TextFinetuneConfig, log=print) -> dict:
     from tqdm.auto import tqdm
 
     from recfeast import config
-    from recfeast.materialize import features as F
-    from recfeast.materialize.adapters import read_catalog
-    from recfeast.materialize.cleaning import clean
-    from recfeast.materialize.encoders.text import TextEncoder, default_model_path
-    from recfeast.materialize.io import write_json
+    from recfeast import entities as F
+    from recfeast.adapters import read_catalog
+    from recfeast.cleaning import clean
+    from recfeast.encoders.text import TextEncoder, default_model_path
+    from recfeast.io import write_json
     from recfeast.training.text_data import corating_pairs, genre_task, split_pairs
 
     cfg.validate()

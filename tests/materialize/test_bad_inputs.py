@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from recfeast.errors import ConfigError, DataError, ModelError
-from recfeast.materialize.adapters import read_catalog
-from recfeast.materialize.cleaning import clean, parse_int64
-from recfeast.materialize.schema import Quarantine
+from recfeast.adapters import read_catalog
+from recfeast.cleaning import clean, parse_int64
+from recfeast.schema import Quarantine
 
 
 def test_int64_ids_exact_and_bounded():
@@ -33,7 +33,7 @@ def test_timestamps_of_every_kind(tmp_path):
     assert data.events.event_timestamp.tolist() == [pd.Timestamp("1998-01-01 10:00", tz="UTC"),
                                                     pd.Timestamp("1998-01-02", tz="UTC")]
     q = Quarantine()
-    from recfeast.materialize.cleaning import clean_events
+    from recfeast.cleaning import clean_events
 
     ev = pd.DataFrame({"user_id": ["1"] * 4, "item_id": ["1"] * 4, "action": "rate", "value": ["4"] * 4,
                        "event_timestamp": ["1e20", "893000000000", "1998-03-01T12:00:00+02:00", "893000000"],
@@ -56,8 +56,8 @@ def test_empty_and_undecodable_csv(tmp_path):
 
 
 def test_bad_yaml_and_bad_weights(tmp_path):
-    from recfeast.materialize.encoders import ImageEncoder
-    from recfeast.materialize.store import repo_config
+    from recfeast.encoders import ImageEncoder
+    from recfeast.store import repo_config
 
     (tmp_path / "feature_store.yaml").write_text("project: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from recfeast.errors import DataError
-from recfeast.materialize.adapters import read_catalog
-from recfeast.materialize.cleaning import clean
+from recfeast.adapters import read_catalog
+from recfeast.cleaning import clean
 
 
 def test_full_movielens_counts(catalog):

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfeast.materialize import store
+from recfeast import store
 from recfeast.materialize.job import TABLES, JobConfig, run
 from tests.conftest import drop_online, make_repo, unique_project
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from recfeast.errors import ModelError
-from recfeast.materialize.encoders import ImageEncoder, SequenceEncoder
-from recfeast.materialize.encoders.sequence import SequenceEncoderConfig
+from recfeast.encoders import ImageEncoder, SequenceEncoder
+from recfeast.encoders.sequence import SequenceEncoderConfig
 from recfeast.materialize.features import item_text
 
 pytestmark = pytest.mark.slow

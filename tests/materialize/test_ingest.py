@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from recfeast.cli import main
-from recfeast.materialize import online, store
-from recfeast.materialize.eventlog import EventLog, log_path
+from recfeast import store
+from recfeast.materialize import online
+from recfeast.eventlog import EventLog, log_path
 from recfeast.materialize.ingest import Ingestor, InvalidRecord, validate
 from recfeast.materialize.realtime import RealtimeConfig, complete_state, tail_state
 from recfeast.materialize.replay import compare

@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recfeast.materialize import online, store
+from recfeast import store
+from recfeast.materialize import online
 from recfeast.materialize.job import TABLES, JobConfig, run
 from recfeast.serving.sdk import OnlineFeatureClient
 from tests.conftest import assert_vectors_equal, drop_online, latest_rows, make_repo, unique_project

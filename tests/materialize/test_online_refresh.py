@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfeast.materialize import online, store
-from recfeast.materialize.adapters.movielens import read
+from recfeast import store
+from recfeast.materialize import online
+from recfeast.adapters.movielens import read
 from recfeast.materialize.job import JobConfig, run
 from recfeast.serving.sdk import OnlineFeatureClient
 from tests.conftest import drop_online, latest_rows, make_repo, unique_project
@@ -113,7 +114,7 @@ def test_reads_keep_working_while_a_view_is_materializing(small_run):
 
 def test_stale_entities_recorded_before_the_table_changes(tmp_path, monkeypatch):
     """A kill between recording and replacing loses nothing: the pending list is written first."""
-    from recfeast.materialize import io
+    from recfeast import io
 
     ts = pd.Timestamp("1998-01-01", tz="UTC")
     old = pd.DataFrame({"item_id": [1, 2, 3], "event_timestamp": ts, "v": [1.0, 2.0, 3.0]})

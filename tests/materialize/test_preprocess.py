@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from recfeast.errors import DataError
-from recfeast.materialize.preprocess import apply_normalizer, fit_normalizer, select_columns
+from recfeast.preprocess import apply_normalizer, fit_normalizer, select_columns
 
 
 def test_zscore_roundtrip_and_imputation():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from recfeast.errors import ConfigError, RecfeastError
-from recfeast.materialize.encoders.quantized import QuantizationConfig, QuantizedTextEncoder, weight_bytes
+from recfeast.encoders.quantized import QuantizationConfig, QuantizedTextEncoder, weight_bytes
 from recfeast.materialize.features import item_text
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from recfeast.errors import ConfigError
-from recfeast.materialize import registry, store
+from recfeast import model_registry as registry, store
 from recfeast.materialize.job import JobConfig, run
 from recfeast.materialize.rollout import promote, project_for
 from tests.conftest import drop_online, make_repo, unique_project
@@ -28,7 +28,7 @@ def variant_model(tmp_path_factory):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from recfeast.materialize.encoders.text import default_model_path
+    from recfeast.encoders.text import default_model_path
 
     src = default_model_path()
     out = tmp_path_factory.mktemp("variant") / "model"

@@ -116,7 +116,7 @@ def test_redis_down_retries_then_fails_visibly_and_next_run_catches_up(env_proje
     assert len(calls) == schedule.LOAD_ATTEMPTS
     assert online.load_pending(tables)["redis"]["item_content"] == [1]  # nothing forgotten
     monkeypatch.setenv("REDIS_CONNECTION_STRING", "127.0.0.1:6379,db=15")
-    from recfeast.materialize import store
+    from recfeast import store
     from tests.conftest import drop_online
 
     fs = store.feature_store(repo, "redis")

@@ -14,7 +14,8 @@ from tests.conftest import drop_online
 @pytest.fixture(scope="session")
 def redis_small(small_run):
     """The slice's tables loaded into Redis (db 15) under the slice's project; (repo, project)."""
-    from recfeast.materialize import online, store
+    from recfeast import store
+    from recfeast.materialize import online
 
     repo, _, project = small_run
     fs = store.feature_store(repo, "redis", project)

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from recfeast.cli import _service_ingestor
 from recfeast.serving.api import create_app
 from recfeast.serving.metrics import Metrics
 from recfeast.serving.service import RecommendService, ServiceConfig
@@ -153,7 +154,7 @@ def test_events_go_through_the_ingest_path(small_run, small_model, small_data, t
     shutil.copytree(src, repo)
     svc = RecommendService.from_config(ServiceConfig(checkpoint=small_model, repo=repo, project=project, as_of=TS,
                                                      refresh_every_s=0, load_query_encoder=False))
-    http = TestClient(create_app(svc), raise_server_exceptions=False)
+    http = TestClient(create_app(svc, ingestor_factory=lambda: _service_ingestor(svc)), raise_server_exceptions=False)
     user, items = small_data[1]["user_ids"][0], small_data[1]["item_ids"]
     events = [{"user_id": user, "item_id": items[0], "action": "click", "event_timestamp": TS},
               {"user_id": user, "item_id": items[1], "action": "rate", "value": 4, "event_timestamp": TS + 5},

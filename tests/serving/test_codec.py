@@ -6,8 +6,8 @@ from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import DoubleList, FloatList, Value
 
-from recfeast.serving.codec import decode_column, decode_scalar, decode_vector
-from recfeast.serving.layout import FLOAT32, FLOAT64, INT64, STRING, entity_key_bytes
+from recfeast.codec import decode_column, decode_scalar, decode_vector
+from recfeast.layout import FLOAT32, FLOAT64, INT64, STRING, entity_key_bytes
 
 
 @pytest.mark.parametrize("dim", [1, 18, 31, 32, 384, 1280])

@@ -123,7 +123,8 @@ def test_anonymous_and_bad_requests(small_run, small_data):
 
 def test_rows_older_than_the_ttl_are_stale_on_both_stores(small_run, tmp_path):
     """With a one-day ttl, a row is served until a day after its event time, then nulled as stale."""
-    from recfeast.materialize import online, store
+    from recfeast import store
+    from recfeast.materialize import online
 
     src, _, _ = small_run
     repo = make_repo(tmp_path / "repo")

@@ -37,7 +37,7 @@ def ts(s):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from recfeast.materialize.store import feature_store, load_definitions
+    from recfeast.store import feature_store, load_definitions
 
     repo = tmp_path_factory.mktemp("pit")
     (repo / "data").mkdir()

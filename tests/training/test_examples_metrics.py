@@ -105,7 +105,7 @@ def test_duplicate_negatives_dropped_and_request_ts_unit():
 
 def test_transform_refuses_vectors_of_another_model():
     from recfeast.errors import DataError
-    from recfeast.training.features import FeatureSpec
+    from recfeast.ranking.features import FeatureSpec
 
     row = {"gender": "M", "occupation": "x", "age_bucket": "25-34", "genre_share": np.ones(2, np.float32),
            "genre_flags": np.ones(2, np.float32), "text_embedding": np.ones(4, np.float32)}

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from recfeast.errors import ConfigError, DataError, RecfeastError
-from recfeast.materialize.encoders.sequence import SequenceEncoder, SequenceEncoderConfig
+from recfeast.encoders.sequence import SequenceEncoder, SequenceEncoderConfig
 from recfeast.training.sequence_task import (
     SequenceTrainConfig, Targets, build_sequence_data, cluster_bootstrap, evaluate, history_matrix,
     prefix_outputs, recall_ndcg, split_targets, target_ranks, train_sequence, training_windows)

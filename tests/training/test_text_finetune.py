@@ -72,7 +72,7 @@ def test_config_refuses_bad_values():
 
 @pytest.mark.slow
 def test_tiny_finetune_saves_a_checkpoint_that_reloads_alone(tmp_path, data_dir):
-    from recfeast.materialize.encoders.text import TextEncoder
+    from recfeast.encoders.text import TextEncoder
 
     cfg = TextFinetuneConfig(data_dir=str(data_dir), max_items=40, max_epochs=1, pairs_per_epoch=16,
                              pair_batch_size=4, genre_batch_size=8, max_length=32, out_dir=str(tmp_path / "ft"))

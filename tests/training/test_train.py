@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from recfeast.cli import main
 from recfeast.training.dataset import load_training_set
-from recfeast.training.task import load_checkpoint
+from recfeast.ranking.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from recfeast.errors import DataError
-from recfeast.materialize.schema import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS, Catalog
+from recfeast.schema import EVENT_COLUMNS, ITEM_COLUMNS, USER_COLUMNS, Catalog
 
 REQUIRED = {
     "items": ("item_id", "title"),

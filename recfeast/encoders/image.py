@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from recfeast.errors import ModelError
-from recfeast.materialize.encoders.identity import model_identity
+from recfeast.encoders.identity import model_identity
 
 #: backbone -> pooled feature dimension
 BACKBONES = {"efficientnet-lite0": 1280, "resnet18": 512, "resnet50": 2048}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recfeast.serving.layout import FLOAT32, FLOAT64, INT64, STRING, VECTOR
+from recfeast.layout import FLOAT32, FLOAT64, INT64, STRING, VECTOR
 
 _FLOAT_LIST_TAG = b"\x82\x01"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recfeast.errors import DataError
-from recfeast.materialize.schema import Catalog
+from recfeast.schema import Catalog
 
 
 def read_catalog(data_dir: Path) -> Catalog:
@@ -18,7 +18,7 @@ def read_catalog(data_dir: Path) -> Catalog:
     Raises:
         DataError: the folder matches no known layout, or a required file/column is missing.
     """
-    from recfeast.materialize.adapters import canonical, movielens
+    from recfeast.adapters import canonical, movielens
 
     data_dir = Path(data_dir)
     if (data_dir / "u.data").is_file():
@@ -27,5 +27,5 @@ def read_catalog(data_dir: Path) -> Catalog:
         return canonical.read(data_dir)
     raise DataError(
         f"{data_dir}: unknown layout; expected MovieLens-100k files (u.data, u.item, u.user) or "
-        "canonical items/users/events .parquet or .csv files (see recfeast.materialize.schema)"
+        "canonical items/users/events .parquet or .csv files (see recfeast.schema)"
     )

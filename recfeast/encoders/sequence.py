@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from recfeast.errors import ModelError
-from recfeast.materialize.encoders.identity import model_identity
+from recfeast.encoders.identity import model_identity
 
 
 @dataclass

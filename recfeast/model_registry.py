@@ -59,7 +59,7 @@ def load(repo: Path) -> dict:
 
 def save(repo: Path, reg: dict) -> None:
     """Write the registry atomically."""
-    from recfeast.materialize.io import write_json
+    from recfeast.io import write_json
 
     write_json(models_dir(repo) / REGISTRY, reg)
 
@@ -75,11 +75,11 @@ def identity_of(kind: str, path: Path, name: str | None = None) -> str:
         ModelError: the artefact cannot be loaded as a ``kind`` encoder.
     """
     if kind == "text":
-        from recfeast.materialize.encoders.text import TextEncoder
+        from recfeast.encoders.text import TextEncoder
 
         return TextEncoder(path, name=name).model_id
     if kind == "sequence":
-        from recfeast.materialize.encoders.sequence import SequenceEncoder
+        from recfeast.encoders.sequence import SequenceEncoder
 
         return SequenceEncoder.load(path).model_id
     raise ConfigError(f"kind={kind!r}: expected one of {KINDS}")
@@ -223,7 +223,7 @@ def _pick(repo: Path, kind: str, model_id: str | None) -> dict | None:
 def text_encoder(repo: Path, model_id: str | None = None):
     """The text encoder to materialize with: ``model_id``'s (``"default"``: the packaged model), else
     production's, else the default."""
-    from recfeast.materialize.encoders.text import TextEncoder
+    from recfeast.encoders.text import TextEncoder
 
     e = _pick(repo, "text", model_id)
     if e is None:
@@ -238,7 +238,7 @@ def sequence_encoder(repo: Path, input_dim: int, max_len: int, model_id: str | N
     Raises:
         ModelError: the stored encoder does not fit ``input_dim`` (trained on another text space).
     """
-    from recfeast.materialize.encoders.sequence import SequenceEncoder, SequenceEncoderConfig
+    from recfeast.encoders.sequence import SequenceEncoder, SequenceEncoderConfig
 
     e = _pick(repo, "sequence", model_id)
     if e is None:

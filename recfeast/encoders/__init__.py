@@ -8,19 +8,19 @@ Each has ``model_id`` (``name@sha256:<12 hex>``), the identity stored beside eve
 Heavy libraries (torch, transformers, torchvision) are imported when an encoder is first used.
 """
 
-from recfeast.materialize.encoders.identity import model_identity
+from recfeast.encoders.identity import model_identity
 
 __all__ = ["ImageEncoder", "SequenceEncoder", "TextEncoder", "model_identity"]
 
 
 def __getattr__(name):
     if name == "TextEncoder":
-        from recfeast.materialize.encoders.text import TextEncoder
+        from recfeast.encoders.text import TextEncoder
         return TextEncoder
     if name == "ImageEncoder":
-        from recfeast.materialize.encoders.image import ImageEncoder
+        from recfeast.encoders.image import ImageEncoder
         return ImageEncoder
     if name == "SequenceEncoder":
-        from recfeast.materialize.encoders.sequence import SequenceEncoder
+        from recfeast.encoders.sequence import SequenceEncoder
         return SequenceEncoder
     raise AttributeError(name)

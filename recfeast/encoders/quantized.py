@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from recfeast.errors import ConfigError, ModelError
-from recfeast.materialize.encoders.identity import model_identity
-from recfeast.materialize.encoders.text import TextEncoder
+from recfeast.encoders.identity import model_identity
+from recfeast.encoders.text import TextEncoder
 
 WEIGHT_SCHEMES = ("per_channel", "per_tensor")
 DTYPES = ("qint8",)

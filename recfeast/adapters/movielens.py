@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from recfeast.errors import DataError
-from recfeast.materialize.schema import EVENT_COLUMNS, ITEM_COLUMNS, ROW_REJECTED, USER_COLUMNS, Catalog, Quarantine
+from recfeast.schema import EVENT_COLUMNS, ITEM_COLUMNS, ROW_REJECTED, USER_COLUMNS, Catalog, Quarantine
 
 N_GENRES = 19
 

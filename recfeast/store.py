@@ -82,7 +82,7 @@ def repo_config(repo: Path, online_store: str | None = None, project: str | None
         raw["offline_store"] = {"type": offline_store}
     project = config.project(project)
     if not project:   # after a model promotion the production features live in a project of their own
-        from recfeast.materialize.registry import serving_project
+        from recfeast.model_registry import serving_project
 
         project = serving_project(repo)
     if project:

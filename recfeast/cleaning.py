@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recfeast.materialize.schema import FIELD_NULLED, ROW_REJECTED, Catalog, Quarantine
+from recfeast.schema import FIELD_NULLED, ROW_REJECTED, Catalog, Quarantine
 
 ENRICHMENT_FIELDS = ("description", "tagline", "image_path", "runtime_min")
 

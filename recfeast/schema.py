@@ -3,7 +3,7 @@
 A new catalog needs either an adapter (see ``materialize/adapters``) or files already in this schema
 (``items``, ``users``, ``events`` as ``.parquet`` or ``.csv`` in one folder); nothing else changes.
 
-Adapters may leave values unparsed (strings): :mod:`recfeast.materialize.cleaning` parses them and
+Adapters may leave values unparsed (strings): :mod:`recfeast.cleaning` parses them and
 sends rows that fail to the quarantine table. Every table carries ``source`` (``file:line``) so a
 rejected row can be found in its input.
 

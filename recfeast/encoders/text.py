@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from recfeast.errors import ModelError
-from recfeast.materialize.encoders.identity import model_identity
+from recfeast.encoders.identity import model_identity
 
 
 def default_model_path() -> Path:
