@@ -1,0 +1,34 @@
+"""Secrets never leave: passwords in connection strings and URLs are replaced by ``***`` in any text
+recfeast prints, logs, records or answers with.
+
+Forms covered (Feast's Redis connection string and the usual URL forms):
+``host:port,password=SECRET`` / ``passwd=`` / ``pwd=``, ``redis://user:SECRET@host``,
+``rediss://:SECRET@host``, ``postgresql://user:SECRET@host/db`` and the bare ``SECRET@host:port``.
+"""
+
+from __future__ import annotations
+
+import re
+
+_RULES = (
+    # key=value settings (Feast's ",password=..."), also inside JSON or Python reprs
+    (re.compile(r"(?i)\b(password|passwd|pwd|pass|secret|token|api_key|apikey)(\s*[=:]\s*)([^,\s'\"}&]+)"), r"\1\2***"),
+    # scheme://user:password@host
+    (re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s'\"]*:)([^@\s'\"]+)@"), r"\1***@"),
+    # bare password@host:port (no scheme)
+    (re.compile(r"(^|[\s,'\"(=\[])(?![a-zA-Z][a-zA-Z0-9+.-]*://)([^\s@,'\"()=\[\]/]+)@([A-Za-z0-9_.\-\[\]:]+:\d+)"), r"\1***@\3"),
+)
+
+
+def redact(text) -> str:
+    """``text`` (any object, ``str()``-ed) with every password-like value replaced by ``***``.
+
+    >>> redact("127.0.0.1:6379,db=0,password=hunter2")
+    '127.0.0.1:6379,db=0,password=***'
+    >>> redact("redis://alice:hunter2@cache:6379/0")
+    'redis://alice:***@cache:6379/0'
+    """
+    out = str(text)
+    for pattern, repl in _RULES:
+        out = pattern.sub(repl, out)
+    return out
