@@ -79,7 +79,7 @@ def main():
     from recfeast.encoders import TextEncoder
     from recfeast.encoders.quantized import (QuantizationConfig, QuantizedTextEncoder,
                                                          serialized_bytes, weight_bytes)
-    from recfeast.materialize.features import item_text
+    from recfeast.entities import item_text
     from recfeast.training.text_data import corating_pairs, split_pairs
 
     cat = clean(read_catalog(args.data_dir))

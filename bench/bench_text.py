@@ -19,7 +19,7 @@ def main():
     from recfeast.adapters import read_catalog
     from recfeast.cleaning import clean
     from recfeast.encoders import TextEncoder
-    from recfeast.materialize.features import item_text
+    from recfeast.entities import item_text
     from sentence_transformers import SentenceTransformer
 
     texts = item_text(clean(read_catalog(args.data_dir)).items)

@@ -34,17 +34,16 @@ TABLES = PARTS["embeddings"] + PARTS["aggregates"]
 class JobConfig:
     """Settings of one run of the main job."""
 
-    data_dir: Path                      # raw input folder (MovieLens-100k layout or canonical files)
+    data_dir: Path                      # raw input folder, read as the repository's catalog.yaml says
     repo: Path | None = None            # feature repository; default recfeast.config.repo_path()
     online_store: str | None = None     # sqlite | redis; default $RECFEAST_ONLINE_STORE or sqlite
     project: str | None = None          # override feature_store.yaml's project (tests)
-    image_backbone: str = "efficientnet-lite0"  # or resnet18 / resnet50 with local weights
+    image_backbone: str | None = None   # default the spec's items.image.encoder (resnet18/50 need local weights)
     image_weights: Path | None = None   # local weights file for the image backbone
     text_batch_size: int = 64           # texts per forward pass
     image_batch_size: int = 32          # images per forward pass
-    sequence_max_len: int = 20          # N: items read by the sequence encoder
-    min_enrichment_confidence: float = 0.5  # below: third-party text/image treated as absent
-    max_dominant_share: float = 0.995   # feature selection: drop columns more constant than this
+    sequence_max_len: int | None = None  # N: items read by the sequence encoder; default the spec's
+    min_enrichment_confidence: float | None = None  # override the spec's items.trust.min
     apply: bool = True                  # run feast apply after writing the tables
     materialize: bool = True            # load the online store after apply
     progress: bool = True               # progress bars and stage lines
@@ -74,9 +73,10 @@ class JobSummary:
             lines.append(f"  {name:<26}{t.get('rows', 0):>9}{t.get('new_or_changed', 0):>13}{t.get('unchanged', 0):>11}")
         lines.append("quarantined (table/rule: rows)")
         lines += [f"  {k:<40}{v:>7}" for k, v in self.quarantine.items()] or ["  none"]
-        dropped = self.selection.get("dropped", {})
-        lines.append(f"feature selection: kept {len(self.selection.get('kept', []))} genre columns, "
-                     f"dropped {', '.join(dropped) or 'none'}")
+        sel = "; ".join(f"{name} {len(v['kept'])} kept" + (f", dropped {', '.join(map(str, list(v['dropped'])[:5]))}"
+                                                          + (" ..." if len(v["dropped"]) > 5 else "") if v["dropped"] else "")
+                        for name, v in self.selection.items()) or "no categorical fields"
+        lines.append(f"feature selection: {sel}")
         lines.append("models: " + ", ".join(f"{k}={v}" for k, v in self.models.items()))
         lines.append("embeddings: " + ", ".join(f"{k} {e['computed']} computed / {e['reused']} reused"
                                                 for k, e in self.embeddings.items()))
@@ -96,14 +96,14 @@ def _file_hash(path) -> str:
         return f"unreadable:{path}"
 
 
-def _encode_images(cfg: JobConfig, items: pd.DataFrame, out_dir: Path, cache_dir: Path, q,
+def _encode_images(cfg: JobConfig, spec, items: pd.DataFrame, out_dir: Path, cache_dir: Path, q,
                    summary: "JobSummary") -> tuple[np.ndarray, list[str], str]:
     """Poster embeddings ``(n_items, dim)`` float32 (NaN rows: no usable image, quarantined), the
     input hashes and the model identity; posters whose bytes were embedded before by the same model
     come from the embedding cache."""
     from recfeast.encoders import ImageEncoder
 
-    img_enc = ImageEncoder(cfg.image_backbone, cfg.image_weights)
+    img_enc = ImageEncoder(cfg.image_backbone or spec.items.image.encoder, cfg.image_weights)
     ids, paths = items["item_id"].to_numpy(), items["image_path"].tolist()
     errors: dict[int, tuple[str, str]] = {i: ("image_missing", "no image path") for i, p in enumerate(paths) if p is None}
     has = [i for i, p in enumerate(paths) if p is not None]
@@ -131,7 +131,7 @@ def _encode_images(cfg: JobConfig, items: pd.DataFrame, out_dir: Path, cache_dir
     return emb, hashes, img_enc.model_id
 
 
-def _write_table(name: str, table: pd.DataFrame, out_dir: Path, run_ts: pd.Timestamp) -> dict:
+def _write_table(name: str, table: pd.DataFrame, out_dir: Path, run_ts: pd.Timestamp, spec) -> dict:
     """Write one feature table atomically; returns its row counts (see ``io.write_feature_table``)."""
     from recfeast import io
     from recfeast.materialize import online
@@ -148,8 +148,11 @@ def _write_table(name: str, table: pd.DataFrame, out_dir: Path, run_ts: pd.Times
         on_stale = None
     else:
         on_stale = lambda ids: online.add_pending(out_dir, name, ids)  # noqa: E731
-    key = "user_id" if name.startswith("user") else "item_id"
-    vec_cols = [c for c in table.columns if c.endswith(("embedding", "genre_flags", "genre_share"))]
+    from recfeast.views import view
+
+    v = view(spec, name)
+    key = v.key
+    vec_cols = [f.name for f in v.fields if f.dtype == "vector"]
     info = io.write_feature_table(table, path, [key, "event_timestamp"], run_ts, vec_cols, on_stale=on_stale)
     info.pop("stale_entities")
     return info
@@ -206,109 +209,114 @@ class _Stages:
 
 
 def run(cfg: JobConfig) -> JobSummary:
-    """Run the main job; see the module docstring.
+    """Run the main job for the repository's catalog spec; see the module docstring.
 
     Raises:
-        ConfigError: bad paths or settings. DataError: the input folder is unusable.
+        ConfigError: bad paths, settings or catalog spec. DataError: the input folder is unusable.
         ModelError: an encoder cannot be loaded. StoreError: Feast apply/materialize failed.
         Bad rows never raise: they are quarantined (``quarantine.parquet``) and counted.
     """
     from recfeast import io, store
-    from recfeast.materialize import online
     from recfeast.adapters import read_catalog
     from recfeast.cleaning import clean
-    from recfeast.preprocess import select_columns
+    from recfeast.errors import ConfigError
+    from recfeast.materialize import online
+    from recfeast.spec import load_spec, spec_path
+    from recfeast.views import feature_views
 
     data_dir = config.data_dir(cfg.data_dir)
     repo = config.repo_path(cfg.repo)
+    spec = load_spec(spec_path(repo))
+    views = {v.name: v for v in feature_views(spec)}
     out_dir = config.tables_dir(repo)
     cache_dir = repo / "data" / "embedding_cache"
     run_ts = pd.Timestamp.now(tz="UTC")
     stage = _Stages(cfg.progress)
     summary = JobSummary(tables_dir=str(out_dir))
+    seq_len = cfg.sequence_max_len or spec.features.sequence.length
 
     unknown = set(cfg.parts) - set(PARTS)
     if unknown or not cfg.parts:
-        from recfeast.errors import ConfigError
-
         raise ConfigError(f"JobConfig.parts={cfg.parts!r}: expected one or more of {sorted(PARTS)}")
     with stage("read"):
-        catalog = read_catalog(data_dir)
+        catalog = read_catalog(data_dir, spec)
     with stage("clean"):
-        data = clean(catalog, cfg.min_enrichment_confidence)
+        data = clean(catalog, cfg.min_enrichment_confidence, spec=spec)
         items, users, q = data.items, data.users, data.quarantine
-        events = _with_logged_events(data.events, items, repo, q)
-        # rating aggregates, histories and entry times read rating events; other actions (clicks,
-        # purchases) are kept in the clean events but have no features yet
-        ratings = events[events["action"] == "rate"]
+        events = _with_logged_events(data.events, items, repo, q) if spec.realtime else data.events
+        seq_events = events[events["action"].isin(spec.sequence_types())]
 
     with stage("select features"):
-        candidates = sorted({g for gs in items["genres"] for g in gs},
-                            key=lambda g: (min(i for i, gs in enumerate(items["genres"]) if g in gs), g))
-        flags = pd.DataFrame(F.genre_matrix(items, candidates), columns=candidates)
-        kept, dropped = select_columns(flags, cfg.max_dominant_share)
-        summary.selection = {"candidates": candidates, "kept": kept, "dropped": dropped,
-                             "rule": f"dominant value share > {cfg.max_dominant_share}"}
+        vocabs = F.select_vocabularies(items, spec)
+        summary.selection = vocabs
 
-    with stage("encode text"):
-        text_enc = registry.text_encoder(repo, cfg.text_model)
-        texts = F.item_text(items)
-        ids = items["item_id"].to_numpy()
-        cache = EmbeddingCache(cache_dir, text_enc.model_id, text_enc.dim,
-                               (out_dir / "item_text_embedding.parquet", "text_embedding", "text_model"))
-        text_emb, reused, computed = cached_encode(
-            cache, [_sha(t) for t in texts],
-            lambda pos: text_enc.encode([texts[i] for i in pos], cfg.text_batch_size, show_progress_bar=cfg.progress))
-        cache.save()
-        summary.models["text"] = text_enc.model_id
-        summary.embeddings["text"] = {"computed": computed, "reused": reused}
+    ids = items["item_id"].to_numpy()
+    texts = F.item_text(items)
+    text_emb = None
+    if "item_text_embedding" in views:
+        with stage("encode text"):
+            text_enc = registry.text_encoder(repo, cfg.text_model)
+            cache = EmbeddingCache(cache_dir, text_enc.model_id, text_enc.dim,
+                                   (out_dir / "item_text_embedding.parquet", "text_embedding", "text_model"))
+            text_emb, reused, computed = cached_encode(
+                cache, [_sha(t) for t in texts],
+                lambda pos: text_enc.encode([texts[i] for i in pos], cfg.text_batch_size, show_progress_bar=cfg.progress))
+            cache.save()
+            summary.models["text"] = text_enc.model_id
+            summary.embeddings["text"] = {"computed": computed, "reused": reused}
 
-    if "embeddings" in cfg.parts:
+    if "embeddings" in cfg.parts and "item_image_embedding" in views:
         with stage("encode images"):
-            img_emb, img_hashes, summary.models["image"] = _encode_images(cfg, items, out_dir, cache_dir, q, summary)
+            img_emb, img_hashes, summary.models["image"] = _encode_images(cfg, spec, items, out_dir, cache_dir, q, summary)
 
-    if "aggregates" in cfg.parts:
+    rt = None
+    if "aggregates" in cfg.parts and "user_sequence_embedding" in views:
         with stage("encode sequences"):
-            seq_enc = registry.sequence_encoder(repo, text_enc.dim, cfg.sequence_max_len, cfg.sequence_model)
-            hist = F.user_histories(ratings, cfg.sequence_max_len)
-            row_of = pd.Series(np.arange(len(ids)), index=ids)
-            seq_emb = seq_enc.encode([text_emb[row_of[np.asarray(h, dtype=np.int64)].to_numpy()]
-                                      for h in hist["item_ids"]])
+            seq_enc = registry.sequence_encoder(repo, text_enc.dim, seq_len, cfg.sequence_model)
+            hist = F.user_histories(seq_events, seq_len)
+            row_of = {k: i for i, k in enumerate(ids.tolist())}
+            seq_emb = seq_enc.encode([text_emb[[row_of[i] for i in h]] for h in hist["item_ids"]])
             summary.models["sequence"] = seq_enc.model_id
-        with stage("real-time features from the event log"):
-            from recfeast.materialize import realtime
-            from recfeast.eventlog import log_path
+        if "user_realtime" in views:
+            with stage("real-time features from the event log"):
+                from recfeast.eventlog import log_path
+                from recfeast.materialize import realtime
 
-            rt = realtime.offline_table(log_path(repo), realtime.ItemEmbeddings.from_arrays(ids, text_emb, text_enc.model_id),
-                                        seq_enc, realtime.RealtimeConfig(seq_len=cfg.sequence_max_len))
+                rt = realtime.offline_table(log_path(repo), realtime.ItemEmbeddings.from_arrays(ids, text_emb, text_enc.model_id),
+                                            seq_enc, realtime.RealtimeConfig(seq_len=seq_len))
 
     with stage("build tables"):
-        avail = F.item_available_from(items, ratings).to_numpy()
+        avail = F.item_available_from(items, events).to_numpy()
         tables, stats = {}, {}
         if "embeddings" in cfg.parts:
-            tables["item_text_embedding"] = pd.DataFrame({
-                "item_id": ids, "event_timestamp": avail, "text_embedding": list(text_emb),
-                "text_model": text_enc.model_id, "content_hash": [_sha(t) for t in texts]})
-            ok = ~np.isnan(img_emb).any(axis=1)
-            tables["item_image_embedding"] = pd.DataFrame({
-                "item_id": ids[ok], "event_timestamp": avail[ok], "image_embedding": list(img_emb[ok]),
-                "image_model": summary.models["image"], "content_hash": np.asarray(img_hashes, dtype=object)[ok]})
+            if text_emb is not None:
+                tables["item_text_embedding"] = pd.DataFrame({
+                    "item_id": ids, "event_timestamp": avail, "text_embedding": list(text_emb),
+                    "text_model": text_enc.model_id, "content_hash": [_sha(t) for t in texts]})
+            if "item_image_embedding" in views:
+                ok = ~np.isnan(img_emb).any(axis=1)
+                tables["item_image_embedding"] = pd.DataFrame({
+                    "item_id": ids[ok], "event_timestamp": avail[ok], "image_embedding": list(img_emb[ok]),
+                    "image_model": summary.models["image"], "content_hash": np.asarray(img_hashes, dtype=object)[ok]})
         if "aggregates" in cfg.parts:
-            tables["item_content"], stats = F.build_item_content(items, ratings, kept)
-            tables["user_profile"], user_stats = F.build_user_profile(users, ratings)
-            stats.update(user_stats)
-            tables["user_behavior"] = F.build_user_behavior(ratings, items, kept)
-            tables["user_sequence_embedding"] = pd.DataFrame({
-                "user_id": hist["user_id"].to_numpy(), "event_timestamp": hist["event_timestamp"].to_numpy(),
-                "sequence_embedding": list(seq_emb), "sequence_length": hist["item_ids"].map(len).astype("int64"),
-                # the vectors live in the space of the text model they read: both identities name it
-                "sequence_model": f"{seq_enc.model_id}|{text_enc.model_id}"})
-            tables["user_realtime"] = rt
+            tables["item_content"], stats = F.build_item_content(items, events, spec, vocabs)
+            if "user_profile" in views:
+                tables["user_profile"], user_stats = F.build_user_profile(users, events, spec)
+                stats.update(user_stats)
+            tables["user_behavior"] = F.build_user_behavior(events, items, spec, vocabs)
+            if "user_sequence_embedding" in views:
+                tables["user_sequence_embedding"] = pd.DataFrame({
+                    "user_id": hist["user_id"].to_numpy(), "event_timestamp": hist["event_timestamp"].to_numpy(),
+                    "sequence_embedding": list(seq_emb), "sequence_length": hist["item_ids"].map(len).astype("int64"),
+                    # the vectors live in the space of the text model they read: both identities name it
+                    "sequence_model": f"{seq_enc.model_id}|{text_enc.model_id}"})
+            if rt is not None:
+                tables["user_realtime"] = rt
 
     with stage("write tables"):
         io.remove_stale_temp_files(out_dir)
         for name, table in tables.items():
-            summary.tables[name] = {**summary.tables.get(name, {}), **_write_table(name, table, out_dir, run_ts)}
+            summary.tables[name] = {**summary.tables.get(name, {}), **_write_table(name, table, out_dir, run_ts, spec)}
         if "embeddings" not in cfg.parts and (out_dir / "quarantine.parquet").is_file():
             # image rules come from the embeddings part: keep its records when it did not run
             old_q = pd.read_parquet(out_dir / "quarantine.parquet")
@@ -330,5 +338,5 @@ def run(cfg: JobConfig) -> JobSummary:
                 summary.online_store = fs.config.online_store.type
     summary.seconds = stage.seconds
     io.write_json(out_dir / "run_summary.json", {**asdict(summary), "run_at": run_ts.isoformat(),
-                                                 "data_dir": str(data_dir)})
+                                                 "data_dir": str(data_dir), "catalog": spec.name})
     return summary

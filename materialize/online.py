@@ -55,7 +55,7 @@ def clear_pending(tables_dir: Path, kind: str) -> None:
 
 
 def clear_online_rows(store, view_name: str, entity_ids: list[int]) -> int:
-    """Delete ``view_name``'s online values of ``entity_ids`` (int64 keys) in ``store``'s online store.
+    """Delete ``view_name``'s online values of ``entity_ids`` (int64 or string keys) in ``store``'s online store.
 
     Returns:
         Number of entities cleared.
@@ -69,7 +69,8 @@ def clear_online_rows(store, view_name: str, entity_ids: list[int]) -> int:
     fv = store.get_feature_view(view_name)
     join_key = fv.join_keys[0]
     cfg = store.config
-    keys = [EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=int(e))]) for e in entity_ids]
+    keys = [EntityKey(join_keys=[join_key], entity_values=[Value(string_val=e) if isinstance(e, str) else Value(int64_val=int(e))])
+            for e in entity_ids]
     if cfg.online_store.type == "redis":
         from feast.infra.online_stores.helpers import _mmh3, _redis_key
 

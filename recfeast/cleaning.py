@@ -1,63 +1,70 @@
-"""Cleaning: parse the canonical tables, apply the validation rules, quarantine what fails.
+"""Cleaning: parse the tables read for a catalog, apply the spec's validation rules, quarantine what fails.
 
-Rules (``rule`` in the quarantine table; ``row_rejected`` drops the row, ``field_nulled`` keeps the row
-without the named fields):
+Every rule comes from the catalog spec (:mod:`recfeast.spec`). ``row_rejected`` drops the row,
+``field_nulled`` keeps the row without the named field:
 
 ========================== ========= ============= ===============================================
 rule                       table     action        when
 ========================== ========= ============= ===============================================
-unparsable_id              any       row_rejected  an id is not an integer in the int64 range
-duplicate_item_id          items     row_rejected  second and later rows of one item_id
-duplicate_user_id          users     row_rejected  second and later rows of one user_id
-missing_title              items     row_rejected  empty title
-low_enrichment_confidence  items     field_nulled  ``enrichment_confidence`` < threshold (default 0.5):
-                                                   description, tagline, image and runtime are a
-                                                   third-party match that may be another item's
-                                                   (MovieLens 72 carries Pulp Fiction's text)
-empty_description          items     field_nulled  no description: text embedding from title + genres
-runtime_out_of_range       items     field_nulled  runtime not in (0, 1000] minutes
-unparsable_release_date    items     field_nulled  release date is not a date
-age_out_of_range           users     field_nulled  age not a number in [1, 120]
-unparsable_timestamp       events    row_rejected  not unix seconds, ISO-8601 or a datetime, or
-                                                   outside 1900..2262
-unparsable_value           events    row_rejected  value is not a number
-value_out_of_range         events    row_rejected  rating outside the catalog's scale (1..5)
-unknown_user               events    row_rejected  user_id not in the (clean) users table
-unknown_item               events    row_rejected  item_id not in the (clean) items table
-duplicate_event            events    row_rejected  exact repeat of an earlier event
+unparsable_id              any       row_rejected  an id is not an int64 (``dtype: int64``) or is an
+                                                   empty string (``dtype: string``)
+duplicate_item_id          items     row_rejected  second and later rows of one item id
+duplicate_user_id          users     row_rejected  second and later rows of one user id
+missing_title              items     row_rejected  ``items.title`` is declared and empty
+low_enrichment_confidence  items     field_nulled  ``items.trust.field`` below ``trust.min``: the
+                                                   ``trust.fields`` are another source's match that
+                                                   may be another item's (MovieLens 72 carries Pulp
+                                                   Fiction's text)
+empty_<field>              items     field_nulled  a text field in ``text.report_missing`` is empty
+<feature>_out_of_range     items/    field_nulled  a numeric value outside its ``valid`` range
+                           users
+unparsable_<field>         items/    field_nulled  a numeric/date value that does not parse
+                           users
+unparsable_timestamp       events    row_rejected  not the declared unit, or outside 1900..2262
+unknown_event_type         events    row_rejected  the type is not declared in ``events.types``
+missing_value              events    row_rejected  the type has a required value and it is empty
+unparsable_value           events    row_rejected  value is not a finite number
+value_out_of_range         events    row_rejected  value outside the type's ``scale``
+value_off_step             events    row_rejected  value not on the type's ``step`` (e.g. 3.7 stars)
+unknown_user               events    row_rejected  user id not in the (clean) users table
+unknown_item               events    row_rejected  item id not in the (clean) items table
+duplicate_event            events    row_rejected  repeat of an earlier event on ``events.duplicates``
 ========================== ========= ============= ===============================================
 """
 
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from recfeast.schema import FIELD_NULLED, ROW_REJECTED, Catalog, Quarantine
+from recfeast.spec import CatalogSpec, NumericSpec
 
-ENRICHMENT_FIELDS = ("description", "tagline", "image_path", "runtime_min")
 
 
 @dataclass
 class CleanCatalog:
-    """Typed, validated tables.
+    """Typed, validated tables (ids int64 or str as the spec declares).
 
-    ``items``: item_id int64 (unique), title str, description/tagline str|None, genres list[str],
-    image_path str|None (absolute), release_date datetime64[ns, UTC] (NaT when unknown), runtime_min
-    float64 (NaN when unknown), enrichment_dropped bool (rule low_enrichment_confidence applied).
-    ``users``: user_id int64, age float64 (NaN unknown), gender, occupation.
-    ``events``: user_id int64, item_id int64, action str, value float64, event_timestamp
-    datetime64[ns, UTC], sorted by (event_timestamp, user_id, item_id).
+    ``items``: item_id (unique), the spec's item fields parsed (numeric float64, multi-valued
+    categoricals as ``list[str]``, single ones str|None, dates datetime64[ns, UTC]), ``text`` (the
+    string the text encoder reads), ``image_path`` str|None (absolute), ``available_from``
+    datetime64[ns, UTC] (NaT: unknown), ``enrichment_dropped`` bool; sorted by item_id.
+    ``users``: user_id and the spec's user fields; sorted by user_id.
+    ``events``: user_id, item_id, action str (the event type), value float64 (NaN: the type has no
+    value), event_timestamp datetime64[ns, UTC], source; sorted by (event_timestamp, user_id, item_id)
+    with file order kept among equals.
     """
 
     items: pd.DataFrame
     users: pd.DataFrame
     events: pd.DataFrame
     quarantine: Quarantine
+    spec: CatalogSpec | None = None
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -94,7 +101,15 @@ def parse_int64(values: pd.Series) -> pd.Series:
     """Exact int64 parsing of a Series with :func:`parse_int64_value`; returns a nullable ``Int64`` Series."""
     if pd.api.types.is_integer_dtype(values.dtype):
         return values.astype("Int64")
-    return pd.array([parse_int64_value(v) for v in values], dtype="Int64")
+    out = pd.array([None] * len(values), dtype="Int64")
+    text = values.astype("string").str.strip()
+    fast = text.str.fullmatch(r"[+-]?[0-9]{1,18}").fillna(False).to_numpy(bool)   # always within int64
+    if fast.any():
+        out[fast] = text[fast].astype("int64").to_numpy()
+    slow = np.flatnonzero(~fast)
+    if len(slow):
+        out[slow] = pd.array([parse_int64_value(values.iloc[i]) for i in slow], dtype="Int64")
+    return out
 
 
 def _parse_ids(df: pd.DataFrame, cols: list[str], table: str, q: Quarantine) -> pd.DataFrame:
@@ -121,65 +136,173 @@ def _blank(s: pd.Series) -> pd.Series:
     return s.isna() | (s.astype("string").str.strip().fillna("") == "")
 
 
-def clean_items(items: pd.DataFrame, data_dir, q: Quarantine, min_confidence: float = 0.5) -> pd.DataFrame:
-    """Validate items; see the module table for the rules. Returns the typed items table."""
-    df = _parse_ids(items.copy(), ["item_id"], "items", q)
+def _parse_key(df: pd.DataFrame, col: str, dtype: str, table: str, q: Quarantine) -> pd.DataFrame:
+    """Parse one key column as the spec's dtype; bad rows -> ``unparsable_id``."""
+    if dtype == "int64":
+        return _parse_ids(df, [col], table, q)
+    text = df[col].astype("string").str.strip()
+    bad = text.isna() | (text == "")
+    if bad.any():
+        q.add_frame(df[bad], table, "unparsable_id", ROW_REJECTED, None,
+                    lambda r, c=col: f"{c}={r[c]!r} is empty; expected a non-empty string id")
+    df = df[~bad].copy()
+    df[col] = text[~bad].astype(object).to_numpy()
+    return df
+
+
+def _split_multi(v, sep: str | None) -> list[str]:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return []
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [str(x).strip() for x in v if x is not None and str(x).strip()]
+    text = str(v).strip()
+    if not text:
+        return []
+    parts = text.split(sep) if sep else [text]
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _numeric(df: pd.DataFrame, n: NumericSpec, table: str, key: str, q: Quarantine) -> pd.Series:
+    """Parse a numeric field (``transform: year`` parses a date and takes its year); quarantine what
+    fails to parse or lies outside ``valid``; returns float64 with NaN for unknown."""
+    raw = df[n.field]
+    if n.transform == "year":
+        ts = raw if pd.api.types.is_datetime64_any_dtype(raw.dtype) else _parse_timestamps(
+            raw.astype(object).where(raw.notna(), None))
+        bad = raw.notna() & ts.isna()
+        x = ts.dt.year.astype("float64")
+    else:
+        x = pd.to_numeric(raw, errors="coerce").astype("float64")
+        bad = raw.notna() & (raw.astype("string").str.strip() != "") & x.isna()
+    if bad.any():
+        q.add_frame(df[bad], table, f"unparsable_{n.field}", FIELD_NULLED, key,
+                    lambda r: f"{n.field}={r[n.field]!r}: expected " + ("a date" if n.transform == "year" else "a number"))
+    if n.valid is not None:
+        lo, hi = n.valid
+        out = x.notna() & ~((x >= lo) & (x <= hi))
+        if out.any():
+            q.add_frame(df[out], table, f"{n.name}_out_of_range", FIELD_NULLED, key,
+                        lambda r: f"{n.field}={r[n.field]!r} not in [{lo:g}, {hi:g}]")
+        x = x.where(~out)
+    return x
+
+
+def _fields(df: pd.DataFrame, spec_part, table: str, key: str, q: Quarantine) -> pd.DataFrame:
+    """Categorical and numeric fields of items or users, parsed in place."""
+    for c in spec_part.categorical:
+        if c.multi:
+            df[c.field] = [_split_multi(v, c.separator) for v in df[c.field]]
+        else:
+            df[c.field] = df[c.field].where(~_blank(df[c.field]), None).astype(object)
+            df[c.field] = [None if v is None else str(v).strip() for v in df[c.field]]
+    for n in spec_part.numeric:
+        df[n.name if n.transform == "year" and n.name != n.field else n.field] = _numeric(df, n, table, key, q)
+    return df
+
+
+def compose_text(df: pd.DataFrame, fields: list[str]) -> list[str]:
+    """Each row's text: the fields in order, lists joined with ", ", joined with ". " (empty parts skipped)."""
+    out = []
+    for row in zip(*(df[f] for f in fields)):
+        parts = []
+        for v in row:
+            if isinstance(v, (list, tuple, np.ndarray)):
+                v = ", ".join(str(x) for x in v)
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                continue
+            v = str(v).strip().rstrip(".").strip()
+            if v:
+                parts.append(v)
+        out.append(". ".join(parts) + ("." if parts else ""))
+    return out
+
+
+def _image_paths(df: pd.DataFrame, spec: CatalogSpec, data_dir) -> list:
+    img = spec.items.image
+    if img is None:
+        return [None] * len(df)
+    if img.field:
+        raw = [None if v is None or (isinstance(v, float) and np.isnan(v)) or not str(v).strip() else str(v).strip()
+               for v in df[img.field]]
+    else:
+        raw = []
+        for rec in df.to_dict("records"):
+            try:
+                raw.append(img.template.format(**{k: (int(v) if isinstance(v, str) and v.isdigit() else v)
+                                                  for k, v in rec.items()}))
+            except (KeyError, ValueError, TypeError):
+                raw.append(None)
+    return [None if p is None else str(p if str(p).startswith("/") else (data_dir / p)) for p in raw]
+
+
+def clean_items(items: pd.DataFrame, data_dir, q: Quarantine, spec: CatalogSpec,
+                min_confidence: float | None = None) -> pd.DataFrame:
+    """Validate items against ``spec``; see the module table for the rules.
+
+    Returns the typed items table (see :class:`CleanCatalog`), the key column named ``item_id``.
+    """
+    it = spec.items
+    df = items.copy()
+    if spec.item.key != "item_id":
+        df = df.rename(columns={spec.item.key: "item_id"})
+    df = _parse_key(df, "item_id", spec.item.dtype, "items", q)
     df = _dedupe_key(df, "item_id", "items", q)
-    no_title = _blank(df["title"])
-    if no_title.any():
-        q.add_frame(df[no_title], "items", "missing_title", ROW_REJECTED, "item_id", "title is empty")
-    df = df[~no_title].copy()
-
-    conf = pd.to_numeric(df["enrichment_confidence"], errors="coerce")
-    low = conf.notna() & (conf < min_confidence)
-    if low.any():
-        q.add_frame(df[low], "items", "low_enrichment_confidence", FIELD_NULLED, "item_id",
-                    lambda r: f"enrichment_confidence={r['enrichment_confidence']} < {min_confidence}: "
-                              f"{', '.join(ENRICHMENT_FIELDS)} dropped")
-        for col in ENRICHMENT_FIELDS:
-            df.loc[low, col] = None
+    if it.title:
+        no_title = _blank(df[it.title])
+        if no_title.any():
+            q.add_frame(df[no_title], "items", "missing_title", ROW_REJECTED, "item_id", f"{it.title} is empty")
+        df = df[~no_title].copy()
+        df[it.title] = df[it.title].astype(str).str.strip()
+    image_field = "__image" if it.image is None or it.image.template else it.image.field
+    df["image_path"] = _image_paths(df, spec, Path(data_dir))
+    low = pd.Series(False, index=df.index)
+    if it.trust:
+        threshold = it.trust.min if min_confidence is None else min_confidence
+        conf = pd.to_numeric(df[it.trust.field], errors="coerce")
+        low = conf.notna() & (conf < threshold)
+        if low.any():
+            names = ", ".join(it.trust.fields)
+            q.add_frame(df[low], "items", "low_enrichment_confidence", FIELD_NULLED, "item_id",
+                        lambda r: f"{it.trust.field}={r[it.trust.field]} < {threshold}: {names} dropped")
+            for col in it.trust.fields:
+                target = "image_path" if it.image is not None and col in (image_field, "image_path") else col
+                df[target] = df[target].astype(object)
+                df.loc[low, target] = None
     df["enrichment_dropped"] = low.to_numpy()
-    for col in ("description", "tagline", "image_path"):
-        df[col] = df[col].where(~_blank(df[col]), None).astype(object)
-    empty = df["description"].isna() & ~low
-    if empty.any():
-        q.add_frame(df[empty], "items", "empty_description", FIELD_NULLED, "item_id",
-                    "no description: text embedding from title and genres only")
-
-    runtime = pd.to_numeric(df["runtime_min"], errors="coerce")
-    bad_rt = runtime.notna() & ~((runtime > 0) & (runtime <= 1000))
-    if bad_rt.any():
-        q.add_frame(df[bad_rt], "items", "runtime_out_of_range", FIELD_NULLED, "item_id",
-                    lambda r: f"runtime_min={r['runtime_min']} not in (0, 1000]")
-    df["runtime_min"] = runtime.where(~bad_rt).astype("float64")
-    release = _parse_timestamps(df["release_date"].astype(object).where(df["release_date"].notna(), None))
-    bad_rd = df["release_date"].notna() & release.isna()
-    if bad_rd.any():
-        q.add_frame(df[bad_rd], "items", "unparsable_release_date", FIELD_NULLED, "item_id",
-                    lambda r: f"release_date={r['release_date']!r}: expected ISO-8601 or unix seconds")
-    df["release_date"] = release
-    df["image_path"] = [
-        None if p is None else str(p if str(p).startswith("/") else (data_dir / p)) for p in df["image_path"]
-    ]
-    df["genres"] = [list(g) if g is not None else [] for g in df["genres"]]
-    df["title"] = df["title"].astype(str).str.strip()
+    if it.text:
+        for f in it.text.fields:
+            if f in df.columns and not any(c.field == f and c.multi for c in it.categorical):
+                if df[f].dtype == object or pd.api.types.is_string_dtype(df[f].dtype):
+                    df[f] = df[f].where(~_blank(df[f]), None).astype(object)
+        for f in it.text.report_missing:
+            empty = df[f].isna() & ~low
+            if empty.any():
+                q.add_frame(df[empty], "items", f"empty_{f}", FIELD_NULLED, "item_id",
+                            f"no {f}: text embedding from the other text fields only")
+    df = _fields(df, it, "items", "item_id", q)
+    if it.available_from:
+        raw = df[it.available_from]
+        ts = raw if pd.api.types.is_datetime64_any_dtype(raw.dtype) else _parse_timestamps(raw.astype(object).where(raw.notna(), None))
+        bad = raw.notna() & ts.isna()
+        if bad.any() and not any(n.field == it.available_from for n in it.numeric):
+            q.add_frame(df[bad], "items", f"unparsable_{it.available_from}", FIELD_NULLED, "item_id",
+                        lambda r: f"{it.available_from}={r[it.available_from]!r}: expected ISO-8601 or unix seconds")
+        df["available_from"] = pd.to_datetime(ts, utc=True).astype("datetime64[ns, UTC]")
+    else:
+        df["available_from"] = pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns, UTC]")
+    df["text"] = compose_text(df, it.text.fields) if it.text else ""
     return df.sort_values("item_id").reset_index(drop=True)
 
 
-def clean_users(users: pd.DataFrame, q: Quarantine) -> pd.DataFrame:
-    """Validate users; see the module table for the rules. Returns the typed users table."""
-    df = _parse_ids(users.copy(), ["user_id"], "users", q)
+def clean_users(users: pd.DataFrame, q: Quarantine, spec: CatalogSpec) -> pd.DataFrame:
+    """Validate users against ``spec``; see the module table. The key column is named ``user_id``."""
+    df = users.copy()
+    if spec.user.key != "user_id":
+        df = df.rename(columns={spec.user.key: "user_id"})
+    df = _parse_key(df, "user_id", spec.user.dtype, "users", q)
     df = _dedupe_key(df, "user_id", "users", q)
-    age = pd.to_numeric(df["age"], errors="coerce")
-    bad = df["age"].notna() & ~((age >= 1) & (age <= 120))
-    if bad.any():
-        q.add_frame(df[bad], "users", "age_out_of_range", FIELD_NULLED, "user_id",
-                    lambda r: f"age={r['age']!r} is not a number in [1, 120]")
-    df["age"] = age.where(~bad).astype("float64")
-    for col in ("gender", "occupation"):
-        df[col] = df[col].where(~_blank(df[col]), None).astype(object)
+    df = _fields(df, spec.users, "users", "user_id", q)
     return df.sort_values("user_id").reset_index(drop=True)
-
 
 #: timestamps outside these years are treated as unparsable (they are unit mistakes, e.g. ms)
 TS_MIN, TS_MAX = pd.Timestamp("1900-01-01", tz="UTC"), pd.Timestamp("2262-01-01", tz="UTC")
@@ -242,55 +365,131 @@ def parse_timestamp_value(v) -> pd.Timestamp | None:
     return t if TS_MIN <= t < TS_MAX else None
 
 
-def clean_events(events: pd.DataFrame, item_ids, user_ids, q: Quarantine,
-                 rating_scale: tuple[float, float] = (1.0, 5.0)) -> pd.DataFrame:
-    """Validate events against the clean ``item_ids`` and ``user_ids``; see the module table."""
-    df = _parse_ids(events.copy(), ["user_id", "item_id"], "events", q)
+def _event_times(raw: pd.Series, unit: str) -> pd.Series:
+    if unit == "ms":
+        num = pd.to_numeric(raw, errors="coerce") / 1000.0
+        return _parse_timestamps(num.where(num.notna(), raw.where(num.isna(), None)))
+    if unit == "date":
+        text = raw.astype("string").str.strip()
+        ts = pd.to_datetime(text, format="%Y-%m-%d", utc=True, errors="coerce")
+        return ts.where((ts >= TS_MIN) & (ts < TS_MAX)).astype("datetime64[ns, UTC]")
+    return _parse_timestamps(raw)
 
-    ts = _parse_timestamps(df["event_timestamp"])
+
+def clean_events(events: pd.DataFrame, item_ids, user_ids, q: Quarantine, spec: CatalogSpec) -> pd.DataFrame:
+    """Validate events against the clean ``item_ids`` and ``user_ids`` and ``spec``; see the module table.
+
+    Returns user_id, item_id, action (event type), value float64 (NaN for types without a value),
+    event_timestamp datetime64[ns, UTC], source; sorted by time (file order kept among equals).
+    """
+    ev = spec.events
+    df = events.copy().reset_index(drop=True)
+    df["__order"] = np.arange(len(df))
+    df = df.rename(columns={k: v for k, v in ((spec.user.key, "user_id"), (spec.item.key, "item_id"))
+                            if k != v})
+    for col, dtype in (("user_id", spec.user.dtype), ("item_id", spec.item.dtype)):
+        df = _parse_key(df, col, dtype, "events", q)
+
+    ts_field = ev.timestamp.field
+    ts = _event_times(df[ts_field], ev.timestamp.unit)
     bad = ts.isna()
     if bad.any():
+        unit = {"s": "unix seconds", "ms": "unix milliseconds", "iso": "ISO-8601", "date": "a date YYYY-MM-DD"}
         q.add_frame(df[bad], "events", "unparsable_timestamp", ROW_REJECTED, "user_id",
-                    lambda r: f"event_timestamp={r['event_timestamp']!r}: expected unix seconds or ISO-8601")
-    df, ts = df[~bad].copy(), ts[~bad]
-    df["event_timestamp"] = ts.astype("datetime64[ns, UTC]")
+                    lambda r: f"{ts_field}={r[ts_field]!r}: expected {unit[ev.timestamp.unit]}")
+    df = df[~bad].copy()
+    df["__ts"] = ts[~bad].astype("datetime64[ns, UTC]")
 
-    value = pd.to_numeric(df["value"], errors="coerce")
-    bad = value.isna()
+    action = df[ev.type_field].astype("string").str.strip() if ev.type_field in df.columns else \
+        pd.Series(pd.NA, index=df.index, dtype="string")
+    if ev.default_type is not None:
+        action = action.fillna(ev.default_type).where(action.fillna("") != "", ev.default_type)
+    df["__action"] = action.astype(object)
+    bad = ~df["__action"].isin(list(ev.types))
     if bad.any():
-        q.add_frame(df[bad], "events", "unparsable_value", ROW_REJECTED, "user_id",
-                    lambda r: f"value={r['value']!r} is not a number")
-    df, value = df[~bad].copy(), value[~bad]
-    lo, hi = rating_scale
-    is_rating = df["action"].fillna("rate") == "rate"
-    bad = is_rating & ~((value >= lo) & (value <= hi))
-    if bad.any():
-        q.add_frame(df[bad], "events", "value_out_of_range", ROW_REJECTED, "user_id",
-                    lambda r: f"rating {r['value']} outside the scale [{lo:g}, {hi:g}]")
-    df, value = df[~bad].copy(), value[~bad]
-    df["value"] = value.astype("float64")
+        q.add_frame(df[bad], "events", "unknown_event_type", ROW_REJECTED, "user_id",
+                    lambda r: f"{ev.type_field}={r.get(ev.type_field)!r}: expected one of {sorted(ev.types)}")
+    df = df[~bad].copy()
+
+    value = pd.Series(np.nan, index=df.index, dtype="float64")
+    reject = pd.Series("", index=df.index, dtype=object)
+    for name, t in ev.types.items():
+        rows = df["__action"] == name
+        if t.value is None or not rows.any():
+            continue
+        raw = df.loc[rows, t.value.field]
+        empty = raw.isna() | (raw.astype("string").str.strip() == "")
+        num = pd.to_numeric(raw, errors="coerce").astype("float64")
+        num = num.where(np.isfinite(num))
+        value[rows] = num
+        if t.value.required:
+            reject[rows & empty.reindex(df.index, fill_value=False)] = "missing_value"
+        reject[rows & (~empty & num.isna()).reindex(df.index, fill_value=False)] = "unparsable_value"
+        if t.value.scale is not None:
+            lo, hi = t.value.scale
+            out = num.notna() & ~((num >= lo) & (num <= hi))
+            reject[rows & out.reindex(df.index, fill_value=False)] = "value_out_of_range"
+            if t.value.step:
+                k = (num - lo) / t.value.step
+                off = num.notna() & ~out & ((k - k.round()).abs() > 1e-6)
+                reject[rows & off.reindex(df.index, fill_value=False)] = "value_off_step"
+    for rule in ("missing_value", "unparsable_value", "value_out_of_range", "value_off_step"):
+        bad = reject == rule
+        if bad.any():
+            def detail(r, rule=rule):
+                t = ev.types[r["__action"]]
+                raw = r.get(t.value.field)
+                if rule == "value_out_of_range":
+                    return f"{r['__action']} {t.value.field}={raw!r} outside the scale [{t.value.scale[0]:g}, {t.value.scale[1]:g}]"
+                if rule == "value_off_step":
+                    return f"{r['__action']} {t.value.field}={raw!r} not on the scale's step {t.value.step:g}"
+                if rule == "missing_value":
+                    return f"{r['__action']} needs a value in {t.value.field}"
+                return f"{r['__action']} {t.value.field}={raw!r} is not a finite number"
+            q.add_frame(df[bad], "events", rule, ROW_REJECTED, "user_id", detail)
+    keep = reject == ""
+    df, value = df[keep].copy(), value[keep]
 
     for col, known, rule in (("user_id", user_ids, "unknown_user"), ("item_id", item_ids, "unknown_item")):
         bad = ~df[col].isin(pd.Index(known))
         if bad.any():
             q.add_frame(df[bad], "events", rule, ROW_REJECTED, col,
-                        lambda r, c=col: f"{c}={r[c]} is not in the clean {c.split('_')[0]}s table")
-        df = df[~bad]
+                        lambda r, c=col: f"{c}={r[c]!r} is not in the clean {c.split('_')[0]}s table")
+        df, value = df[~bad], value[~bad]
 
-    df["action"] = df["action"].fillna("rate").astype(str)
-    key = ["user_id", "item_id", "action", "value", "event_timestamp"]
-    dup = df.duplicated(key, keep="first")
-    if dup.any():
-        q.add_frame(df[dup], "events", "duplicate_event", ROW_REJECTED, "user_id",
-                    "exact repeat of an earlier event (user, item, action, value, timestamp)")
-    df = df[~dup]
-    return df.sort_values(["event_timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+    out = pd.DataFrame({"user_id": df["user_id"].to_numpy(), "item_id": df["item_id"].to_numpy(),
+                        "action": df["__action"].astype(str).to_numpy(), "value": value.to_numpy("float64"),
+                        "event_timestamp": df["__ts"].to_numpy(), "source": df["source"].astype(str).to_numpy(),
+                        "__order": df["__order"].to_numpy()})
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True).astype("datetime64[ns, UTC]")
+    if ev.duplicates != "none":
+        dup = out.duplicated(list(ev.duplicates), keep="first")
+        if dup.any():
+            q.add_frame(out[dup], "events", "duplicate_event", ROW_REJECTED, "user_id",
+                        f"repeat of an earlier event on ({', '.join(ev.duplicates)})")
+        out = out[~dup]
+    out = out.sort_values(["event_timestamp", "__order"], kind="stable").drop(columns="__order")
+    return out.reset_index(drop=True)
 
 
-def clean(catalog: Catalog, min_enrichment_confidence: float = 0.5) -> CleanCatalog:
-    """Apply every rule to ``catalog``; quarantine records are added to ``catalog.quarantine``."""
+def clean(catalog: Catalog, min_enrichment_confidence: float | None = None,
+          spec: CatalogSpec | None = None) -> CleanCatalog:
+    """Apply every rule of the catalog's spec; quarantine records are added to ``catalog.quarantine``.
+
+    Args:
+        spec: default ``catalog.spec`` (set by :func:`recfeast.adapters.read_catalog`).
+        min_enrichment_confidence: override ``items.trust.min``.
+
+    Raises:
+        ConfigError: no spec is given or attached to the catalog.
+    """
+    from recfeast.errors import ConfigError
+
+    spec = spec or catalog.spec
+    if spec is None:
+        raise ConfigError("clean() needs a catalog spec (read the catalog with read_catalog(data_dir, spec))")
     q = catalog.quarantine
-    items = clean_items(catalog.items, catalog.data_dir, q, min_enrichment_confidence)
-    users = clean_users(catalog.users, q)
-    events = clean_events(catalog.events, items["item_id"], users["user_id"], q, catalog.rating_scale)
-    return CleanCatalog(items=items, users=users, events=events, quarantine=q)
+    items = clean_items(catalog.items, catalog.data_dir, q, spec, min_enrichment_confidence)
+    users = clean_users(catalog.users, q, spec)
+    events = clean_events(catalog.events, items["item_id"], users["user_id"], q, spec)
+    return CleanCatalog(items=items, users=users, events=events, quarantine=q, spec=spec)

@@ -37,8 +37,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from recfeast.spec import CatalogSpec
 
 ITEM_COLUMNS = (
     "item_id", "title", "description", "tagline", "genres", "image_path", "release_date",
@@ -97,4 +101,5 @@ class Catalog:
     events: pd.DataFrame
     data_dir: Path
     quarantine: Quarantine = field(default_factory=Quarantine)
-    rating_scale: tuple[float, float] = (1.0, 5.0)
+    spec: "CatalogSpec | None" = None   # the catalog spec the tables were read with (recfeast.spec)
+    rating_scale: tuple[float, float] = (1.0, 5.0)   # legacy canonical files (no spec): the rate scale

@@ -122,11 +122,18 @@ def small_data(tmp_path_factory, catalog, data_dir):
     return root, _write_slice(root, catalog, data_dir)
 
 
-def make_repo(path: Path) -> Path:
-    """A throwaway copy of feature_repo/ (definitions and yaml, no data)."""
+SPECS = {"slice": ROOT / "tests" / "specs" / "movielens_slice.yaml",
+         "movielens": ROOT / "feature_repo" / "catalog.yaml",
+         "hm": ROOT / "examples" / "hm" / "catalog.yaml"}
+
+
+def make_repo(path: Path, spec: str | Path = "slice") -> Path:
+    """A throwaway copy of feature_repo/ (definitions and yaml, no data) with the catalog spec ``spec``
+    (a name of :data:`SPECS` or a path): by default the test slice's plain-file MovieLens spec."""
     path.mkdir(parents=True, exist_ok=True)
     for name in ("feature_store.yaml", "feature_store.redis.yaml", "feature_definitions.py"):
         shutil.copy(ROOT / "feature_repo" / name, path / name)
+    shutil.copy(SPECS.get(spec, spec), path / "catalog.yaml")
     return path
 
 
@@ -159,3 +166,30 @@ def drop_online(fs) -> None:
     """Delete this project's online rows (Redis keys) but keep the registry, which the SQLite and
     Redis stores of one repository share (``FeatureStore.teardown`` would delete it)."""
     fs._get_provider().online_store.teardown(fs.config, fs.list_feature_views(), fs.list_entities())
+
+
+def plain_spec(items="items.parquet", users="users.csv", events="events.parquet", **extra_items):
+    """A small catalog spec over plain files in the canonical column names (item_id, title,
+    image_path; user_id; user_id, item_id, action, value, event_timestamp), with a ``rate`` type on a
+    1..5 scale and a ``click`` type: the shape the bad-input tests write."""
+    from recfeast.spec import parse_spec
+
+    return parse_spec({
+        "name": "plain",
+        "items": {"source": {"path": items}, "title": "title", "text": {"fields": ["title"]},
+                  "image": {"field": "image_path"}, **extra_items},
+        "users": {"source": {"path": users}},
+        "events": {"source": {"path": events}, "default_type": "rate",
+                   "types": {"rate": {"kind": "rating", "feature": "rating", "value": {"scale": [1, 5], "step": 1},
+                                      "positive": {"min_value": 4}},
+                             "click": {"kind": "click"}}},
+    })
+
+
+def write_spec(spec, path: Path) -> Path:
+    """Write ``spec`` (a CatalogSpec) as YAML to ``path`` (a repo folder gets ``catalog.yaml``)."""
+    import yaml
+
+    path = path / "catalog.yaml" if path.is_dir() else path
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=False)))
+    return path

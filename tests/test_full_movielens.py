@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def full_repo(tmp_path_factory, data_dir):
-    repo = make_repo(tmp_path_factory.mktemp("full") / "feature_repo")
+    repo = make_repo(tmp_path_factory.mktemp("full") / "feature_repo", "movielens")
     result = CliRunner().invoke(main, ["materialize", "--data-dir", str(data_dir), "--repo-path", str(repo),
                                        "--online-store", "sqlite", "--quiet"])
     assert result.exit_code == 0, result.output
@@ -95,7 +95,7 @@ def test_replay_last_two_weeks_online_equals_batch(full_repo, tmp_path, kind, ba
     from recfeast.materialize.replay import replay_check
 
     src, _ = full_repo
-    repo = make_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo", "movielens")
     shutil.copytree(src / "data" / "tables", repo / "data" / "tables")   # a log of its own per store
     project = unique_project()
     fs = store.feature_store(repo, kind, project)

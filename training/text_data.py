@@ -46,13 +46,31 @@ class GenreTask:
 
 
 def genre_task(items: pd.DataFrame, val_share: float = 0.10, test_share: float = 0.15,
-               drop=("unknown",)) -> GenreTask:
-    """Build task (a) from clean items (see the module docstring)."""
-    texts = F.item_text(items.assign(genres=[[] for _ in range(len(items))]))
-    genres = sorted({g for gs in items["genres"] for g in gs} - set(drop))
-    labels = np.asarray(F.genre_matrix(items, genres), dtype=np.float32)
-    dated = items["release_date"].notna().to_numpy()
-    order = np.argsort(items["release_date"].fillna(pd.Timestamp("1900-01-01", tz="UTC")).to_numpy(), kind="stable")
+               drop=("unknown",), spec=None) -> GenreTask:
+    """Build task (a) from clean items (see the module docstring).
+
+    The labels are the catalog spec's first multi-valued item categorical (MovieLens: genres); the
+    texts are the spec's text fields without that field; items are split by ``available_from``.
+
+    Raises:
+        ConfigError: the spec has no multi-valued item categorical to use as labels.
+    """
+    from recfeast.adapters import default_spec
+    from recfeast.cleaning import compose_text
+    from recfeast.errors import ConfigError
+
+    spec = spec or default_spec()
+    multi = spec.multi_categoricals()
+    if not multi or spec.items.text is None:
+        raise ConfigError(f"catalog {spec.name!r}: text fine-tuning's label task needs a multi-valued item "
+                          "categorical (e.g. genres or tags) and items.text")
+    field = multi[0].field
+    texts = compose_text(items, [f for f in spec.items.text.fields if f != field])
+    genres = sorted({g for gs in items[field] for g in gs} - set(drop))
+    labels = np.asarray(F.genre_matrix(items, genres, field), dtype=np.float32)
+    dates = items["available_from"] if "available_from" in items.columns else pd.Series(pd.NaT, index=items.index)
+    dated = dates.notna().to_numpy()
+    order = np.argsort(dates.fillna(pd.Timestamp("1900-01-01", tz="UTC")).to_numpy(), kind="stable")
     order = [i for i in order if dated[i]]
     n_test, n_val = int(round(len(order) * test_share)), int(round(len(order) * val_share))
     split = np.full(len(items), "train", dtype=object)

@@ -9,6 +9,7 @@ from recfeast.errors import ConfigError, DataError, ModelError
 from recfeast.adapters import read_catalog
 from recfeast.cleaning import clean, parse_int64
 from recfeast.schema import Quarantine
+from tests.conftest import plain_spec
 
 
 def test_int64_ids_exact_and_bounded():
@@ -29,7 +30,7 @@ def test_timestamps_of_every_kind(tmp_path):
     root = _canonical(tmp_path, {"item_id": [1, 2], "title": ["A", "B"]}, {"user_id": [1]},
                       {"user_id": [1, 1, 1], "item_id": [1, 2, 1], "value": [4.0, 5.0, 3.0],
                        "event_timestamp": [naive, pd.Timestamp("1998-01-02"), pd.NaT]})
-    data = clean(read_catalog(root))
+    data = clean(read_catalog(root, plain_spec()))
     assert data.events.event_timestamp.tolist() == [pd.Timestamp("1998-01-01 10:00", tz="UTC"),
                                                     pd.Timestamp("1998-01-02", tz="UTC")]
     q = Quarantine()
@@ -38,7 +39,7 @@ def test_timestamps_of_every_kind(tmp_path):
     ev = pd.DataFrame({"user_id": ["1"] * 4, "item_id": ["1"] * 4, "action": "rate", "value": ["4"] * 4,
                        "event_timestamp": ["1e20", "893000000000", "1998-03-01T12:00:00+02:00", "893000000"],
                        "source": ["e:1", "e:2", "e:3", "e:4"]})
-    out = clean_events(ev, [1], [1], q)
+    out = clean_events(ev, [1], [1], q, plain_spec())
     assert out.event_timestamp.tolist() == [pd.Timestamp("1998-03-01 10:00", tz="UTC"),
                                             pd.Timestamp(893000000, unit="s", tz="UTC")]
     assert [r["source"] for r in q.rows] == ["e:1", "e:2"]  # overflow and milliseconds: quarantined
@@ -48,11 +49,12 @@ def test_empty_and_undecodable_csv(tmp_path):
     (tmp_path / "items.csv").write_bytes(b"")
     (tmp_path / "users.csv").write_text("user_id\n1\n")
     (tmp_path / "events.csv").write_text("user_id,item_id,value,event_timestamp\n")
+    spec = plain_spec("items.csv", "users.csv", "events.csv")
     with pytest.raises(DataError, match="items.csv: empty file"):
-        read_catalog(tmp_path)
-    (tmp_path / "items.csv").write_bytes("item_id,title\n1,Caf\xe9\n".encode("latin-1"))
-    with pytest.raises(DataError, match="items.csv: not UTF-8"):
-        read_catalog(tmp_path)
+        read_catalog(tmp_path, spec)
+    (tmp_path / "items.csv").write_bytes("item_id,title,image_path\n1,Caf\xe9,\n".encode("latin-1"))
+    with pytest.raises(DataError, match="items.csv: not utf-8"):
+        read_catalog(tmp_path, spec)
 
 
 def test_bad_yaml_and_bad_weights(tmp_path):
@@ -75,7 +77,7 @@ def test_job_on_minimal_canonical_input(tmp_path, data_dir):
 
     from recfeast.materialize.job import JobConfig, run
     from recfeast.serving.sdk import OnlineFeatureClient
-    from tests.conftest import make_repo, unique_project
+    from tests.conftest import make_repo, unique_project, write_spec
 
     root = tmp_path / "in"
     root.mkdir()
@@ -88,12 +90,13 @@ def test_job_on_minimal_canonical_input(tmp_path, data_dir):
                 "value": [4.0, 2.0, 5.0, 1e9],
                 "event_timestamp": pd.to_datetime(["1998-01-01", "1998-01-02", "1998-01-03", "1998-01-04"], utc=True)})
     repo, project = make_repo(tmp_path / "repo"), unique_project()
+    write_spec(plain_spec(), repo)
     summary = run(JobConfig(data_dir=root, repo=repo, online_store="sqlite", project=project, progress=False))
     assert summary.quarantine["items/image_corrupt"] == 1
     tables = repo / "data" / "tables"
     content = pd.read_parquet(tables / "item_content.parquet")
     assert content.avg_rating.max() <= 5.0  # the click's value is not a rating
-    assert len(content.genre_flags.iat[0]) == 0  # no genres: zero-width vectors, not a crash
+    assert not [c for c in content.columns if c.endswith("_flags")]  # no categorical field: no flag vectors
     f = OnlineFeatureClient(repo, "sqlite", project=project).get_features(3, [1, 2, 3])
     assert f.status.user_profile.tolist() == ["found"] * 3  # user 3 has no events
     assert f.status.item_text_embedding.tolist() == ["found"] * 3  # item 3 has no events nor date

@@ -6,6 +6,8 @@ import pytest
 from recfeast.errors import DataError
 from recfeast.adapters import read_catalog
 from recfeast.cleaning import clean
+from recfeast.spec import load_spec
+from tests.conftest import SPECS, plain_spec
 
 
 def test_full_movielens_counts(catalog):
@@ -40,7 +42,7 @@ def test_types_and_order(catalog):
 
 def test_injected_bad_rows_are_quarantined_with_reason(small_data):
     root, facts = small_data
-    data = clean(read_catalog(root))
+    data = clean(read_catalog(root, load_spec(SPECS["slice"])))
     q = data.quarantine.frame()
     events_q = q[q.table == "events"].set_index("rule")
     first_bad = facts["n_good_events"] + 2  # header is line 1
@@ -55,24 +57,24 @@ def test_injected_bad_rows_are_quarantined_with_reason(small_data):
     assert "outside the scale [1, 5]" in events_q.loc["value_out_of_range", "detail"]
     assert "99999" in events_q.loc["unknown_user", "detail"]
     assert len(data.events) == facts["n_good_events"]  # every good row kept, every bad one out
-    age = q[q.rule == "age_out_of_range"]
+    age = q[q.rule == "unparsable_age"]   # "abc" is not a number (out-of-range ages: age_out_of_range)
     assert age.entity_key.tolist() == [str(facts["bad_age_user"])] and age.action.tolist() == ["field_nulled"]
     assert pd.isna(data.users.set_index("user_id").loc[facts["bad_age_user"], "age"])
     assert len(data.users) == facts["n_users"]
 
 
-def test_unknown_layout_is_a_clear_error(tmp_path):
+def test_missing_source_file_is_a_clear_error(tmp_path):
     (tmp_path / "something.txt").write_text("x")
-    with pytest.raises(DataError, match="unknown layout"):
-        read_catalog(tmp_path)
+    with pytest.raises(DataError, match=r"items.parquet: no file matches \(catalog spec source path 'items.parquet'\)"):
+        read_catalog(tmp_path, plain_spec())
 
 
-def test_canonical_missing_column_names_file(tmp_path):
+def test_missing_column_names_file_and_field(tmp_path):
     pd.DataFrame({"item_id": [1]}).to_csv(tmp_path / "items.csv", index=False)
     pd.DataFrame({"user_id": [1]}).to_csv(tmp_path / "users.csv", index=False)
     pd.DataFrame({"user_id": [1]}).to_csv(tmp_path / "events.csv", index=False)
-    with pytest.raises(DataError, match=r"items.csv: missing required column\(s\) \['title'\]"):
-        read_catalog(tmp_path)
+    with pytest.raises(DataError, match=r"items.csv: items field\(s\) \['title', 'image_path'\] not found"):
+        read_catalog(tmp_path, plain_spec("items.csv", "users.csv", "events.csv"))
 
 
 def test_malformed_movielens_line(tmp_path, data_dir):
@@ -81,7 +83,7 @@ def test_malformed_movielens_line(tmp_path, data_dir):
     for name in ("u.item", "u.user", "u.genre"):
         shutil.copy(data_dir / name, tmp_path / name)
     (tmp_path / "u.data").write_text("196\t242\t3\t881250949\n186\t302\n22\t377\t1\t878887116\n")
-    cat = read_catalog(tmp_path)
+    cat = read_catalog(tmp_path, load_spec(SPECS["movielens"]))
     rec = cat.quarantine.frame()
     assert rec.rule.tolist() == ["malformed_line"] and rec.source.tolist() == ["u.data:2"]
     assert len(clean(cat).events) == 2

@@ -7,7 +7,7 @@ import torch
 from recfeast.errors import ModelError
 from recfeast.encoders import ImageEncoder, SequenceEncoder
 from recfeast.encoders.sequence import SequenceEncoderConfig
-from recfeast.materialize.features import item_text
+from recfeast.entities import item_text
 
 pytestmark = pytest.mark.slow
 

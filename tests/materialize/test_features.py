@@ -4,6 +4,20 @@ import numpy as np
 import pandas as pd
 
 from recfeast.materialize import features as F
+from recfeast.spec import load_spec, parse_spec
+
+#: a minimal spec over the hand-made tables: one rating type, genres, runtime and release year
+SPEC = parse_spec({
+    "name": "handmade",
+    "items": {"source": {"path": "items.parquet"}, "title": "title", "text": {"fields": ["title", "genres"]},
+              "categorical": [{"field": "genres", "multi": True, "feature": "genre"}],
+              "numeric": [{"field": "release_date", "feature": "release_year", "transform": "year"},
+                          {"field": "runtime_min", "feature": "runtime"}]},
+    "events": {"source": {"path": "events.csv"},
+               "types": {"rate": {"kind": "rating", "feature": "rating", "value": {"scale": [1, 5], "step": 1},
+                                  "positive": {"min_value": 4}}}},
+})
+VOCAB = {"genre": {"kept": ["Comedy", "Drama"]}}
 
 
 def _items():
@@ -12,7 +26,8 @@ def _items():
         "description": [None] * 3, "tagline": [None] * 3,
         "release_date": pd.to_datetime(["1990-01-01", None, "2000-06-01"], utc=True),
         "runtime_min": [90.0, np.nan, 120.0],
-    })
+    }).assign(release_year=lambda d: d.release_date.dt.year.astype("float64"),
+              available_from=lambda d: d.release_date)
 
 
 def _events(rows):
@@ -27,7 +42,7 @@ EVENTS = _events([
 
 
 def test_user_behavior_rows_exactly_when_values_change():
-    t = F.build_user_behavior(EVENTS, _items(), ["Comedy", "Drama"])
+    t = F.build_user_behavior(EVENTS, _items(), SPEC, VOCAB)
     u1 = t[t.user_id == 1].set_index("event_timestamp")
     days = [d.strftime("%m-%d") for d in u1.index]
     # active on 01-01 and 01-05 -> snapshots at next midnight; windows expire 7/30/90 days later
@@ -49,7 +64,7 @@ def test_user_behavior_rows_exactly_when_values_change():
 
 
 def test_item_content_rows_and_normalisation():
-    t, stats = F.build_item_content(_items(), EVENTS, ["Comedy", "Drama"])
+    t, stats = F.build_item_content(_items(), EVENTS, SPEC, VOCAB)
     i10 = t[t.item_id == 10]
     assert i10.event_timestamp.dt.strftime("%m-%d %H:%M").tolist() == ["01-01 10:00", "01-02 00:00", "01-03 00:00"]
     assert i10.rating_count.tolist() == [0, 1, 2] and np.isnan(i10.avg_rating.iloc[0])
@@ -68,15 +83,18 @@ def test_histories_end_of_day_and_cap():
 
 
 def test_item_text_and_profile(catalog):
+    spec = load_spec("feature_repo/catalog.yaml")
     text = F.item_text(catalog.items.set_index("item_id").loc[[72]].reset_index())[0]
     assert text == "Mask, The (1994). Comedy, Crime, Fantasy."  # wrong TMDB match dropped
-    prof, _ = F.build_user_profile(catalog.users, catalog.events)
-    assert len(prof) == 943 and prof.age_bucket.isin([b for *_, b in F.AGE_BUCKETS]).all()
+    prof, _ = F.build_user_profile(catalog.users, catalog.events, spec)
+    buckets = [b for *_, b in spec.users.numeric[0].buckets]
+    assert len(prof) == 943 and prof.age_bucket.isin(buckets).all()
     assert prof.set_index("user_id").loc[1, "age_bucket"] == "18-24"
 
 
 def test_real_behavior_never_sees_the_future(catalog):
-    t = F.build_user_behavior(catalog.events, catalog.items, ["Drama"])
+    spec = load_spec("feature_repo/catalog.yaml")
+    t = F.build_user_behavior(catalog.events, catalog.items, spec, {"genre": {"kept": ["Drama"]}})
     last = catalog.events.groupby("user_id").event_timestamp.max()
     latest = t.groupby("user_id").tail(1).set_index("user_id")
     assert (latest.event_timestamp > latest.index.map(last)).all()

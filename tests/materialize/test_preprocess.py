@@ -30,7 +30,7 @@ def test_bad_method_and_empty():
 
 
 def test_select_columns_real_genres(catalog):
-    from recfeast.materialize.features import genre_matrix
+    from recfeast.entities import genre_matrix
 
     genres = ["unknown", "Action", "Documentary", "Fantasy"]
     frame = pd.DataFrame(genre_matrix(catalog.items, genres), columns=genres)

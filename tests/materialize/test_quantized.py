@@ -6,7 +6,7 @@ import torch
 
 from recfeast.errors import ConfigError, RecfeastError
 from recfeast.encoders.quantized import QuantizationConfig, QuantizedTextEncoder, weight_bytes
-from recfeast.materialize.features import item_text
+from recfeast.entities import item_text
 
 pytestmark = pytest.mark.slow
 
