@@ -27,7 +27,7 @@ def _canonical(tmp_path, items, users, events):
 
 def test_timestamps_of_every_kind(tmp_path):
     naive = pd.Timestamp("1998-01-01 10:00")
-    root = _canonical(tmp_path, {"item_id": [1, 2], "title": ["A", "B"]}, {"user_id": [1]},
+    root = _canonical(tmp_path, {"item_id": [1, 2], "title": ["A", "B"], "image_path": [None, None]}, {"user_id": [1]},
                       {"user_id": [1, 1, 1], "item_id": [1, 2, 1], "value": [4.0, 5.0, 3.0],
                        "event_timestamp": [naive, pd.Timestamp("1998-01-02"), pd.NaT]})
     data = clean(read_catalog(root, plain_spec()))
