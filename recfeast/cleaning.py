@@ -227,6 +227,7 @@ def _image_paths(df: pd.DataFrame, spec: CatalogSpec, data_dir) -> list:
     else:
         raw = []
         for rec in df.to_dict("records"):
+            rec.setdefault(spec.item.key, rec["item_id"])   # the template names the source's key column
             try:
                 raw.append(img.template.format(**{k: (int(v) if isinstance(v, str) and v.isdigit() else v)
                                                   for k, v in rec.items()}))
