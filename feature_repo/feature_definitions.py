@@ -102,22 +102,19 @@ if "user_item_similarity" in ON_DEMAND:
             out.append(float(u @ i) if u is not None and i is not None and len(u) == len(i) else None)
         return pd.DataFrame({"user_item_cosine": pd.array(out, dtype="Float64").astype("float64")})
 
-_r = ON_DEMAND["user_recency"]
-_LAST = _r.inputs[0].split(":", 1)[1]     # last_<prefix>_ts
-_DAYS = _r.output.name                    # days_since_last_<prefix>
-
-
 @on_demand_feature_view(
     sources=[VIEWS["user_behavior"], ranking_request],
-    schema=[Field(name=_DAYS, dtype=Float64)],
+    schema=[Field(name="days_since_last_event", dtype=Float64)],
     mode="pandas",
-    description=_r.description,
+    description=ON_DEMAND["user_recency"].description,
 )
 def user_recency(inputs: pd.DataFrame) -> pd.DataFrame:
-    last = pd.to_numeric(inputs[_LAST], errors="coerce")
-    last = last.where(last > 0)            # 0: no such event yet
+    # self-contained (Feast rebuilds the function from its source): the latest of the last_<type>_ts
+    # columns, 0 meaning "no such event yet"
+    cols = [c for c in inputs.columns if c.startswith("last_") and c.endswith("_ts")]
+    last = inputs[cols].apply(pd.to_numeric, errors="coerce").where(lambda d: d > 0).max(axis=1)
     now = pd.to_numeric(inputs["request_ts"], errors="coerce")
-    return pd.DataFrame({_DAYS: ((now - last) / 86400.0).astype("float64")})
+    return pd.DataFrame({"days_since_last_event": ((now - last) / 86400.0).astype("float64")})
 
 
 # ---------------------------------------------------------------- feature services

@@ -24,8 +24,8 @@ user_sequence_embedding     user   sequence_embedding, sequence_length, sequence
 user_realtime               user   pushed by the ingest path (int64 ids only)
 =========================== ====== ==========================================================
 
-On-demand: ``user_item_cosine`` (sequence vs text embedding) and ``days_since_last_<prefix>`` of the
-primary event type (from ``last_<prefix>_ts`` and the request time).
+On-demand: ``user_item_cosine`` (sequence vs text embedding) and ``days_since_last_event`` (from the
+latest ``last_<prefix>_ts`` of any type and the request time).
 """
 
 from __future__ import annotations
@@ -208,12 +208,13 @@ def on_demand_views(spec: CatalogSpec) -> list[OnDemandDef]:
             ("user_sequence_embedding:sequence_embedding", "item_text_embedding:text_embedding"),
             "user_item_cosine: cosine similarity of sequence_embedding and text_embedding, in [-1, 1], null when "
             "either is missing; user-item affinity computed at lookup time."))
-    p = spec.feature_prefix(spec.primary_type())
+    lasts = tuple(f"user_behavior:last_{spec.feature_prefix(t)}_ts" for t in spec.events.types)
     out.append(OnDemandDef("user_recency", FieldDef(
-        f"days_since_last_{p}", "float64", "numeric", f"(request_ts - last_{p}_ts) / 86400, days; null if never."),
-        (f"user_behavior:last_{p}_ts", "request:request_ts"),
-        f"days_since_last_{p}: (request_ts - last_{p}_ts) / 86400, days, null if no {spec.primary_type()} event yet; "
-        "it changes with the clock alone, so it is computed at request time."))
+        "days_since_last_event", "float64", "numeric",
+        "(request_ts - the latest last_<type>_ts) / 86400, days; null before the first event."),
+        lasts + ("request:request_ts",),
+        "days_since_last_event: (request_ts - max over event types of last_<type>_ts) / 86400, days, null "
+        "before the user's first event; it changes with the clock alone, so it is computed at request time."))
     return out
 
 

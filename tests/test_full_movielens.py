@@ -80,7 +80,7 @@ def test_lookup_cli_prints_real_vectors(full_repo):
     for rec in out["items"]:
         assert len(rec["text_embedding"]) == 384 and len(rec["image_embedding"]) == 1280
         np.testing.assert_array_equal(np.float32(rec["text_embedding"]), text.loc[rec["item_id"], "text_embedding"])
-        assert rec["days_since_last_rating"] == pytest.approx((893000000 - rec["last_rating_ts"]) / 86400)
+        assert rec["days_since_last_event"] == pytest.approx((893000000 - rec["last_rating_ts"]) / 86400)
         assert all(v == "found" for v in rec["status"].values())
     bad = CliRunner().invoke(main, ["lookup", "--user", "196", "--items", "24x", "--repo-path", str(repo)])
     assert bad.exit_code == 2 and "expected comma-separated integers" in bad.output

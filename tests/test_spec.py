@@ -141,7 +141,7 @@ def test_views_follow_the_spec():
     assert behaviour[:8] == ["rate_count_7d", "rate_count_30d", "rate_count_90d", "avg_rate_7d", "avg_rate_30d",
                              "avg_rate_90d", "rate_count_total", "avg_rate_total"]
     assert "wishlist_count_90d" in behaviour and "avg_wishlist_7d" not in behaviour and behaviour[-1] == "tag_share"
-    assert [o.output.name for o in on_demand_views(spec)] == ["user_item_cosine", "days_since_last_rate"]
+    assert [o.output.name for o in on_demand_views(spec)] == ["user_item_cosine", "days_since_last_event"]
     roles = field_roles(spec)
     assert roles["last_rate_ts"].role == "timestamp" and roles["text_embedding"].group == "text"
     assert "user_realtime" not in views   # string user ids: no pushed real-time view
@@ -168,4 +168,4 @@ def test_feature_definitions_are_built_from_the_spec(tmp_path):
     assert all(f.description for f in content.features)
     svc = objs["FeatureService:ranking_v1"]
     assert [p.name for p in svc.feature_view_projections][-2:] == ["user_item_similarity", "user_recency"]
-    assert [f.name for f in objs["OnDemandFeatureView:user_recency"].features] == ["days_since_last_purchase"]
+    assert [f.name for f in objs["OnDemandFeatureView:user_recency"].features] == ["days_since_last_event"]

@@ -59,7 +59,7 @@ def test_bad_input_quarantined_and_job_completes(small_run):
     assert "truncated" in q[q.entity_key == "9002"].detail.iat[0]
     assert by_rule["low_enrichment_confidence"] == ["72"]
     for rule in ("value_out_of_range", "unknown_user", "unknown_item", "unparsable_timestamp",
-                 "unparsable_value", "duplicate_event", "empty_description", "age_out_of_range", "image_missing"):
+                 "unparsable_value", "duplicate_event", "empty_description", "unparsable_age", "image_missing"):
         assert summary.quarantine[f"{q[q.rule == rule].table.iat[0]}/{rule}"] == len(by_rule[rule]) >= 1
     assert (q.source.str.contains(":")).all()
 

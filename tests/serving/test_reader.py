@@ -153,7 +153,7 @@ def test_rows_older_than_the_ttl_are_stale_on_both_stores(small_run, tmp_path):
             assert fresh.arrays["rating_count_total"][0] == beh.iloc[0].rating_count_total
             assert (stale.status.user_behavior == "stale").all()
             assert np.isnan(stale.arrays["rating_count_total"]).all() and stale.frame.genre_share.isna().all()
-            assert np.isnan(stale.arrays["days_since_last_rating"]).all()  # built from a stale value
+            assert np.isnan(stale.arrays["days_since_last_event"]).all()  # built from a stale value
             out[kind] = (fresh, stale)
         for a, b in zip(out["sqlite"], out["redis"]):
             pd.testing.assert_frame_equal(a.status, b.status)

@@ -115,7 +115,7 @@ def test_transform_refuses_vectors_of_another_model():
            "genre_flags": np.ones(2, np.float32), "text_embedding": np.ones(4, np.float32)}
     frame = pd.DataFrame([row, row])
     for c in ("age", "avg_rating_7d", "avg_rating_30d", "avg_rating_90d", "avg_rating_total", "release_year", "runtime",
-              "avg_rating", "popularity", "days_since_last_rating", "rating_count_7d", "rating_count_30d",
+              "avg_rating", "popularity", "days_since_last_event", "rating_count_7d", "rating_count_30d",
               "rating_count_90d", "rating_count_total", "rating_count"):
         frame[c] = 1.0
     roles = field_roles(load_spec("feature_repo/catalog.yaml"))
