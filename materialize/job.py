@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from recfeast import config
+from recfeast.eventlog import with_logged_events
 from recfeast.materialize import features as F
 from recfeast import model_registry as registry
 from recfeast.materialize.embedding_cache import EmbeddingCache, cached_encode
@@ -158,37 +159,6 @@ def _write_table(name: str, table: pd.DataFrame, out_dir: Path, run_ts: pd.Times
     return info
 
 
-def _with_logged_events(events: pd.DataFrame, items: pd.DataFrame, repo: Path, q) -> pd.DataFrame:
-    """The clean raw events plus the events ingested into the repository's event log (already
-    validated at ingest), without repeats; logged events of items no longer in the catalog are
-    quarantined (``unknown_item``)."""
-    from recfeast.eventlog import EventLog, log_path
-    from recfeast.schema import ROW_REJECTED
-
-    path = log_path(repo)
-    if not path.is_file():
-        return events
-    log = EventLog(path)
-    try:
-        logged = log.read(("seq", "user_id", "item_id", "action", "value", "ts_us"))
-    finally:
-        log.close()
-    if not len(logged):
-        return events
-    logged = pd.DataFrame({
-        "user_id": logged["user_id"], "item_id": logged["item_id"], "action": logged["action"],
-        "value": logged["value"].astype("float64"),
-        "event_timestamp": pd.to_datetime(logged["ts_us"], unit="us", utc=True).astype("datetime64[ns, UTC]"),
-        "source": "events.sqlite:seq=" + logged["seq"].astype(str)})
-    gone = ~logged["item_id"].isin(items["item_id"])
-    if gone.any():
-        q.add_frame(logged[gone], "events", "unknown_item", ROW_REJECTED, "item_id",
-                    lambda r: f"item_id={r['item_id']} (logged event) is not in the clean items table")
-    key = ["user_id", "item_id", "action", "value", "event_timestamp"]
-    out = pd.concat([events, logged[~gone]], ignore_index=True).drop_duplicates(key, keep="first")
-    return out.sort_values(["event_timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
-
-
 class _Stages:
     def __init__(self, progress: bool):
         self.progress, self.seconds, self._n = progress, {}, 0
@@ -243,7 +213,7 @@ def run(cfg: JobConfig) -> JobSummary:
     with stage("clean"):
         data = clean(catalog, cfg.min_enrichment_confidence, spec=spec)
         items, users, q = data.items, data.users, data.quarantine
-        events = _with_logged_events(data.events, items, repo, q) if spec.realtime else data.events
+        events = with_logged_events(data.events, items, repo, q) if spec.realtime else data.events
         seq_events = events[events["action"].isin(spec.sequence_types())]
 
     with stage("select features"):

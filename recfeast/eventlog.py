@@ -137,3 +137,38 @@ class EventLog:
     def count(self) -> int:
         """Number of events in the log."""
         return self.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+
+def with_logged_events(events: pd.DataFrame, items: pd.DataFrame, repo: Path, q) -> pd.DataFrame:
+    """The clean raw events plus the events ingested into the repository's event log (already
+    validated at ingest), without repeats; logged events of items no longer in the catalog are
+    quarantined (``unknown_item``). The batch job's features and training's labels both read this
+    one event set.
+
+    Returns:
+        The events frame of :func:`recfeast.cleaning.clean_events`, sorted by time.
+    """
+    from recfeast.schema import ROW_REJECTED
+
+    path = log_path(repo)
+    if not path.is_file():
+        return events
+    log = EventLog(path)
+    try:
+        logged = log.read(("seq", "user_id", "item_id", "action", "value", "ts_us"))
+    finally:
+        log.close()
+    if not len(logged):
+        return events
+    logged = pd.DataFrame({
+        "user_id": logged["user_id"], "item_id": logged["item_id"], "action": logged["action"],
+        "value": logged["value"].astype("float64"),
+        "event_timestamp": pd.to_datetime(logged["ts_us"], unit="us", utc=True).astype("datetime64[ns, UTC]"),
+        "source": "events.sqlite:seq=" + logged["seq"].astype(str)})
+    gone = ~logged["item_id"].isin(items["item_id"])
+    if gone.any():
+        q.add_frame(logged[gone], "events", "unknown_item", ROW_REJECTED, "item_id",
+                    lambda r: f"item_id={r['item_id']} (logged event) is not in the clean items table")
+    key = ["user_id", "item_id", "action", "value", "event_timestamp"]
+    out = pd.concat([events, logged[~gone]], ignore_index=True).drop_duplicates(key, keep="first")
+    return out.sort_values(["event_timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)

@@ -153,8 +153,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
     # 1. events and labels --------------------------------------------------------------------
     catalog_spec = load_spec(spec_path(repo))
     roles = field_roles(catalog_spec)
+    from recfeast.eventlog import with_logged_events
+
     data = clean(read_catalog(config.data_dir(cfg.data_dir), catalog_spec))
-    events = data.events   # the events the feature tables are built from
+    # the events the feature tables are built from: the raw files plus the ingested event log
+    events = with_logged_events(data.events, data.items, repo, data.quarantine) if catalog_spec.realtime else data.events
     available = pd.Series(F.item_available_from(data.items, events).to_numpy(), index=data.items["item_id"])
     if cfg.val_start is not None:
         t1, t2 = split_dates(cfg.val_start, cfg.test_start)
