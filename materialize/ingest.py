@@ -79,7 +79,7 @@ class InvalidRecord(str):
         return obj
 
 
-def validate_one(rec, known_items, now_s: float, rating_scale=(1.0, 5.0)) -> tuple | str:
+def validate_one(rec, known_items, now_s: float, rating_scale=(1.0, 5.0), event_types=None) -> tuple | str:
     """One event -> ``(user_id, item_id, action, value, ts_us)`` or the reason it is refused.
 
     Rules: a JSON object with user_id, item_id, action, event_timestamp; ids exact int64
@@ -87,7 +87,9 @@ def validate_one(rec, known_items, now_s: float, rating_scale=(1.0, 5.0)) -> tup
     action a lower-case name; event time as in the batch cleaning
     (:func:`~recfeast.cleaning.parse_timestamp_value`) and at most ``MAX_FUTURE_S``
     ahead of ``now_s``; value a finite number (required for ``rate``, within ``rating_scale``;
-    default 1 for other actions).
+    default 1 for other actions). With ``event_types`` (the catalog spec's ``events.types``), the
+    action must be a declared type and the value follows that type's rules (required, scale, step),
+    as in the batch cleaning.
     """
     from recfeast.cleaning import parse_int64_value, parse_timestamp_value
 
@@ -107,6 +109,11 @@ def validate_one(rec, known_items, now_s: float, rating_scale=(1.0, 5.0)) -> tup
     action = rec["action"]
     if not isinstance(action, str) or not ACTION_RE.fullmatch(action):
         return f"action={action!r}: expected a lower-case name like 'rate', 'click', 'view', 'purchase'"
+    vspec = None
+    if event_types is not None:
+        if action not in event_types:
+            return f"unknown_event_type: action={action!r}: expected one of {sorted(event_types)} (the catalog spec)"
+        vspec = event_types[action].value
     ts = parse_timestamp_value(rec["event_timestamp"])
     if ts is None:
         return (f"unparsable_timestamp: event_timestamp={rec['event_timestamp']!r}: expected unix seconds or "
@@ -116,8 +123,8 @@ def validate_one(rec, known_items, now_s: float, rating_scale=(1.0, 5.0)) -> tup
                 "(clock skew, or milliseconds instead of seconds?)")
     value = rec.get("value")
     if value is None:
-        if action == "rate":
-            return "action 'rate' needs a numeric value (the rating)"
+        if (vspec is not None and vspec.required) or (event_types is None and action == "rate"):
+            return f"missing_value: action {action!r} needs a numeric value"
         value = 1.0   # implicit feedback (click, view, ...) weighs 1 unless given
     if isinstance(value, (bool, np.bool_)):
         return f"unparsable_value: value={value!r} is not a number"
@@ -127,14 +134,21 @@ def validate_one(rec, known_items, now_s: float, rating_scale=(1.0, 5.0)) -> tup
         return f"unparsable_value: value={str(value)[:40]!r} is not a number"
     if not np.isfinite(value):
         return f"unparsable_value: value={value!r} is not a finite number"
-    lo, hi = rating_scale
-    if action == "rate" and not lo <= value <= hi:
-        return f"value_out_of_range: rating {value:g} outside the scale [{lo:g}, {hi:g}]"
+    if event_types is None:
+        lo, hi = rating_scale
+        if action == "rate" and not lo <= value <= hi:
+            return f"value_out_of_range: rating {value:g} outside the scale [{lo:g}, {hi:g}]"
+    elif vspec is not None and vspec.scale is not None:
+        lo, hi = vspec.scale
+        if not lo <= value <= hi:
+            return f"value_out_of_range: {action} {value:g} outside the scale [{lo:g}, {hi:g}]"
+        if vspec.step and abs((value - lo) / vspec.step - round((value - lo) / vspec.step)) > 1e-6:
+            return f"value_off_step: {action} {value:g} is not on the scale's step {vspec.step:g}"
     return user, item, action, value, ts.value // 1000
 
 
 def validate(records: list, known_items, now_s: float | None = None,
-             rating_scale=(1.0, 5.0)) -> tuple[pd.DataFrame, list[dict], int]:
+             rating_scale=(1.0, 5.0), event_types=None) -> tuple[pd.DataFrame, list[dict], int]:
     """Split ``records`` into clean events and rejections (:func:`validate_one` per record).
 
     Returns:
@@ -146,7 +160,7 @@ def validate(records: list, known_items, now_s: float | None = None,
     known = known_items if isinstance(known_items, (set, frozenset)) else set(int(i) for i in known_items)
     rejected, rows, seen, duplicates = [], [], set(), 0
     for i, rec in enumerate(records):
-        out = validate_one(rec, known, now_s, rating_scale)
+        out = validate_one(rec, known, now_s, rating_scale, event_types)
         if isinstance(out, str):
             rejected.append({"index": i, "reason": out, "event": rec})
         elif out in seen:
@@ -199,6 +213,9 @@ class Ingestor:
         self.repo = config.repo_path(repo)
         self.cfg = cfg or RealtimeConfig()
         self.rating_scale = rating_scale
+        from recfeast.spec import load_spec, spec_path
+
+        self.spec = load_spec(spec_path(self.repo))   # event types and their value rules
         self.store = store if store is not None else store_ops.feature_store(self.repo, online_store, project)
         try:
             self._view = self.store.get_feature_view(VIEW)   # re-create the Ingestor after an apply
@@ -229,7 +246,8 @@ class Ingestor:
         t0 = time.perf_counter()
         records = list(records)
         self.items.refresh()
-        events, rejected, dups = validate(records, self.items.known_set, rating_scale=self.rating_scale)
+        events, rejected, dups = validate(records, self.items.known_set, rating_scale=self.rating_scale,
+                                          event_types=self.spec.events.types)
         res = IngestResult(rejected=rejected, duplicates=dups)
         if rejected:
             self._set_aside(rejected, sources)
