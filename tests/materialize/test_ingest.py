@@ -205,3 +205,26 @@ def test_compare_reports_users_missing_online():
     online["session_event_count"] = [1.0, np.nan]   # what pandas makes of a missing int
     mismatches, _ = compare(online, batch)
     assert {m["user_id"] for m in mismatches} == {2} and len(mismatches) == 4   # the four features set missing
+
+
+def test_validate_follows_the_catalog_specs_event_types():
+    """With the spec's types: undeclared types are refused, each type's value rules apply (scale, step,
+    required), and implicit types need no value."""
+    from recfeast.spec import parse_spec
+
+    spec = parse_spec({"name": "s", "items": {"source": {"path": "i.csv"}},
+                       "events": {"source": {"path": "e.csv"}, "types": {
+                           "rate": {"kind": "rating", "value": {"scale": [0.5, 5], "step": 0.5}, "positive": {"min_value": 4}},
+                           "purchase": {"kind": "purchase", "value": {"field": "price", "required": False},
+                                        "positive": True}}}})
+    recs = [{"user_id": 1, "item_id": 1, "action": "rate", "value": 3.5, "event_timestamp": T0},
+            {"user_id": 1, "item_id": 1, "action": "rate", "value": 3.7, "event_timestamp": T0},
+            {"user_id": 1, "item_id": 1, "action": "rate", "value": 0, "event_timestamp": T0},
+            {"user_id": 1, "item_id": 1, "action": "rate", "event_timestamp": T0},
+            {"user_id": 1, "item_id": 1, "action": "click", "event_timestamp": T0},
+            {"user_id": 2, "item_id": 1, "action": "purchase", "event_timestamp": T0}]
+    events, rejected, _ = validate(recs, {1}, now_s=NOW, event_types=spec.events.types)
+    assert events[["user_id", "action", "value"]].values.tolist() == [[1, "rate", 3.5], [2, "purchase", 1.0]]
+    assert [r["reason"].split(":")[0] for r in rejected] == [
+        "value_off_step", "value_out_of_range", "missing_value", "unknown_event_type"]
+    assert "expected one of ['purchase', 'rate']" in rejected[-1]["reason"]
