@@ -106,7 +106,9 @@ def experiment_id(c, name: str, repo: Path | None) -> str:
         return exp.experiment_id
     local = str(c.tracking_uri).startswith("sqlite:") and repo is not None
     try:
-        return c.create_experiment(name, artifact_location=artifact_root(repo) if local else None)
+        # the kind tag makes MLflow's UI open the experiment on its training runs (not the GenAI views)
+        return c.create_experiment(name, artifact_location=artifact_root(repo) if local else None,
+                                   tags={"mlflow.experimentKind": "custom_model_development"})
     except Exception:                      # created meanwhile by another process
         exp = c.get_experiment_by_name(name)
         if exp is None:

@@ -173,7 +173,7 @@ def _add_version(c, repo: Path, e: dict) -> dict:
     """Record entry ``e`` (its artefact already under ``models_dir``) as a version of its kind's model."""
     _ensure_model(c, model_name(e["kind"]), f"recfeast {e['kind']} encoder versions; alias '{ALIAS}' = served")
     js = lambda v: json.dumps(v, default=str)  # noqa: E731
-    tags = {TAG + "kind": e["kind"], TAG + "model_id": e["model_id"], TAG + "name": e.get("name") or "",
+    tags = {TAG + "kind": e["kind"], TAG + "model_id": e["model_id"], **({TAG + "name": e["name"]} if e.get("name") else {}),
             TAG + "path": str(e["path"]), TAG + "registered_at": e.get("registered_at") or _now(),
             TAG + "metrics": js(e.get("metrics") or {}), TAG + "lineage": js(e.get("lineage") or {}),
             TAG + "config": js(e.get("config") or {}), **_metric_tags(e.get("metrics") or {})}

@@ -43,6 +43,7 @@ def test_flatten_keys_are_mlflow_names():
 
 def test_tracker_writes_mlflow_and_tensorboard(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("RECFEAST_TRACKING", "1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow_store.ensure_sqlite(tmp_path / "mlflow.db")
     (tmp_path / "table.md").write_text("| a |\n")
@@ -85,6 +86,7 @@ def test_tracker_writes_mlflow_and_tensorboard(tmp_path, monkeypatch):
 
 def test_tracking_server_down_is_reported_and_the_task_finishes(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@127.0.0.1:18599")   # nothing listens there
+    monkeypatch.setenv("RECFEAST_TRACKING", "1")
     lines = []
 
     @tracking.tracked("unit")
@@ -106,6 +108,7 @@ def test_two_train_runs_compare_in_mlflow_and_tensorboard(small_run, small_data,
     from recfeast.cli import main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("RECFEAST_TRACKING", "1")
     repo, _, project = small_run
     events = pd.read_csv(small_data[0] / "events.csv", dtype=str)
     t = pd.to_datetime(pd.to_numeric(events.event_timestamp, errors="coerce").dropna(), unit="s", utc=True)
