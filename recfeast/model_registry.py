@@ -4,7 +4,8 @@ version per kind; the Feast project that serves it. Stored in MLflow's model reg
 MLflow (:mod:`recfeast.mlflow_store`: ``<repo>/data/mlflow.db`` by default, ``MLFLOW_REGISTRY_URI`` /
 ``MLFLOW_TRACKING_URI`` for a server) holds:
 
-- one registered model per kind, ``recfeast-text`` and ``recfeast-sequence``; each registered
+- one registered model per kind, ``recfeast-text``, ``recfeast-sequence`` and ``recfeast-ranking``
+  (the image encoder is the packaged EfficientNet-Lite0: nothing trains another); each registered
   version is a model version whose ``source`` is the artefact's copy under
   ``<repo>/data/models/<kind>/<hash>/`` (registered by path) and whose tags carry recfeast's
   identity (``recfeast.model_id`` = ``name@sha256:...``), metrics, lineage, config, and flattened
@@ -45,7 +46,10 @@ from pathlib import Path
 
 from recfeast.errors import ConfigError, ModelError
 
-KINDS = ("text", "sequence")
+KINDS = ("text", "sequence")    # encoders with a production version (served, promoted)
+#: what can be registered: the encoders and the ranking model (``recfeast train``'s checkpoint; the
+#: ranking model has no production alias: a server loads the checkpoint it is given)
+REGISTRABLE = KINDS + ("ranking",)
 DEFAULT = "default"   # names the built-in version of a kind (packaged MiniLM, seeded GRU)
 REGISTRY = "registry.json"   # the registry before MLflow: imported once
 SERVING = "recfeast-serving"
@@ -171,7 +175,8 @@ def _metric_tags(metrics: dict) -> dict[str, str]:
 
 def _add_version(c, repo: Path, e: dict) -> dict:
     """Record entry ``e`` (its artefact already under ``models_dir``) as a version of its kind's model."""
-    _ensure_model(c, model_name(e["kind"]), f"recfeast {e['kind']} encoder versions; alias '{ALIAS}' = served")
+    _ensure_model(c, model_name(e["kind"]), f"recfeast {e['kind']} model versions"
+                  + (f"; alias '{ALIAS}' = served" if e["kind"] in KINDS else ""))
     js = lambda v: json.dumps(v, default=str)  # noqa: E731
     tags = {TAG + "kind": e["kind"], TAG + "model_id": e["model_id"], **({TAG + "name": e["name"]} if e.get("name") else {}),
             TAG + "path": str(e["path"]), TAG + "registered_at": e.get("registered_at") or _now(),
@@ -185,9 +190,9 @@ def _add_version(c, repo: Path, e: dict) -> dict:
 
 def _import(repo: Path, c, reg: dict) -> None:
     """Bring a registry.json into MLflow (idempotent: ids already there are skipped)."""
-    have = {(m["kind"], m["model_id"]) for kind in KINDS for m in map(_entry_of, _versions(c, model_name(kind)))}
+    have = {(m["kind"], m["model_id"]) for kind in REGISTRABLE for m in map(_entry_of, _versions(c, model_name(kind)))}
     for m in reg["models"]:
-        if m["kind"] in KINDS and (m["kind"], m["model_id"]) not in have:
+        if m["kind"] in REGISTRABLE and (m["kind"], m["model_id"]) not in have:
             _add_version(c, repo, m)
             have.add((m["kind"], m["model_id"]))
     prod = {k: reg["production"].get(k) for k in KINDS}
@@ -205,7 +210,7 @@ def load(repo: Path) -> dict:
         return _empty()
     c = _client(repo)
     reg = _empty()
-    for kind in KINDS:
+    for kind in REGISTRABLE:
         reg["models"] += [_entry_of(v) for v in _versions(c, model_name(kind))]
     versions = _versions(c, SERVING)
     for v in versions:
@@ -288,10 +293,21 @@ def identity_of(kind: str, path: Path, name: str | None = None) -> str:
         from recfeast.encoders.sequence import SequenceEncoder
 
         return SequenceEncoder.load(path).model_id
-    raise ConfigError(f"kind={kind!r}: expected one of {KINDS}")
+    if kind == "ranking":
+        from recfeast.encoders.identity import model_identity
+        from recfeast.ranking.checkpoint import load_checkpoint
+
+        try:
+            model, _, ckpt = load_checkpoint(path)
+        except Exception as exc:
+            raise ModelError(f"{path}: not a ranking checkpoint of `recfeast train` ({type(exc).__name__}: {exc})") from exc
+        return model_identity("ranking-mlp", model.state_dict(), {
+            "features": ckpt["features"], "spec": ckpt["spec"], "embedding_models": ckpt["embedding_models"],
+            "normalization": ckpt["normalization"], "feature_selection": ckpt.get("feature_selection")})
+    raise ConfigError(f"kind={kind!r}: expected one of {REGISTRABLE}")
 
 
-def _training_record(artefact: Path) -> dict:
+def _training_record(artefact: Path, kind: str | None = None) -> dict:
     """What the training run wrote beside the artefact, as ``{config, metrics, lineage}``:
     ``finetune.json`` inside a text model folder (``recfeast finetune text``), or ``metrics.json``
     beside a sequence checkpoint (``recfeast finetune sequence``; its item-embedding model becomes
@@ -307,6 +323,12 @@ def _training_record(artefact: Path) -> dict:
         raise ConfigError(f"{path}: expected a JSON object (config, metrics, lineage)")
     if artefact.is_dir():
         return m
+    if kind == "ranking":                              # recfeast train's metrics.json
+        info = m.get("training_set") or {}
+        return {"config": {}, "metrics": {"test": m.get("test"), "lift_over_behavior_only": m.get("lift_over_behavior_only")},
+                "lineage": {"feature_service": info.get("feature_service"), "embedding_models": info.get("model_ids"),
+                            "training_set": {k: info.get(k) for k in ("rows", "rows_by_split", "time_range")},
+                            "protocol": m.get("protocol")}}
     return {"config": m.get("config", {}),
             "metrics": {"test": m.get("test"), "diff": m.get("diff"), "best_epoch": m.get("best_epoch")},
             "lineage": {"text_model": m.get("item_embedding_model"), "data": m.get("data"),
@@ -338,7 +360,8 @@ def register(repo: Path, kind: str, artefact: Path, metrics: dict | None = None,
     weights again returns the existing entry).
 
     Args:
-        kind: ``text`` (a transformers folder) or ``sequence`` (a :meth:`SequenceEncoder.save` file).
+        kind: ``text`` (a transformers folder), ``sequence`` (a :meth:`SequenceEncoder.save` file) or
+            ``ranking`` (``recfeast train``'s ``ranking_model.pt``).
         artefact: the folder or file a fine-tuning run wrote.
         name: model name for a text model's identity (default: ``finetune.json``'s, else the folder's).
 
@@ -348,12 +371,12 @@ def register(repo: Path, kind: str, artefact: Path, metrics: dict | None = None,
     Raises:
         ConfigError: unknown kind or missing artefact. ModelError: it does not load.
     """
-    if kind not in KINDS:
-        raise ConfigError(f"kind={kind!r}: expected one of {KINDS}")
+    if kind not in REGISTRABLE:
+        raise ConfigError(f"kind={kind!r}: expected one of {REGISTRABLE}")
     artefact = Path(artefact)
     if not artefact.exists():
         raise ConfigError(f"{artefact}: no such model artefact")
-    meta = _training_record(artefact)
+    meta = _training_record(artefact, kind)
     if kind == "text":
         name = name or (meta.get("config") or {}).get("name") or artefact.name
         _check_tokenizer(artefact)

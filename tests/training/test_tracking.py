@@ -151,9 +151,68 @@ def test_two_train_runs_compare_in_mlflow_and_tensorboard(small_run, small_data,
         tb = _scalars(Path(r.data.tags["recfeast.tensorboard"]))
         assert [s for s, _ in tb["all/val_loss"]] == [h["epoch"] for h in hist]
         assert [v for _, v in tb["all/val_loss"]] == pytest.approx([h["val_loss"] for h in hist])
+    # the ranking model becomes an MLflow model version tagged with its identity and test metrics
+    out = next(iter(outs))
+    res = CliRunner().invoke(main, ["models", "register", "ranking", f"{out}/ranking_model.pt", "--repo-path", str(repo)])
+    assert res.exit_code == 0, res.output
+    (mv,) = c.search_model_versions("name='recfeast-ranking'")
+    metrics = json.loads(Path(out, "metrics.json").read_text())
+    assert mv.tags["recfeast.model_id"].startswith("ranking-mlp@sha256:") and mv.tags["recfeast.path"].startswith("ranking/")
+    assert float(mv.tags["metric.test/auc"]) == pytest.approx(metrics["test"]["auc"], rel=1e-5)
+    assert json.loads(mv.tags["recfeast.lineage"])["embedding_models"] == metrics["training_set"]["model_ids"]
+    listed = CliRunner().invoke(main, ["models", "list", "--repo-path", str(repo)])
+    assert listed.exit_code == 0 and mv.tags["recfeast.model_id"] in listed.output and "ranking:" in listed.output
     # `tensorboard --logdir runs/` sees both runs
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
     mux = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "runs"))
     mux.Reload()
     assert sum("all/val_loss" in tags.get("scalars", []) for tags in mux.Runs().values()) == 2
+
+
+@pytest.mark.slow
+def test_finetune_text_and_sequence_runs_are_tracked(tmp_path, data_dir, catalog, text_encoder, monkeypatch):
+    """`finetune text` and `finetune sequence`: one MLflow run each, with curves, test metrics,
+    artefacts and the identities of the models involved."""
+    from recfeast.training.sequence_task import SequenceTrainConfig, train_sequence
+    from recfeast.training.text_finetune import TextFinetuneConfig, finetune_text
+
+    monkeypatch.setenv("RECFEAST_TRACKING", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow_store.ensure_sqlite(tmp_path / "mlflow.db")
+    c = mlflow_store.client(None)
+
+    res = finetune_text(TextFinetuneConfig(data_dir=str(data_dir), max_items=40, max_epochs=1, pairs_per_epoch=16,
+                                           pair_batch_size=4, genre_batch_size=8, max_length=32,
+                                           out_dir=str(tmp_path / "ft")), log=lambda *_: None)
+    (run,) = c.search_runs([c.get_experiment_by_name("recfeast-text-finetune").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["max_items"] == "40"
+    assert run.data.tags["recfeast.model_id"] == res["model_id"] and run.data.tags["recfeast.model.base"] == res["base_model_id"]
+    curves = {k: [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, k)]
+              for k in ("encoder/train", "encoder/val_genre")}
+    assert [s for s, _ in curves["encoder/train"]] == [1] and [s for s, _ in curves["encoder/val_genre"]] == [0, 1]
+    assert run.data.metrics["after/ndcg_at_10"] == pytest.approx(res["metrics"]["after"]["ndcg@10"])
+    assert "next_item_ndcg_lift/ci95_low" in run.data.metrics
+    assert sorted(a.path for a in c.list_artifacts(run.info.run_id)) == ["metrics.json", "training_curves.png"]
+
+    # the sequence encoder on item embeddings of the real text encoder
+    from recfeast import entities as F
+
+    items = catalog.items[catalog.items.item_id.isin(catalog.events.item_id.value_counts().index[:250])]
+    table = tmp_path / "item_text_embedding.parquet"
+    pd.DataFrame({"item_id": items.item_id.astype("int64"), "text_embedding": list(text_encoder.encode(F.item_text(items), 64)),
+                  "text_model": text_encoder.model_id}).to_parquet(table)
+    metrics = train_sequence(SequenceTrainConfig(data_dir=str(data_dir), item_embeddings=str(table), max_users=60,
+                                                 hidden_dim=16, max_epochs=2, patience=2, bootstrap=50,
+                                                 out_dir=str(tmp_path / "seq"), progress=False), log=lambda *_: None)
+    (run,) = c.search_runs([c.get_experiment_by_name("recfeast-sequence").experiment_id])
+    assert run.data.tags["recfeast.model_id"] == metrics["model_id"]
+    assert run.data.tags["recfeast.model.item_embedding"] == text_encoder.model_id
+    hist = c.get_metric_history(run.info.run_id, "encoder/val_loss")
+    assert [(m.step, m.value) for m in hist] == [(h["epoch"], pytest.approx(h["val_loss"])) for h in metrics["history"]]
+    trained = next(r for r in metrics["test"] if r["method"] == "trained")
+    assert run.data.metrics["test/trained/ndcg_at_10"] == pytest.approx(trained["ndcg@10"])
+    d = metrics["diff"]["trained - popular"]["recall@10"]
+    assert run.data.metrics["diff/trained_-_popular/recall_at_10/ci95_high"] == pytest.approx(d["ci95"][1])
+    assert sorted(a.path for a in c.list_artifacts(run.info.run_id)) == ["metrics.json", "results.md",
+                                                                         "training_curve.png"]
