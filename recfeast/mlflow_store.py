@@ -28,11 +28,6 @@ def db_path(repo: Path) -> Path:
     return Path(repo) / "data" / DB_NAME
 
 
-def artifact_root(repo: Path) -> str:
-    """Artefact root (a ``file://`` URI) of experiments created in the default backend."""
-    return (Path(repo).resolve() / "data" / ARTIFACTS).as_uri()
-
-
 def tracking_uri(repo: Path | None) -> str:
     """``$MLFLOW_TRACKING_URI``, else ``sqlite:///<repo>/data/mlflow.db`` (created when missing).
 
@@ -98,16 +93,26 @@ def client(repo: Path | None, uri: str | None = None):
     return MlflowClient(tracking_uri=uri, registry_uri=reg)
 
 
-def experiment_id(c, name: str, repo: Path | None) -> str:
-    """Id of experiment ``name``, created when missing (artefacts under ``<repo>/data/mlartifacts``
-    on a local SQLite backend; the server's default elsewhere)."""
+def local_artifact_root(uri: str) -> str | None:
+    """``file://`` URI of ``mlartifacts/`` beside a SQLite backend's database file (None for other
+    backends: a server keeps its own). Without it MLflow would put artefacts in ``./mlruns`` of
+    whatever the working directory is."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    return (db.resolve().parent / ARTIFACTS).as_uri()
+
+
+def experiment_id(c, name: str, repo: Path | None = None) -> str:
+    """Id of experiment ``name``, created when missing (on a SQLite backend its artefacts go to
+    ``mlartifacts/`` beside the database: ``<repo>/data/mlartifacts`` by default; a server's default
+    elsewhere)."""
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    local = str(c.tracking_uri).startswith("sqlite:") and repo is not None
     try:
         # the kind tag makes MLflow's UI open the experiment on its training runs (not the GenAI views)
-        return c.create_experiment(name, artifact_location=artifact_root(repo) if local else None,
+        return c.create_experiment(name, artifact_location=local_artifact_root(str(c.tracking_uri)),
                                    tags={"mlflow.experimentKind": "custom_model_development"})
     except Exception:                      # created meanwhile by another process
         exp = c.get_experiment_by_name(name)

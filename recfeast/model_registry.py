@@ -223,12 +223,23 @@ def load(repo: Path) -> dict:
 
 
 def _has_registry(repo: Path) -> bool:
-    """False when there is certainly nothing registered (default backend not created, no
-    registry.json): then nothing needs MLflow, which costs seconds to import."""
+    """False when there is certainly nothing registered (default backend missing or without a
+    registered model, no registry.json): then nothing needs MLflow, which costs seconds to import
+    (``recfeast.store`` asks for the serving project on every store it builds)."""
     from recfeast import mlflow_store
 
-    return (not _uses_default_backend() or mlflow_store.db_path(repo).is_file()
-            or (models_dir(repo) / REGISTRY).is_file())
+    if not _uses_default_backend() or (models_dir(repo) / REGISTRY).is_file():
+        return True
+    db = mlflow_store.db_path(repo)
+    if not db.is_file():
+        return False
+    import sqlite3   # runs only (tracking creates the database too): no registered model, no MLflow import
+
+    try:
+        with sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5) as con:
+            return con.execute("SELECT 1 FROM registered_models LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return True
 
 
 def _serving_version(c):

@@ -34,10 +34,13 @@ def repo(tmp_path, monkeypatch):
 
 def test_versions_are_mlflow_model_versions_and_production_an_alias(tmp_path, repo):
     assert registry.load(repo) == registry._empty() and not mlflow_store.db_path(repo).exists()   # no MLflow needed
+    mlflow_store.ensure_sqlite(mlflow_store.db_path(repo))     # a tracked training run made the database
+    assert not registry._has_registry(repo) and registry.load(repo) == registry._empty()    # still no MLflow needed
     path, mid = _encoder(tmp_path, 1, {"test": [{"method": "trained", "recall@10": 0.25, "ndcg@10": 0.125}]})
     e = registry.register(repo, "sequence", path)
     assert e["model_id"] == mid and e["version"] == "1" and e["lineage"]["text_model"] == "text@sha256:abc"
     assert registry.register(repo, "sequence", path) == e                            # idempotent
+    assert registry._has_registry(repo)
     assert registry.artefact_path(repo, e) == registry.models_dir(repo) / "sequence" / mid.rsplit(":", 1)[1] / "model.pt"
     assert SequenceEncoder.load(registry.artefact_path(repo, e)).model_id == mid       # the copy under the identity
 

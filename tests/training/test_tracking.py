@@ -60,7 +60,9 @@ def test_tracker_writes_mlflow_and_tensorboard(tmp_path, monkeypatch):
 
     assert task(_Cfg(out_dir=str(tmp_path / "out")), log=lines.append) == 1
     c = mlflow_store.client(None)
-    (run,) = c.search_runs([c.get_experiment_by_name("recfeast-unit").experiment_id])
+    exp = c.get_experiment_by_name("recfeast-unit")
+    assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()              # beside the database
+    (run,) = c.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params == {"lr": "0.01", "hidden": "[8, 4]", "out_dir": str(tmp_path / "out"), "extra.a": "1"}
     assert run.data.metrics == {"text/train_loss": 0.4, "test/auc": 0.75}
@@ -168,6 +170,30 @@ def test_two_train_runs_compare_in_mlflow_and_tensorboard(small_run, small_data,
     mux = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "runs"))
     mux.Reload()
     assert sum("all/val_loss" in tags.get("scalars", []) for tags in mux.Runs().values()) == 2
+
+
+@pytest.mark.slow
+def test_train_finishes_when_the_tracking_server_is_down(small_run, small_data, tmp_path, monkeypatch):
+    from recfeast.cli import main
+
+    repo, _, project = small_run
+    monkeypatch.setenv("RECFEAST_TRACKING", "1")
+    events = pd.read_csv(small_data[0] / "events.csv", dtype=str)
+    t = pd.to_datetime(pd.to_numeric(events.event_timestamp, errors="coerce").dropna(), unit="s", utc=True)
+    val_start, test_start = (t.quantile(q).strftime("%Y-%m-%d") for q in (0.6, 0.8))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, [
+        "train", "--data-dir", str(small_data[0]), "--repo-path", str(repo), "--out-dir", str(out),
+        "--val-start", val_start, "--test-start", test_start, "--max-epochs", "2", "--eval-users", "10",
+        "--eval-negatives", "5", "--no-ablation"],
+        env={"RECFEAST_PROJECT": project, "MLFLOW_TRACKING_URI": "http://127.0.0.1:18597"})   # nothing listens
+    assert res.exit_code == 0, res.output
+    down = [line for line in res.output.splitlines() if "MLflow start failed" in line]
+    assert len(down) == 1 and "http://127.0.0.1:18597" in down[0] and "the run goes on" in down[0]
+    assert "tracking: not in MLflow; TensorBoard:" in res.output
+    assert (out / "metrics.json").is_file() and (out / "ranking_model.pt").is_file()
+    (tb,) = (out / "tensorboard").iterdir()
+    assert [s for s, _ in _scalars(tb)["all/val_loss"]] == [1, 2]
 
 
 @pytest.mark.slow
