@@ -13,7 +13,8 @@
 4. applies the definitions and loads every online store into a Feast project of the target
    versions' own (``<project>_<8 hex of the identities>``): the project being served is untouched
    and keeps answering;
-5. flips ``production`` and ``serving_project`` in the registry in one atomic write. Processes
+5. flips ``production`` and ``serving_project`` in the registry together: one move of the MLflow
+   alias ``recfeast-serving@production`` (:func:`recfeast.model_registry.switch`). Processes
    started from then on read the new project; running servers keep the project they started with
    (consistent with the ranking checkpoint they loaded) until restarted.
 
@@ -114,11 +115,8 @@ def promote(repo, data_dir, text: str | None = None, sequence: str | None = None
             raise
         reg = registry.load(repo)
         previous = {"production": dict(reg["production"]), "serving_project": reg.get("serving_project")}
-        reg["production"] = target
-        reg["serving_project"] = project
-        reg.setdefault("history", []).append({"from": previous, "to": {"production": target, "serving_project": project},
-                                              "at": registry._now(), "models": summary.models})
-        registry.save(repo, reg)
+        registry.switch(repo, target, project, {"from": previous, "to": {"production": target, "serving_project": project},
+                                                "at": registry._now(), "models": summary.models})
     log(f"promote: serving project is now {project}")
     return {"production": target, "serving_project": project, "previous": previous, "models": summary.models,
             "embeddings": summary.embeddings}

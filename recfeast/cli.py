@@ -430,6 +430,9 @@ def _headline(metrics: dict) -> str:
         a = metrics["after"]
         return (f"genre micro-F1 {a.get('genre_probe_micro_f1', float('nan')):.4f}, next-item "
                 f"recall@10 {a.get('recall@10', float('nan')):.4f} ndcg@10 {a.get('ndcg@10', float('nan')):.4f}")
+    if isinstance(metrics.get("test"), dict) and "auc" in metrics["test"]:   # recfeast train (ranking)
+        t = metrics["test"]
+        return " ".join(f"{k.upper()} {v:.4f}" for k, v in t.items() if k.startswith(("auc", "ndcg@", "hr@")) and v is not None)
     for row in metrics.get("test") or []:            # recfeast finetune sequence
         if isinstance(row, dict) and row.get("method") == "trained":
             return f"next-item recall@10 {row['recall@10']:.4f} ndcg@10 {row['ndcg@10']:.4f}"
@@ -450,9 +453,12 @@ def models_list(repo_path, as_json):
     if as_json:
         click.echo(json.dumps(reg, indent=2))
         return
-    for kind in registry.KINDS:
+    for kind in registry.REGISTRABLE:
         prod = reg["production"].get(kind)
-        click.echo(f"{kind}: production = {prod or 'default (built in)'}")
+        if kind in registry.KINDS:
+            click.echo(f"{kind}: production = {prod or 'default (built in)'}")
+        elif any(m["kind"] == kind for m in reg["models"]):
+            click.echo(f"{kind}:")
         for m in (m for m in reg["models"] if m["kind"] == kind):
             click.echo(f"  {'*' if m['model_id'] == prod else ' '} {m['model_id']}  registered {m['registered_at']}  "
                        f"{_headline(m.get('metrics') or {})}")
@@ -460,11 +466,12 @@ def models_list(repo_path, as_json):
 
 
 @models.command("register")
-@click.argument("kind", type=click.Choice(["text", "sequence"]))
+@click.argument("kind", type=click.Choice(["text", "sequence", "ranking"]))
 @click.argument("artefact", type=click.Path(exists=True))
 @_repo_opt
 def models_register(kind, artefact, repo_path):
-    """Register a trained encoder (a transformers folder for text, a checkpoint file for sequence)."""
+    """Register a trained model (a transformers folder for text, a checkpoint file for sequence, the
+    ranking_model.pt of `recfeast train` for ranking) in the MLflow model registry."""
     from recfeast import model_registry as registry
 
     try:

@@ -20,6 +20,9 @@ TEST_REDIS = os.environ.get("RECFEAST_TEST_REDIS", "127.0.0.1:6379,db=15")
 # Tests that build online stores use their own Redis database so they never touch a user's keys.
 os.environ["REDIS_CONNECTION_STRING"] = TEST_REDIS
 os.environ.pop("RECFEAST_ONLINE_STORE", None)
+# Training runs are tracked in MLflow only where a test asks for it (tests/training/test_tracking.py):
+# elsewhere `finetune text` would write the checkout's feature_repo/data/mlflow.db.
+os.environ["RECFEAST_TRACKING"] = "0"
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
 

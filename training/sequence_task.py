@@ -54,6 +54,7 @@ import pandas as pd
 import torch
 
 from recfeast.errors import ConfigError, DataError
+from recfeast.training import tracking
 from recfeast.training.config import split_dates
 from recfeast.training.sequence_data import (  # noqa: F401  (data and metrics; re-exported for callers)
     SequenceData, Targets, build_sequence_data, cluster_bootstrap, history_matrix, load_sequence_data,
@@ -261,6 +262,7 @@ def fit(data: SequenceData, splits: dict[str, Targets], cfg: SequenceTrainConfig
         log(f"    epoch {epoch:2d}  train loss {'   -  ' if train_loss is None else f'{train_loss:.4f}'}  "
             f"val loss {row['val_loss']:.4f}  val Recall@{k} {row[f'val_recall@{k}']:.4f}  "
             f"val NDCG@{k} {row[f'val_ndcg@{k}']:.4f}  ({seconds:.1f} s)")
+        tracking.current().log_epoch("encoder", epoch, row)
         return row
 
     def score(row):
@@ -337,6 +339,7 @@ def _plot(path: Path, history: list[dict], k: int, title: str) -> None:
     plt.close(fig)
 
 
+@tracking.tracked("sequence")
 def train_sequence(cfg: SequenceTrainConfig, log=print) -> dict:
     """Train and evaluate the sequence encoder; write ``<out_dir>/sequence_encoder.pt`` (loadable
     alone by ``SequenceEncoder.load``), ``metrics.json``, ``results.md`` and ``training_curve.png``.
@@ -360,6 +363,7 @@ def train_sequence(cfg: SequenceTrainConfig, log=print) -> dict:
     try:
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        tracking.current().start(cfg)
         data = load_sequence_data(cfg)
         splits = split_targets(data, cfg.val_start, cfg.test_start)
         sizes = {s: len(t) for s, t in splits.items()}
@@ -440,6 +444,11 @@ def train_sequence(cfg: SequenceTrainConfig, log=print) -> dict:
                 f"{metrics['threads']} threads\n")
         atomic_write_bytes(out / "results.md", lambda p: p.write_text(text))
         _plot(out / "training_curve.png", history, k, f"{cfg.cell.upper()} sequence encoder, {enc.model_id}")
+        tracking.current().log_result(
+            {"test": rows, "diff": diffs, "best_epoch": best["epoch"], "epochs_run": epochs_run},
+            [out / "training_curve.png", out / "results.md", out / "metrics.json"],
+            {"recfeast.model_id": enc.model_id, "recfeast.model.item_embedding": data.item_model,
+             "recfeast.data": metrics["data"]}, hparam_metrics=("test/trained/", "diff/"))
         log(f"\n{text}\nsaved to {out}: sequence_encoder.pt, metrics.json, results.md, training_curve.png")
         return metrics
     finally:

@@ -19,6 +19,7 @@ from recfeast.training.evaluate import auc, log_loss, paired_bootstrap, per_user
 from recfeast.ranking.features import FeatureSpec
 from recfeast.ranking.checkpoint import load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 from recfeast.ranking.model import RankingModel
+from recfeast.training import tracking
 
 PROTOCOL = ("temporal split (train < {t1} <= validation < {t2} <= test); positives = {pos}; {neg} sampled "
             "negatives per positive at the same timestamp (items the user had no event with); ranking: first "
@@ -54,9 +55,10 @@ def _predict(model: RankingModel, arrays: dict[str, np.ndarray], batch: int = 81
 
 
 def fit_model(cfg: TrainConfig, spec: FeatureSpec, train: dict, y_train: np.ndarray, val: dict,
-              y_val: np.ndarray, log=print) -> tuple[RankingModel, list[dict]]:
+              y_val: np.ndarray, log=print, on_epoch=None) -> tuple[RankingModel, list[dict]]:
     """Train with BCE and Adam; stop when validation log loss has not improved for ``cfg.patience``
-    epochs and return the best epoch's weights with the per-epoch history."""
+    epochs and return the best epoch's weights with the per-epoch history (``on_epoch(row)`` is
+    called with each history row)."""
     torch.manual_seed(cfg.seed)
     dims = {k: v.shape[1] for k, v in train.items() if k != "dense"}
     model = RankingModel(train["dense"].shape[1], dims, cfg.hidden, cfg.dropout)
@@ -79,6 +81,8 @@ def fit_model(cfg: TrainConfig, spec: FeatureSpec, train: dict, y_train: np.ndar
         val_loss = log_loss(y_val, _predict(model, val))
         history.append({"epoch": epoch, "train_loss": total / len(perm), "val_loss": val_loss})
         log(f"    epoch {epoch:2d}  train {total / len(perm):.4f}  val {val_loss:.4f}")
+        if on_epoch is not None:
+            on_epoch(history[-1])
         if val_loss < best - 1e-4:
             best, stale = val_loss, 0
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -122,6 +126,7 @@ def _plots(out: Path, histories: dict, ablation: pd.DataFrame, k: int) -> None:
     plt.close(fig)
 
 
+@tracking.tracked("ranking")
 def train(cfg: TrainConfig, log=print) -> dict:
     """Run the whole task; returns the metrics dict (also written to ``<out_dir>/metrics.json``).
 
@@ -149,6 +154,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     repo = config.repo_path(cfg.repo)
     store = feature_store(repo)
+    tracking.current().start(cfg, {"recfeast.feature_service": cfg.feature_service}, out, repo)
 
     # 1. events and labels --------------------------------------------------------------------
     catalog_spec = load_spec(spec_path(repo))
@@ -208,7 +214,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         spec = FeatureSpec.fit(split["train"], groups, roles)
         arrays = {s: spec.transform(f) for s, f in split.items()}
         model, hist = fit_model(replace(cfg, groups=groups), spec, arrays["train"], split["train"].label.to_numpy(),
-                                arrays["val"], split["val"].label.to_numpy(), log=log)
+                                arrays["val"], split["val"].label.to_numpy(), log=log,
+                                on_epoch=lambda row, name=name: tracking.current().log_epoch(name, row["epoch"], row))
         p_test = _predict(model, arrays["test"])
         y_test = split["test"].label.to_numpy()
         cand_scores = _predict(model, spec.transform(cset))
@@ -257,6 +264,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
             f"{m.upper()} {lift[m]['diff']:+.4f} (95% paired bootstrap CI {lift[m]['ci95'][0]:+.4f} .. {lift[m]['ci95'][1]:+.4f})"
             for m in (f"ndcg@{cfg.k}", f"hr@{cfg.k}")))
     (out / "ablation.md").write_text((out / "ablation.md").read_text() + lift_text + "\n")
+    tracking.current().log_result(
+        {"test": best, "ablation": results, "lift_over_behavior_only": metrics["lift_over_behavior_only"]},
+        [out / n for n in ("training_curves.png", "ablation.png", "ablation.md", "metrics.json")],
+        tracking.lineage(info, out / "training_set.parquet"), hparam_metrics=("test/",))
     log(f"\nProtocol: {protocol}\n\n{table}\n{lift_text}\n\nsaved to {out}: ranking_model.pt, metrics.json, ablation.md, "
         "training_curves.png, ablation.png, training_set.parquet")
     return metrics

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from recfeast.errors import ConfigError
+from recfeast.training import tracking
 
 
 @dataclass
@@ -154,6 +155,7 @@ def _evaluate(model: _Model, gt, prod_texts, item_ids, test_pairs, events) -> di
     return {"genre_probe_micro_f1": f1, "next_item": nxt}
 
 
+@tracking.tracked("text-finetune")
 def finetune_text(cfg: TextFinetuneConfig, log=print) -> dict:
     """Run the steps of the module docstring.
 
@@ -180,6 +182,7 @@ def finetune_text(cfg: TextFinetuneConfig, log=print) -> dict:
     rng = np.random.default_rng(cfg.seed)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    tracking.current().start(cfg, {"recfeast.data_dir": str(config.data_dir(cfg.data_dir))})
 
     # 1. data
     from recfeast.spec import load_spec, spec_path
@@ -237,6 +240,7 @@ def finetune_text(cfg: TextFinetuneConfig, log=print) -> dict:
         return res
 
     curves.append({"epoch": 0, "train": None, **{f"val_{k}": v for k, v in val_loss().items()}})
+    tracking.current().log_epoch("encoder", 0, curves[-1])
     for epoch in range(1, cfg.max_epochs + 1):
         t0 = time.perf_counter()
         model.encoder.train()
@@ -264,6 +268,7 @@ def finetune_text(cfg: TextFinetuneConfig, log=print) -> dict:
         curves.append({"epoch": epoch, "train": float(np.mean(losses)), "seconds": round(time.perf_counter() - t0, 1),
                        **{f"val_{k}": x for k, x in v.items()}})
         log(f"[3] epoch {epoch}: train loss {np.mean(losses):.4f}, val {v}, {curves[-1]['seconds']} s")
+        tracking.current().log_epoch("encoder", epoch, curves[-1])
         if total < best - 1e-4:
             best, bad_epochs = total, 0
             best_state = (copy.deepcopy(model.encoder.state_dict()), copy.deepcopy(model.head.state_dict()))
@@ -323,6 +328,10 @@ def finetune_text(cfg: TextFinetuneConfig, log=print) -> dict:
                                              "lineage": lineage, "curves": curves})
     write_json(out / "metrics.json", {"model_id": model_id, "metrics": metrics, "curves": curves})
     _plot(curves, out / "training_curves.png")
+    tracking.current().log_result(metrics, [out / "training_curves.png", out / "metrics.json"],
+                                  {"recfeast.model_id": model_id, "recfeast.model.base": base_id,
+                                   "recfeast.lineage": lineage, "recfeast.model_dir": str(model_dir.resolve())},
+                                  hparam_metrics=("after/", "next_item_ndcg_lift/"))
     log(f"[5] saved {model_dir} ({model_id}) in {time.perf_counter() - t_start:.0f} s")
     return {"out_dir": str(out), "model_dir": str(model_dir), "model_id": model_id, "base_model_id": base_id,
             "metrics": metrics, "epochs": len(curves) - 1, "lineage": lineage, "config": asdict(cfg)}
