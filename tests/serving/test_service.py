@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from recfeast.errors import FeatureLookupError, ModelError
 from recfeast.ranking.checkpoint import manifest_path
