@@ -206,7 +206,29 @@ class _Stages:
 
 
 def run(cfg: JobConfig) -> JobSummary:
-    """Run the main job; see the module docstring.
+    """Run the main job under the repository's ``tables`` lock; see the module docstring.
+
+    One writer at a time: the scheduled jobs and model promotion take the same lock
+    (:func:`recfeast.materialize.schedule.job_lock`), so a second ``recfeast materialize`` on one
+    repository waits (saying so on stderr, with the holder's pid) and then runs, instead of both
+    rewriting the tables and the Feast registry at once.
+    """
+    import sys
+
+    from recfeast.materialize.schedule import job_lock
+
+    repo = config.repo_path(cfg.repo)
+
+    def say(pid):
+        print(f"recfeast: waiting for the tables lock of {repo} (held by pid {pid}: another materialize, a scheduled "
+              "job or a model promotion); this run starts when it is released", file=sys.stderr, flush=True)
+
+    with job_lock(repo, "tables", wait=True, on_wait=say):
+        return _run_locked(cfg)
+
+
+def _run_locked(cfg: JobConfig) -> JobSummary:
+    """Run the main job (the caller holds the tables lock); see the module docstring.
 
     Raises:
         ConfigError: bad paths or settings. DataError: the input folder is unusable.

@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import sqlite3
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -98,21 +99,54 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+_held = threading.local()   # locks this thread holds: path -> depth (a holder may take its lock again)
+
+
+def lock_holder(repo: Path, job: str) -> int | None:
+    """Pid written by the last holder of the lock ``job`` (None when never taken or unreadable)."""
+    try:
+        return int((state_dir(repo) / f"{job}.lock").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @contextlib.contextmanager
-def job_lock(repo: Path, job: str, wait: bool = False):
-    """Yield True while holding the lock ``job``, False when another process holds it (``wait``:
-    block until it is free instead)."""
+def job_lock(repo: Path, job: str, wait: bool = False, on_wait=None):
+    """Yield True while holding the lock ``job``, False when another process (or another thread)
+    holds it (``wait``: block until it is free instead; ``on_wait(pid)`` is called once first when
+    the lock is taken, with the holder's pid, so a caller can say why it waits).
+
+    The lock is an ``fcntl.flock`` on ``<repo>/data/scheduler/<job>.lock`` (released by the kernel
+    when the holder dies). A thread that already holds it gets it again at once (the main job
+    takes ``tables`` itself and is also run under it by the scheduler and by promotion)."""
     path = state_dir(repo) / f"{job}.lock"
+    depth = getattr(_held, "locks", None)
+    if depth is None:
+        depth = _held.locks = {}
+    key = str(path.resolve())
+    if depth.get(key):
+        depth[key] += 1
+        try:
+            yield True
+        finally:
+            depth[key] -= 1
+        return
     with open(path, "a+") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if not wait:
+                yield False
+                return
+            if on_wait is not None:
+                on_wait(lock_holder(repo, job))
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        depth[key] = 1
         try:
             fh.seek(0), fh.truncate(), fh.write(f"{os.getpid()}\n"), fh.flush()
             yield True
         finally:
+            depth.pop(key, None)
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
