@@ -31,11 +31,37 @@ def _quiet_library_warnings() -> None:
 
 
 def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
+    from recfeast.redact import redact
+
+    click.echo(f"error: {redact(exc)}", err=True)
     sys.exit(2)
 
 
-@click.group()
+class _Group(click.Group):
+    """Every command's unexpected error ends as one redacted line, never a traceback that could
+    quote a connection string (``RECFEAST_DEBUG=1`` shows the traceback, redacted)."""
+
+    def invoke(self, ctx):
+        import os
+
+        from recfeast.redact import redact
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except RecfeastError as exc:
+            _fail(exc)
+        except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into a message
+            if os.environ.get("RECFEAST_DEBUG"):
+                import traceback
+
+                click.echo(redact(traceback.format_exc()), err=True)
+            click.echo(f"error: {type(exc).__name__}: {redact(exc)} (set RECFEAST_DEBUG=1 for the traceback)", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="recfeast")
 def main() -> None:
     """recfeast: real-time feature platform for search and recommendation, on Feast."""
@@ -69,8 +95,12 @@ def materialize(data_dir, repo_path, online_store, image_backbone, image_weights
 
     cfg = JobConfig(data_dir=data_dir, repo=repo_path, online_store=online_store, image_backbone=image_backbone,
                     image_weights=image_weights, apply=not no_apply, materialize=not no_online, progress=not quiet)
+    from recfeast.materialize.schedule import record_run
+
     try:
-        summary = run(cfg)
+        with record_run(config.repo_path(repo_path), "materialize") as rec:   # listed by `recfeast jobs`
+            summary = run(cfg)
+            rec["rows"] = sum(t.get("rows", 0) for t in summary.tables.values())
     except RecfeastError as exc:
         _fail(exc)
     click.echo(summary.render())
@@ -146,7 +176,8 @@ def schedule(data_dir, repo_path, online_stores, embeddings_every, aggregates_ev
 @click.option("--limit", default=20, show_default=True, help="Runs to list, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def jobs(repo_path, limit, as_json):
-    """List recent runs of the scheduled jobs (start, end, status, rows, detail)."""
+    """List recent runs of the scheduled jobs and of `recfeast materialize` (start, end, status, rows,
+    detail; passwords redacted). Runs whose process is gone are shown, and recorded, as interrupted."""
     from recfeast.materialize.schedule import recent_runs
 
     try:
