@@ -150,7 +150,12 @@ def _write_table(name: str, table: pd.DataFrame, out_dir: Path, run_ts: pd.Times
         on_stale = lambda ids: online.add_pending(out_dir, name, ids)  # noqa: E731
     key = "user_id" if name.startswith("user") else "item_id"
     vec_cols = [c for c in table.columns if c.endswith(("embedding", "genre_flags", "genre_share"))]
-    info = io.write_feature_table(table, path, [key, "event_timestamp"], run_ts, vec_cols, on_stale=on_stale)
+    # created_timestamp = when a value became available: the time of the last event behind it (its
+    # event_timestamp; an item's availability for embeddings, versioned by their *_model column);
+    # a value that changes an existing row later is a correction stamped with the run time
+    info = io.write_feature_table(table, path, [key, "event_timestamp"], run_ts, vec_cols, on_stale=on_stale,
+                                  available="event_timestamp",
+                                  version_cols=[c for c in table.columns if c.endswith("_model")])
     info.pop("stale_entities")
     return info
 

@@ -290,10 +290,12 @@ def replay_check_cmd(data_dir, repo_path, online_store, days, batch_size, no_bac
 @click.option("--eval-negatives", default=99, show_default=True, type=click.IntRange(min=1),
               help="Never-rated items ranked against each positive.")
 @click.option("--no-ablation", is_flag=True, help="Train only the configured model (and the popularity baseline).")
-@click.option("--reproducible", is_flag=True, help="Hide feature rows created after each example's time.")
+@click.option("--allow-values-created-later", "allow_later", is_flag=True,
+              help="Also join feature values created after each example's time (backfills, late corrections). "
+                   "Off by default: such values leak the future into training.")
 @click.option("--seed", default=0, show_default=True)
 def train(data_dir, repo_path, out_dir, val_start, test_start, negatives, groups, max_epochs, eval_users,
-          eval_negatives, no_ablation, reproducible, seed):
+          eval_negatives, no_ablation, allow_later, seed):
     """Build a point-in-time training set, train the ranking model, print test metrics and the ablation."""
     from recfeast.training.config import TrainConfig
     from recfeast.training.task import train as run_train
@@ -301,7 +303,7 @@ def train(data_dir, repo_path, out_dir, val_start, test_start, negatives, groups
     cfg = TrainConfig(repo=repo_path, data_dir=data_dir, out_dir=out_dir, val_start=val_start,
                       test_start=test_start, negatives_per_positive=negatives,
                       groups=tuple(g.strip() for g in groups.split(",") if g.strip()), max_epochs=max_epochs,
-                      eval_max_users=eval_users or None, eval_negatives=eval_negatives, ablation=not no_ablation, reproducible=reproducible,
+                      eval_max_users=eval_users or None, eval_negatives=eval_negatives, ablation=not no_ablation, allow_values_created_later=allow_later,
                       seed=seed)
     try:
         run_train(cfg, log=click.echo)

@@ -40,7 +40,7 @@ class TrainConfig:
     negatives_per_positive: int = 2         # sampled unrated items per positive, same timestamp
     val_start: str = "1998-03-01"           # T1: train before, validation T1..T2
     test_start: str = "1998-03-29"          # T2: test from here
-    reproducible: bool = False              # hide feature rows created after each example's time
+    allow_values_created_later: bool = False  # join values created after each example's time (a leak; off)
     seed: int = 0                           # negatives, initialisation, shuffling
     # --- model
     groups: tuple[str, ...] = GROUPS        # feature groups fed to the model
