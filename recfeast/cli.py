@@ -206,25 +206,15 @@ def ingest(source, repo_path, online_store, batch_size):
     Each line: {"user_id": 196, "item_id": 242, "action": "click", "event_timestamp": 1700000000}
     ("value" is required for action "rate"). Bad lines are reported with the reason and set aside in
     <repo>/data/events/rejected.jsonl; the rest go through. Prints a JSON summary.
+
+    With the online store down every valid event is still logged: the summary lists the batches
+    (line ranges) that were pushed, pushed at the end (one retry), or wait for the next load, and
+    the command exits with status 3 when some wait.
     """
     from recfeast.materialize.ingest import Ingestor, InvalidRecord
 
-    total = {"accepted": 0, "duplicates": 0, "rejected": 0, "users_updated": 0}
-    first_rejections = []
-    try:
-        ing = Ingestor(repo_path, online_store)
+    def batches():
         batch, line_of = [], []
-
-        def flush():
-            res = ing.ingest(batch, sources=[f"line {n}" for n in line_of])
-            for k in ("accepted", "duplicates", "users_updated"):
-                total[k] += getattr(res, k)
-            total["rejected"] += len(res.rejected)
-            for r in res.rejected:
-                if len(first_rejections) < 20:
-                    first_rejections.append({"line": line_of[r["index"]], "reason": r["reason"]})
-            batch.clear(), line_of.clear()
-
         for n, raw in enumerate(source, start=1):
             if not raw.strip():
                 continue
@@ -240,12 +230,28 @@ def ingest(source, repo_path, online_store, batch_size):
                 batch.append(InvalidRecord(f"not usable JSON ({str(exc)[:80]})", raw.decode("utf-8")[:200]))
             line_of.append(n)
             if len(batch) >= batch_size:
-                flush()
+                yield f"lines {line_of[0]}-{line_of[-1]}", batch, [f"line {k}" for k in line_of]
+                batch, line_of = [], []
         if batch:
-            flush()
+            yield f"lines {line_of[0]}-{line_of[-1]}", batch, [f"line {k}" for k in line_of]
+
+    def store_down(error):
+        click.echo(f"warning: the online store refused a push ({error}); every valid event is still logged; "
+                   "going on without pushing, one retry at the end", err=True)
+
+    try:
+        ing = Ingestor(repo_path, online_store)
+        report = ing.ingest_batches(batches(), on_store_error=store_down)
     except RecfeastError as exc:
         _fail(exc)
-    click.echo(json.dumps({**total, "first_rejections": first_rejections}, indent=2))
+    report["first_rejections"] = [{"line": int(r["source"].split()[-1]), "reason": r["reason"]}
+                                  for r in report["first_rejections"]]
+    click.echo(json.dumps(report, indent=2))
+    if report["waiting"]:
+        click.echo(f"warning: {report['waiting_users']} users' real-time features ({', '.join(report['waiting'])}) "
+                   "wait for the next load (`recfeast schedule`'s load_online job, or the next ingest of those "
+                   "users); their events are in the event log", err=True)
+        sys.exit(3)
 
 
 @main.command("replay-check")

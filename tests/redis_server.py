@@ -63,3 +63,19 @@ def redis_server(port: int, password: str | None = None, tls: dict | None = None
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class RestartableRedis:
+    """A plain redis-server on ``port`` that a test can stop and start again (no persistence)."""
+
+    def __init__(self, port: int, workdir: Path | None = None):
+        self.port, self.workdir, self._cm = port, workdir, None
+
+    def start(self) -> None:
+        self._cm = redis_server(self.port, workdir=self.workdir)
+        self._cm.__enter__()
+
+    def stop(self) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(None, None, None)
+            self._cm = None

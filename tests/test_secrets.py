@@ -111,7 +111,7 @@ def test_no_output_of_a_run_against_a_password_protected_redis_holds_the_passwor
         r = outputs["materialize"] = _cli(["materialize", "--data-dir", str(data)], good)
         assert r.returncode == 0, r.stderr
         user, items = facts["user_ids"][0], facts["item_ids"][:3]
-        lookup = ["lookup", "--user", str(user), "--items", ",".join(map(str, items))]
+        lookup = ["lookup", "--user", str(user), "--items", ",".join(map(str, items)), "--request-ts", "893300000"]
         r = outputs["lookup"] = _cli(lookup, good)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["user_id"] == user
