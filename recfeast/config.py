@@ -8,6 +8,7 @@ Environment variables (all optional):
 | ``RECFEAST_REPO_PATH`` | the Feast feature repository (folder with ``feature_store.yaml``) | ``./feature_repo`` |
 | ``RECFEAST_ONLINE_STORE`` | ``sqlite`` (embedded default) or ``redis`` | ``sqlite`` |
 | ``RECFEAST_PROJECT`` | override ``project`` of ``feature_store.yaml`` | the yaml's value |
+| ``RECFEAST_REGISTRY`` | Feast registry on PostgreSQL for several processes or machines: ``postgresql://user:password@host:5432/db`` | the yaml's file registry |
 | ``REDIS_CONNECTION_STRING`` | Feast Redis connection string ``host:port[,db=N][,password=...][,ssl=true]``, or ``redis[s]://user:password@host:port/db`` | ``127.0.0.1:6379`` |
 """
 
@@ -172,3 +173,32 @@ def redis_connection_string(value: str | None = None) -> str:
 def project(value: str | None = None) -> str | None:
     """Feast project override: ``value``, else ``$RECFEAST_PROJECT``, else None (use the yaml's)."""
     return value or os.environ.get("RECFEAST_PROJECT") or None
+
+
+def registry_url(value: str | None = None) -> str | None:
+    """The SQL registry override: ``value``, else ``$RECFEAST_REGISTRY``, else None (the yaml's registry).
+
+    ``postgresql://user:password@host:port/db`` (or ``postgres://``) becomes SQLAlchemy's
+    ``postgresql+psycopg://...`` (the psycopg 3 driver recfeast installs); a URL naming a driver
+    (``postgresql+psycopg://``) or another database SQLAlchemy knows is kept as given.
+
+    Raises:
+        ConfigError: not a URL with a scheme and a host (the message hides the password).
+    """
+    from urllib.parse import urlsplit
+
+    from recfeast.redact import redact
+
+    raw = (value or os.environ.get("RECFEAST_REGISTRY") or "").strip()
+    if not raw:
+        return None
+    try:
+        u = urlsplit(raw)
+        u.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"RECFEAST_REGISTRY={redact(raw)!r}: not a valid URL ({redact(exc)})") from None
+    if not u.scheme or (not u.hostname and not u.scheme.startswith("sqlite")):
+        raise ConfigError(f"RECFEAST_REGISTRY={redact(raw)!r}: expected postgresql://user:password@host:5432/db")
+    if u.scheme in ("postgresql", "postgres"):
+        raw = "postgresql+psycopg://" + raw.split("://", 1)[1]
+    return raw
