@@ -126,6 +126,27 @@ def _list_array(s: pd.Series) -> pa.Array:
     return pa.array(vals, type=typ)
 
 
+def _vector_matrix(s: pd.Series) -> np.ndarray:
+    """An embedding column -> ``(n, d)`` float32, NaN rows where missing; one pass over the rows for
+    the usual case (numeric arrays of one width), :func:`check_list_column` for anything else."""
+    rows, width, checked = [], None, False
+    for v in s:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            rows.append(None)
+            continue
+        if not (isinstance(v, np.ndarray) and v.dtype.kind in "fiu" and v.ndim == 1
+                and (width is None or len(v) == width)) and not checked:
+            check_list_column(s, fixed_width=True)   # raises, naming the row, unless it is a plain list of numbers
+            checked = True
+        width = len(v) if width is None else width
+        rows.append(v)
+    dim = width or 0
+    if not len(rows):
+        return np.zeros((0, dim), np.float32)
+    empty = np.full(dim, np.nan, np.float32)
+    return np.stack([empty if v is None else np.asarray(v, np.float32) for v in rows])
+
+
 def to_arrow(df: pd.DataFrame, vector_cols=()) -> pa.Table:
     """DataFrame -> Arrow table; ``vector_cols`` hold ``(d,)`` float arrays of one width and become
     ``list<float32>`` (NaN rows: null); other list columns (tags, variable length, ``[]``) become
@@ -140,11 +161,7 @@ def to_arrow(df: pd.DataFrame, vector_cols=()) -> pa.Table:
         s = df[col]
         is_list = s.dtype == object and any(isinstance(v, (list, tuple, np.ndarray)) for v in s)
         if col in vector_cols:
-            check_list_column(s, fixed_width=True)
-            dim = next((len(v) for v in s if not _is_missing(v)), 0)
-            mat = np.stack([np.full(dim, np.nan, np.float32) if _is_missing(v) else np.asarray(v, np.float32)
-                            for v in s]) if len(s) else np.zeros((0, dim), np.float32)
-            arrays.append(vector_array(mat))
+            arrays.append(vector_array(_vector_matrix(s)))
         elif is_list:
             check_list_column(s)
             arrays.append(_list_array(s))
