@@ -90,7 +90,7 @@ def test_store_lost_mid_run_then_back(repo, monkeypatch, tmp_path):
         assert report["duplicates"] == 6 and report["users_updated"] == 3
         online = ing.read_online([901, 902, 903]).set_index("user_id")
         # b1 went to the Redis that was stopped (no persistence): the next load (rebuild) restores it
-        assert online.last_event_ts.loc[901] is None and online.last_event_ts.loc[902] == T0 + 1
+        assert pd.isna(online.last_event_ts.loc[901]) and online.last_event_ts.loc[902] == T0 + 1
         assert ing.rebuild_online() == 3
         assert ing.read_online([901]).last_event_ts.iat[0] == T0 + 1
     finally:
