@@ -228,7 +228,7 @@ def run(cfg: JobConfig) -> JobSummary:
         print(f"recfeast: waiting for the tables lock of {repo} (held by pid {pid}: another materialize, a scheduled "
               "job or a model promotion); this run starts when it is released", file=sys.stderr, flush=True)
 
-    with job_lock(repo, "tables", wait=True, on_wait=say):
+    with job_lock(repo, "tables", wait=True, on_wait=say, reentrant=True):
         return _run_locked(cfg)
 
 

@@ -181,20 +181,21 @@ def lock_holder(repo: Path, job: str) -> int | None:
 
 
 @contextlib.contextmanager
-def job_lock(repo: Path, job: str, wait: bool = False, on_wait=None):
+def job_lock(repo: Path, job: str, wait: bool = False, on_wait=None, reentrant: bool = False):
     """Yield True while holding the lock ``job``, False when another process (or another thread)
     holds it (``wait``: block until it is free instead; ``on_wait(pid)`` is called once first when
     the lock is taken, with the holder's pid, so a caller can say why it waits).
 
     The lock is an ``fcntl.flock`` on ``<repo>/data/scheduler/<job>.lock`` (released by the kernel
-    when the holder dies). A thread that already holds it gets it again at once (the main job
-    takes ``tables`` itself and is also run under it by the scheduler and by promotion)."""
+    when the holder dies). With ``reentrant``, a thread that already holds it gets it again at once
+    (the main job takes ``tables`` itself and is also run under it by the scheduler and by
+    promotion); without, a second taking in the same thread is refused like another process's."""
     path = state_dir(repo) / f"{job}.lock"
     depth = getattr(_held, "locks", None)
     if depth is None:
         depth = _held.locks = {}
     key = str(path.resolve())
-    if depth.get(key):
+    if reentrant and depth.get(key):
         depth[key] += 1
         try:
             yield True
@@ -211,12 +212,13 @@ def job_lock(repo: Path, job: str, wait: bool = False, on_wait=None):
             if on_wait is not None:
                 on_wait(lock_holder(repo, job))
             fcntl.flock(fh, fcntl.LOCK_EX)
-        depth[key] = 1
+        outer = depth.get(key, 0)
+        depth[key] = outer + 1
         try:
             fh.seek(0), fh.truncate(), fh.write(f"{os.getpid()}\n"), fh.flush()
             yield True
         finally:
-            depth.pop(key, None)
+            depth[key] = outer
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 

@@ -49,15 +49,17 @@ def test_lock_is_reentrant_per_thread_and_exclusive_across_threads(tmp_path):
     repo = make_repo(tmp_path / "repo")
     seen = []
     with job_lock(repo, "tables") as outer:
-        with job_lock(repo, "tables") as inner:   # the scheduler runs the main job under the lock
+        with job_lock(repo, "tables", reentrant=True) as inner:   # the scheduler runs the main job under the lock
             seen.append((outer, inner))
+        with job_lock(repo, "tables") as again:   # not re-entrant: refused, as for another process
+            seen.append(again)
 
         def other():
-            with job_lock(repo, "tables") as held:
+            with job_lock(repo, "tables", reentrant=True) as held:
                 seen.append(held)
         t = threading.Thread(target=other)
         t.start(), t.join()
-    assert seen == [(True, True), False]
+    assert seen == [(True, True), False, False]
 
 
 def test_registry_write_replaces_the_file_readers_have_open(tmp_path):
