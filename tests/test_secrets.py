@@ -58,6 +58,15 @@ def test_every_recfeast_error_message_is_redacted():
     assert PW not in redact(f"{{'connection_string': '127.0.0.1:6379,username=u,password={PW}'}}")
 
 
+@pytest.mark.parametrize("text", [
+    f'{{"password": "{PW}"}}', f"{{'host': 'h', 'password': '{PW}', 'db': 0}}", f"redis-server --requirepass {PW}",
+    f"postgresql+psycopg://postgres:{PW}@127.0.0.1:5432/db", f"rediss://:{PW}@cache:6380/0",
+    f"127.0.0.1:6379,username=u,password={PW},ssl=true", f"Error connecting to {PW}@127.0.0.1:6379.",
+])
+def test_redact_covers_quoted_and_url_forms(text):
+    assert PW not in redact(text) and "***" in redact(text)
+
+
 def test_cli_typo_is_one_line_not_a_traceback(tmp_path):
     repo = make_repo(tmp_path / "repo")
     res = CliRunner().invoke(
