@@ -243,6 +243,14 @@ class Ingestor:
             StoreError: the online push failed after the events were logged (they stay logged; the
                 next ingest of those users or :meth:`rebuild_online` repairs the online state).
         """
+        res, _, error = self._ingest(records, push, sources)
+        if error is not None:
+            raise error
+        return res
+
+    def _ingest(self, records: list, push: bool, sources: list | None):
+        """:meth:`ingest` that returns ``(result, users with a valid event, StoreError of the push or
+        None)`` instead of raising when the push fails (the events are logged either way)."""
         t0 = time.perf_counter()
         records = list(records)
         self.items.refresh()
@@ -251,6 +259,7 @@ class Ingestor:
         res = IngestResult(rejected=rejected, duplicates=dups)
         if rejected:
             self._set_aside(rejected, sources)
+        error = None
         with self._lock, _repo_lock(self.repo):
             added = self.log.append(events.drop(columns="index")) if len(events) else events
             res.accepted = len(added)
@@ -259,10 +268,75 @@ class Ingestor:
             # after a failed push (the events were logged, the push was not done) repairs them
             users = sorted(set(events["user_id"].tolist())) if len(events) else []
             if push and users:
-                self.push(self.states(users))
-            res.users_updated = len(users) if push else 0
+                try:
+                    self.push(self.states(users))
+                except StoreError as exc:
+                    error = exc
+            res.users_updated = len(users) if push and error is None else 0
         res.seconds = round(time.perf_counter() - t0, 6)
-        return res
+        return res, users, error
+
+    def push_users(self, user_ids) -> None:
+        """Push the current state of ``user_ids`` (from the event log) online, under the ingest locks.
+
+        Raises:
+            StoreError: the online store refused the write.
+        """
+        with self._lock, _repo_lock(self.repo):
+            self.push(self.states(sorted({int(u) for u in user_ids})))
+
+    def ingest_batches(self, batches, on_store_error=None) -> dict:
+        """Ingest ``batches`` (iterable of ``(label, records, sources)``, e.g. line ranges of a file)
+        and keep going when the online store is down.
+
+        Every valid event is logged whatever the store does. While the store answers, each batch is
+        pushed as it comes; after the first failed push the remaining batches are only logged (no
+        timeout per batch), and one push of every waiting user is tried at the end. What still failed
+        waits in the event log for the next load (the ``load_online`` job's rebuild, or the next
+        ingest of those users), and the report says which batches those are.
+
+        Args:
+            on_store_error: called with the (redacted) error text the first time the store fails.
+
+        Returns:
+            ``{"accepted", "duplicates", "rejected", "users_updated", "pushed": [labels],
+            "pushed_at_end": [labels], "waiting": [labels], "waiting_users": n, "store_error": str|None,
+            "first_rejections": [{"source", "reason"}] (20 at most)}``.
+        """
+        out = {"accepted": 0, "duplicates": 0, "rejected": 0, "users_updated": 0, "pushed": [], "pushed_at_end": [],
+               "waiting": [], "waiting_users": 0, "store_error": None, "first_rejections": []}
+        store_up, waiting_users = True, set()
+        for label, records, sources in batches:
+            res, users, error = self._ingest(records, store_up, sources)
+            out["accepted"] += res.accepted
+            out["duplicates"] += res.duplicates
+            out["rejected"] += len(res.rejected)
+            out["users_updated"] += res.users_updated
+            for r in res.rejected:
+                if len(out["first_rejections"]) < 20:
+                    out["first_rejections"].append({"source": sources[r["index"]] if sources else r["index"],
+                                                    "reason": r["reason"]})
+            if error is not None and store_up:
+                store_up, out["store_error"] = False, str(error)
+                if on_store_error is not None:
+                    on_store_error(str(error))
+            if not users:
+                continue
+            if store_up:
+                out["pushed"].append(label)
+            else:
+                out["waiting"].append(label)
+                waiting_users.update(users)
+        if waiting_users:
+            try:
+                self.push_users(waiting_users)
+            except StoreError as exc:
+                out["store_error"] = str(exc)
+                out["waiting_users"] = len(waiting_users)
+            else:
+                out["pushed_at_end"], out["waiting"] = out["waiting"], []
+                out["users_updated"] += len(waiting_users)
+        return out
 
     def _set_aside(self, rejected: list[dict], sources: list | None = None) -> None:
         path = log_path(self.repo).with_name("rejected.jsonl")

@@ -154,7 +154,12 @@ def _write_table(name: str, table: pd.DataFrame, out_dir: Path, run_ts: pd.Times
     v = view(spec, name)
     key = v.key
     vec_cols = [f.name for f in v.fields if f.dtype == "vector"]
-    info = io.write_feature_table(table, path, [key, "event_timestamp"], run_ts, vec_cols, on_stale=on_stale)
+    # created_timestamp = when a value became available: the time of the last event behind it (its
+    # event_timestamp; an item's availability for embeddings, versioned by their *_model column);
+    # a value that changes an existing row later is a correction stamped with the run time
+    info = io.write_feature_table(table, path, [key, "event_timestamp"], run_ts, vec_cols, on_stale=on_stale,
+                                  available="event_timestamp",
+                                  version_cols=[c for c in table.columns if c.endswith("_model")])
     info.pop("stale_entities")
     return info
 
@@ -179,7 +184,29 @@ class _Stages:
 
 
 def run(cfg: JobConfig) -> JobSummary:
-    """Run the main job for the repository's catalog spec; see the module docstring.
+    """Run the main job for the repository's catalog spec under its ``tables`` lock; see the module docstring.
+
+    One writer at a time: the scheduled jobs and model promotion take the same lock
+    (:func:`recfeast.materialize.schedule.job_lock`), so a second ``recfeast materialize`` on one
+    repository waits (saying so on stderr, with the holder's pid) and then runs, instead of both
+    rewriting the tables and the Feast registry at once.
+    """
+    import sys
+
+    from recfeast.materialize.schedule import job_lock
+
+    repo = config.repo_path(cfg.repo)
+
+    def say(pid):
+        print(f"recfeast: waiting for the tables lock of {repo} (held by pid {pid}: another materialize, a scheduled "
+              "job or a model promotion); this run starts when it is released", file=sys.stderr, flush=True)
+
+    with job_lock(repo, "tables", wait=True, on_wait=say, reentrant=True):
+        return _run_locked(cfg)
+
+
+def _run_locked(cfg: JobConfig) -> JobSummary:
+    """Run the main job (the caller holds the tables lock); see the module docstring.
 
     Raises:
         ConfigError: bad paths, settings or catalog spec. DataError: the input folder is unusable.

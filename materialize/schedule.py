@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import sqlite3
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -62,57 +63,162 @@ def state_dir(repo: Path) -> Path:
 
 
 # ------------------------------------------------------------------ run records
+def _private_file(path: Path) -> Path:
+    """Create ``path`` (or tighten an existing one) readable by its owner only (0600), like the tables."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+    return path
+
+
 def _runs_db(repo: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(state_dir(repo) / "runs.sqlite", timeout=30)
+    conn = sqlite3.connect(_private_file(state_dir(repo) / "runs.sqlite"), timeout=30)
     conn.execute("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, "
-                 "started_at TEXT NOT NULL, ended_at TEXT, status TEXT NOT NULL, rows INTEGER, detail TEXT)")
+                 "started_at TEXT NOT NULL, ended_at TEXT, status TEXT NOT NULL, rows INTEGER, detail TEXT, pid INTEGER)")
+    if "pid" not in {c[1] for c in conn.execute("PRAGMA table_info(runs)")}:   # records of an older version
+        conn.execute("ALTER TABLE runs ADD COLUMN pid INTEGER")
     return conn
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, another user's
+        return True
+    return True
+
+
+_GONE = "the process running it ({}) is gone; the next run redoes its work"
+
+
+def _close_dead_runs(repo: Path, db: sqlite3.Connection) -> int:
+    """Mark ``running`` records whose process is gone as ``interrupted``: by pid when recorded (a pid
+    not alive on this machine), else when nobody holds the job's lock. Returns how many."""
+    n = 0
+    for run_id, job, pid in db.execute("SELECT id, job, pid FROM runs WHERE status='running'").fetchall():
+        if pid is not None:
+            gone = not _pid_alive(pid)
+        else:
+            with job_lock(repo, job) as free:
+                gone = free
+        if gone:
+            db.execute("UPDATE runs SET status='interrupted', ended_at=?, detail=? WHERE id=? AND status='running'",
+                       (_now(), _GONE.format(f"pid {pid}" if pid else "no lock holder"), run_id))
+            n += 1
+    db.commit()
+    return n
+
+
 def recent_runs(repo: Path, limit: int = 20) -> list[dict]:
-    """The latest ``limit`` runs, newest first: id, job, started_at, ended_at, status, rows, detail."""
+    """The latest ``limit`` runs, newest first: id, job, started_at, ended_at, status, rows, detail, pid.
+
+    Runs whose process is gone (killed) are marked ``interrupted`` first; details are redacted
+    (:func:`recfeast.redact.redact`: records of older versions may quote a connection string)."""
+    from recfeast.redact import redact
+
     with contextlib.closing(_runs_db(repo)) as conn:
-        cur = conn.execute("SELECT id, job, started_at, ended_at, status, rows, detail FROM runs "
+        _close_dead_runs(repo, conn)
+        cur = conn.execute("SELECT id, job, started_at, ended_at, status, rows, detail, pid FROM runs "
                            "ORDER BY id DESC LIMIT ?", (limit,))
         cols = [c[0] for c in cur.description]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
+        runs = [dict(zip(cols, row)) for row in cur.fetchall()]
+    for r in runs:
+        if r["detail"] is not None:
+            r["detail"] = redact(r["detail"])
+    return runs
 
 
 def mark_interrupted(repo: Path) -> int:
     """Close the records of runs whose process died (SIGKILL, power cut): a ``running`` record whose
-    job lock nobody holds becomes ``interrupted``. Called when a scheduler starts. Returns how many."""
+    pid is not alive (or, for records without a pid, whose job lock nobody holds) becomes
+    ``interrupted``. Called when a scheduler starts and whenever runs are listed. Returns how many."""
     repo = config.repo_path(repo)
-    n = 0
     with contextlib.closing(_runs_db(repo)) as db:
-        for run_id, job in db.execute("SELECT id, job FROM runs WHERE status='running'").fetchall():
-            with job_lock(repo, job) as free:
-                if free:
-                    db.execute("UPDATE runs SET status='interrupted', ended_at=?, detail=? WHERE id=?",
-                               (_now(), "the process running it died; the next run redoes its work", run_id))
-                    n += 1
+        return _close_dead_runs(repo, db)
+
+
+@contextlib.contextmanager
+def record_run(repo: Path, job: str):
+    """Record one run of ``job`` (e.g. ``materialize`` from the CLI) in ``runs.sqlite``: ``running``
+    with this pid, then ``ok`` or ``failed`` with the (redacted) error; the error is re-raised.
+    Yields a dict whose ``rows`` and ``detail`` the caller may set."""
+    from recfeast.redact import redact
+
+    repo = config.repo_path(repo)
+    out = {"rows": None, "detail": None}
+    with contextlib.closing(_runs_db(repo)) as db:
+        run_id = db.execute("INSERT INTO runs (job, started_at, status, pid) VALUES (?,?,?,?)",
+                            (job, _now(), "running", os.getpid())).lastrowid
         db.commit()
-    return n
+    status = "ok"
+    try:
+        yield out
+    except BaseException as exc:
+        status, out["detail"] = "failed", f"{type(exc).__name__}: {exc}"[:4000]
+        raise
+    finally:
+        with contextlib.closing(_runs_db(repo)) as db:
+            db.execute("UPDATE runs SET ended_at=?, status=?, rows=?, detail=? WHERE id=?",
+                       (_now(), status, out["rows"], None if out["detail"] is None else redact(out["detail"]), run_id))
+            db.commit()
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+_held = threading.local()   # locks this thread holds: path -> depth (a holder may take its lock again)
+
+
+def lock_holder(repo: Path, job: str) -> int | None:
+    """Pid written by the last holder of the lock ``job`` (None when never taken or unreadable)."""
+    try:
+        return int((state_dir(repo) / f"{job}.lock").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @contextlib.contextmanager
-def job_lock(repo: Path, job: str, wait: bool = False):
-    """Yield True while holding the lock ``job``, False when another process holds it (``wait``:
-    block until it is free instead)."""
+def job_lock(repo: Path, job: str, wait: bool = False, on_wait=None, reentrant: bool = False):
+    """Yield True while holding the lock ``job``, False when another process (or another thread)
+    holds it (``wait``: block until it is free instead; ``on_wait(pid)`` is called once first when
+    the lock is taken, with the holder's pid, so a caller can say why it waits).
+
+    The lock is an ``fcntl.flock`` on ``<repo>/data/scheduler/<job>.lock`` (released by the kernel
+    when the holder dies). With ``reentrant``, a thread that already holds it gets it again at once
+    (the main job takes ``tables`` itself and is also run under it by the scheduler and by
+    promotion); without, a second taking in the same thread is refused like another process's."""
     path = state_dir(repo) / f"{job}.lock"
+    depth = getattr(_held, "locks", None)
+    if depth is None:
+        depth = _held.locks = {}
+    key = str(path.resolve())
+    if reentrant and depth.get(key):
+        depth[key] += 1
+        try:
+            yield True
+        finally:
+            depth[key] -= 1
+        return
     with open(path, "a+") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if not wait:
+                yield False
+                return
+            if on_wait is not None:
+                on_wait(lock_holder(repo, job))
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        outer = depth.get(key, 0)
+        depth[key] = outer + 1
         try:
             fh.seek(0), fh.truncate(), fh.write(f"{os.getpid()}\n"), fh.flush()
             yield True
         finally:
+            depth[key] = outer
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
@@ -136,7 +242,8 @@ def run_job(job: str, data_dir: str, repo: str, online_stores: tuple[str, ...] =
                              (job, started, _now(), "skipped", "another run of this job holds its lock"))
             db.commit()
             return recent_runs(repo_path, 1)[0]
-        cur = db.execute("INSERT INTO runs (job, started_at, status) VALUES (?,?,?)", (job, started, "running"))
+        cur = db.execute("INSERT INTO runs (job, started_at, status, pid) VALUES (?,?,?,?)",
+                         (job, started, "running", os.getpid()))
         db.commit()
         run_id = cur.lastrowid
         status, rows, detail = "ok", None, None
@@ -144,7 +251,9 @@ def run_job(job: str, data_dir: str, repo: str, online_stores: tuple[str, ...] =
             with job_lock(repo_path, "tables", wait=True):
                 rows, detail = _JOB_FUNCS[job](data_dir, repo_path, online_stores)
         except Exception as exc:  # recorded with its traceback; the schedule goes on
-            status, detail = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"[:4000]
+            from recfeast.redact import redact
+
+            status, detail = "failed", redact(f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")[:4000]
         db.execute("UPDATE runs SET ended_at=?, status=?, rows=?, detail=? WHERE id=?",
                    (_now(), status, rows, detail, run_id))
         db.commit()
@@ -218,7 +327,7 @@ def build_scheduler(cfg: ScheduleConfig, blocking: bool = True):
     unknown = set(cfg.triggers) - set(JOBS)
     if unknown:
         raise ConfigError(f"unknown job(s) {sorted(unknown)} in triggers; expected {JOBS}")
-    store_url = f"sqlite:///{state_dir(repo) / 'jobs.sqlite'}"
+    store_url = f"sqlite:///{_private_file(state_dir(repo) / 'jobs.sqlite')}"
     cls = BlockingScheduler if blocking else BackgroundScheduler
     sched = cls(jobstores={"default": SQLAlchemyJobStore(url=store_url)}, timezone="UTC",
                 job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})

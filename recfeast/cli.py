@@ -31,11 +31,37 @@ def _quiet_library_warnings() -> None:
 
 
 def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
+    from recfeast.redact import redact
+
+    click.echo(f"error: {redact(exc)}", err=True)
     sys.exit(2)
 
 
-@click.group()
+class _Group(click.Group):
+    """Every command's unexpected error ends as one redacted line, never a traceback that could
+    quote a connection string (``RECFEAST_DEBUG=1`` shows the traceback, redacted)."""
+
+    def invoke(self, ctx):
+        import os
+
+        from recfeast.redact import redact
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except RecfeastError as exc:
+            _fail(exc)
+        except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into a message
+            if os.environ.get("RECFEAST_DEBUG"):
+                import traceback
+
+                click.echo(redact(traceback.format_exc()), err=True)
+            click.echo(f"error: {type(exc).__name__}: {redact(exc)} (set RECFEAST_DEBUG=1 for the traceback)", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="recfeast")
 def main() -> None:
     """recfeast: real-time feature platform for search and recommendation, on Feast."""
@@ -69,8 +95,12 @@ def materialize(data_dir, repo_path, online_store, image_backbone, image_weights
 
     cfg = JobConfig(data_dir=data_dir, repo=repo_path, online_store=online_store, image_backbone=image_backbone,
                     image_weights=image_weights, apply=not no_apply, materialize=not no_online, progress=not quiet)
+    from recfeast.materialize.schedule import record_run
+
     try:
-        summary = run(cfg)
+        with record_run(config.repo_path(repo_path), "materialize") as rec:   # listed by `recfeast jobs`
+            summary = run(cfg)
+            rec["rows"] = sum(t.get("rows", 0) for t in summary.tables.values())
     except RecfeastError as exc:
         _fail(exc)
     click.echo(summary.render())
@@ -146,7 +176,8 @@ def schedule(data_dir, repo_path, online_stores, embeddings_every, aggregates_ev
 @click.option("--limit", default=20, show_default=True, help="Runs to list, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def jobs(repo_path, limit, as_json):
-    """List recent runs of the scheduled jobs (start, end, status, rows, detail)."""
+    """List recent runs of the scheduled jobs and of `recfeast materialize` (start, end, status, rows,
+    detail; passwords redacted). Runs whose process is gone are shown, and recorded, as interrupted."""
     from recfeast.materialize.schedule import recent_runs
 
     try:
@@ -175,25 +206,15 @@ def ingest(source, repo_path, online_store, batch_size):
     Each line: {"user_id": 196, "item_id": 242, "action": "click", "event_timestamp": 1700000000}
     ("value" is required for action "rate"). Bad lines are reported with the reason and set aside in
     <repo>/data/events/rejected.jsonl; the rest go through. Prints a JSON summary.
+
+    With the online store down every valid event is still logged: the summary lists the batches
+    (line ranges) that were pushed, pushed at the end (one retry), or wait for the next load, and
+    the command exits with status 3 when some wait.
     """
     from recfeast.materialize.ingest import Ingestor, InvalidRecord
 
-    total = {"accepted": 0, "duplicates": 0, "rejected": 0, "users_updated": 0}
-    first_rejections = []
-    try:
-        ing = Ingestor(repo_path, online_store)
+    def batches():
         batch, line_of = [], []
-
-        def flush():
-            res = ing.ingest(batch, sources=[f"line {n}" for n in line_of])
-            for k in ("accepted", "duplicates", "users_updated"):
-                total[k] += getattr(res, k)
-            total["rejected"] += len(res.rejected)
-            for r in res.rejected:
-                if len(first_rejections) < 20:
-                    first_rejections.append({"line": line_of[r["index"]], "reason": r["reason"]})
-            batch.clear(), line_of.clear()
-
         for n, raw in enumerate(source, start=1):
             if not raw.strip():
                 continue
@@ -209,12 +230,28 @@ def ingest(source, repo_path, online_store, batch_size):
                 batch.append(InvalidRecord(f"not usable JSON ({str(exc)[:80]})", raw.decode("utf-8")[:200]))
             line_of.append(n)
             if len(batch) >= batch_size:
-                flush()
+                yield f"lines {line_of[0]}-{line_of[-1]}", batch, [f"line {k}" for k in line_of]
+                batch, line_of = [], []
         if batch:
-            flush()
+            yield f"lines {line_of[0]}-{line_of[-1]}", batch, [f"line {k}" for k in line_of]
+
+    def store_down(error):
+        click.echo(f"warning: the online store refused a push ({error}); every valid event is still logged; "
+                   "going on without pushing, one retry at the end", err=True)
+
+    try:
+        ing = Ingestor(repo_path, online_store)
+        report = ing.ingest_batches(batches(), on_store_error=store_down)
     except RecfeastError as exc:
         _fail(exc)
-    click.echo(json.dumps({**total, "first_rejections": first_rejections}, indent=2))
+    report["first_rejections"] = [{"line": int(r["source"].split()[-1]), "reason": r["reason"]}
+                                  for r in report["first_rejections"]]
+    click.echo(json.dumps(report, indent=2))
+    if report["waiting"]:
+        click.echo(f"warning: {report['waiting_users']} users' real-time features ({', '.join(report['waiting'])}) "
+                   "wait for the next load (`recfeast schedule`'s load_online job, or the next ingest of those "
+                   "users); their events are in the event log", err=True)
+        sys.exit(3)
 
 
 @main.command("replay-check")
@@ -261,10 +298,12 @@ def replay_check_cmd(data_dir, repo_path, online_store, days, batch_size, no_bac
 @click.option("--eval-negatives", default=99, show_default=True, type=click.IntRange(min=1),
               help="Never-rated items ranked against each positive.")
 @click.option("--no-ablation", is_flag=True, help="Train only the configured model (and the popularity baseline).")
-@click.option("--reproducible", is_flag=True, help="Hide feature rows created after each example's time.")
+@click.option("--allow-values-created-later", "allow_later", is_flag=True,
+              help="Also join feature values created after each example's time (backfills, late corrections). "
+                   "Off by default: such values leak the future into training.")
 @click.option("--seed", default=0, show_default=True)
 def train(data_dir, repo_path, out_dir, val_start, test_start, positive_min_value, negatives, groups, max_epochs,
-          eval_users, eval_negatives, no_ablation, reproducible, seed):
+          eval_users, eval_negatives, no_ablation, allow_later, seed):
     """Build a point-in-time training set, train the ranking model, print test metrics and the ablation."""
     from recfeast.training.config import TrainConfig
     from recfeast.training.task import train as run_train
@@ -272,7 +311,7 @@ def train(data_dir, repo_path, out_dir, val_start, test_start, positive_min_valu
     cfg = TrainConfig(repo=repo_path, data_dir=data_dir, out_dir=out_dir, val_start=val_start,
                       test_start=test_start, positive_min_value=positive_min_value, negatives_per_positive=negatives,
                       groups=tuple(g.strip() for g in groups.split(",") if g.strip()), max_epochs=max_epochs,
-                      eval_max_users=eval_users or None, eval_negatives=eval_negatives, ablation=not no_ablation, reproducible=reproducible,
+                      eval_max_users=eval_users or None, eval_negatives=eval_negatives, ablation=not no_ablation, allow_values_created_later=allow_later,
                       seed=seed)
     try:
         run_train(cfg, log=click.echo)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recfeast.layout import FLOAT32, FLOAT64, INT64, STRING, VECTOR
+from recfeast.layout import FLOAT32, FLOAT64, INT64, LIST, STRING, VECTOR
 
 _FLOAT_LIST_TAG = b"\x82\x01"
 
@@ -134,10 +134,12 @@ def decode_column(bufs: list, kind: str, n: int):
     Returns:
         VECTOR: ``((n, d) float32 with NaN rows, (n,) bool present)``; FLOAT32/FLOAT64: ``(n,)``
         float array with NaN for nulls; INT64: ``(values (n,) int64, null mask (n,) bool)``;
-        STRING: list of str/None.
+        STRING: list of str/None; LIST: list of lists/None.
     """
     if kind == VECTOR:
         return decode_vectors(bufs)
+    if kind == LIST:
+        return decode_lists(bufs)
     if kind in _FIXED:
         fast = _fixed_width(bufs, kind)
         if fast is not None:
@@ -151,3 +153,21 @@ def decode_column(bufs: list, kind: str, n: int):
     if kind == STRING:
         return [None if v is None else str(v) for v in vals]
     raise ValueError(kind)
+
+
+def decode_lists(bufs: list) -> list:
+    """Serialised ``Value`` protos holding any ``*_list_val`` -> Python lists (``[]`` kept), None for
+    absent or null values (tags as ``list[str]``, ``Array(Int64)`` as ``list[int]``...)."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    out = []
+    for b in bufs:
+        if b is None:
+            out.append(None)
+            continue
+        v = Value()
+        v.ParseFromString(b)
+        which = v.WhichOneof("val")
+        out.append(None if which is None or which == "null_val" or not which.endswith("_list_val")
+                   else list(getattr(v, which).val))
+    return out

@@ -8,7 +8,8 @@ Environment variables (all optional):
 | ``RECFEAST_REPO_PATH`` | the Feast feature repository (folder with ``feature_store.yaml``) | ``./feature_repo`` |
 | ``RECFEAST_ONLINE_STORE`` | ``sqlite`` (embedded default) or ``redis`` | ``sqlite`` |
 | ``RECFEAST_PROJECT`` | override ``project`` of ``feature_store.yaml`` | the yaml's value |
-| ``REDIS_CONNECTION_STRING`` | Feast Redis connection string ``host:port[,db=N][,password=...]`` | ``127.0.0.1:6379`` |
+| ``RECFEAST_REGISTRY`` | Feast registry on PostgreSQL for several processes or machines: ``postgresql://user:password@host:5432/db`` | the yaml's file registry |
+| ``REDIS_CONNECTION_STRING`` | Feast Redis connection string ``host:port[,db=N][,password=...][,ssl=true]``, or ``redis[s]://user:password@host:port/db`` | ``127.0.0.1:6379`` |
 """
 
 from __future__ import annotations
@@ -80,11 +81,124 @@ def online_store(value: str | None = None) -> str:
     return kind
 
 
+#: settings Feast's Redis store passes to redis-py (``host:port,key=value,...``): the ones recfeast checks
+REDIS_SETTINGS = ("db", "password", "username", "ssl", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile",
+                  "ssl_cert_reqs", "ssl_check_hostname", "socket_timeout", "socket_connect_timeout",
+                  "skip_full_coverage_check", "health_check_interval", "client_name")
+_TYPO = {"passwd": "password", "pwd": "password", "pass": "password", "user": "username", "tls": "ssl",
+         "database": "db"}
+
+
+def _redis_url_to_feast(url: str) -> str:
+    """``redis://[user[:password]@]host[:port][/db][?key=value]`` (``rediss://``: TLS) -> Feast's form."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    from recfeast.redact import redact
+
+    try:
+        u = urlsplit(url)
+        host, port = u.hostname, u.port or 6379
+    except ValueError as exc:
+        raise ConfigError(f"REDIS_CONNECTION_STRING={redact(url)!r}: not a valid URL ({redact(exc)})") from None
+    if not host:
+        raise ConfigError(f"REDIS_CONNECTION_STRING={redact(url)!r}: no host; expected "
+                          "redis[s]://[user:password@]host:port[/db]")
+    parts = [f"{host}:{port}"]
+    path = u.path.strip("/")
+    if path:
+        if not path.isdigit():
+            raise ConfigError(f"REDIS_CONNECTION_STRING={redact(url)!r}: database {path!r} is not a number")
+        parts.append(f"db={path}")
+    if u.username:
+        parts.append(f"username={unquote(u.username)}")
+    if u.password is not None:
+        if "," in unquote(u.password):
+            raise ConfigError(f"REDIS_CONNECTION_STRING={redact(url)!r}: the password contains ',', which Feast's Redis "
+                              "connection string cannot carry; choose a password without ','")
+        parts.append(f"password={unquote(u.password)}")
+    if u.scheme == "rediss":
+        parts.append("ssl=true")
+    parts += [f"{k}={v}" for k, v in parse_qsl(u.query)]
+    return ",".join(parts)
+
+
 def redis_connection_string(value: str | None = None) -> str:
-    """Return the Feast Redis connection string (``host:port[,db=N]``); default ``127.0.0.1:6379``."""
-    return value or os.environ.get("REDIS_CONNECTION_STRING") or "127.0.0.1:6379"
+    """Return the Feast Redis connection string: ``value``, else ``$REDIS_CONNECTION_STRING``, else
+    ``127.0.0.1:6379``, checked and in Feast's form.
+
+    Accepted forms:
+
+    - Feast's ``host:port[,db=N][,username=U][,password=P][,ssl=true][,ssl_ca_certs=PATH]...``
+      (settings: :data:`REDIS_SETTINGS`; a password may not contain ``,``: use the URL form);
+    - a URL ``redis://[user:password@]host:port[/db]`` or ``rediss://...`` (TLS; query parameters
+      such as ``?ssl_ca_certs=/path/ca.crt`` pass through), converted to Feast's form.
+
+    Raises:
+        ConfigError: an unknown setting (``passwd=`` ...: the message names the right one), a
+            ``password@host:port`` address, or a host without a port; messages never show the password.
+    """
+    from recfeast.redact import redact
+
+    raw = (value or os.environ.get("REDIS_CONNECTION_STRING") or "127.0.0.1:6379").strip()
+    if raw.startswith(("redis://", "rediss://")):
+        raw = _redis_url_to_feast(raw)
+    elif "://" in raw.split(",", 1)[0]:
+        raise ConfigError(f"REDIS_CONNECTION_STRING={redact(raw)!r}: unsupported scheme; expected host:port[,password=...] "
+                          "or redis[s]://[user:password@]host:port[/db]")
+    hosts, bad = [], []
+    for part in raw.split(","):
+        if "=" in part:
+            key = part.split("=", 1)[0].strip()
+            if key not in REDIS_SETTINGS:
+                hint = f" (did you mean {_TYPO[key.lower()]!r}?)" if key.lower() in _TYPO else ""
+                bad.append(f"{key!r}{hint}")
+        else:
+            hosts.append(part.strip())
+    where = f"REDIS_CONNECTION_STRING={redact(raw)!r}"
+    if bad:
+        raise ConfigError(f"{where}: unknown setting {', '.join(bad)}; expected host:port followed by key=value "
+                          f"settings among: {', '.join(REDIS_SETTINGS)}")
+    if not hosts:
+        raise ConfigError(f"{where}: no host:port")
+    for h in hosts:
+        if "@" in h:
+            raise ConfigError(f"REDIS_CONNECTION_STRING: {redact(h)!r} looks like password@host:port; write "
+                              "host:port,password=... or redis://:password@host:port")
+        host, sep, port = h.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"{where}: {h!r} is not host:port (e.g. 127.0.0.1:6379)")
+    return raw
 
 
 def project(value: str | None = None) -> str | None:
     """Feast project override: ``value``, else ``$RECFEAST_PROJECT``, else None (use the yaml's)."""
     return value or os.environ.get("RECFEAST_PROJECT") or None
+
+
+def registry_url(value: str | None = None) -> str | None:
+    """The SQL registry override: ``value``, else ``$RECFEAST_REGISTRY``, else None (the yaml's registry).
+
+    ``postgresql://user:password@host:port/db`` (or ``postgres://``) becomes SQLAlchemy's
+    ``postgresql+psycopg://...`` (the psycopg 3 driver recfeast installs); a URL naming a driver
+    (``postgresql+psycopg://``) or another database SQLAlchemy knows is kept as given.
+
+    Raises:
+        ConfigError: not a URL with a scheme and a host (the message hides the password).
+    """
+    from urllib.parse import urlsplit
+
+    from recfeast.redact import redact
+
+    raw = (value or os.environ.get("RECFEAST_REGISTRY") or "").strip()
+    if not raw:
+        return None
+    try:
+        u = urlsplit(raw)
+        u.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"RECFEAST_REGISTRY={redact(raw)!r}: not a valid URL ({redact(exc)})") from None
+    if not u.scheme or (not u.hostname and not u.scheme.startswith("sqlite")):
+        raise ConfigError(f"RECFEAST_REGISTRY={redact(raw)!r}: expected postgresql://user:password@host:5432/db")
+    if u.scheme in ("postgresql", "postgres"):
+        raw = "postgresql+psycopg://" + raw.split("://", 1)[1]
+    return raw

@@ -6,7 +6,17 @@ family with one ``except``. Messages name the file, row or field at fault and wh
 
 
 class RecfeastError(Exception):
-    """Base class of every error raised by recfeast on purpose."""
+    """Base class of every error raised by recfeast on purpose.
+
+    ``str()`` of every recfeast error is redacted (:func:`recfeast.redact.redact`): a message that
+    quotes a connection string or a library error holding one never shows the password, wherever it
+    is printed, logged, recorded or returned.
+    """
+
+    def __str__(self) -> str:
+        from recfeast.redact import redact
+
+        return redact(super().__str__())
 
 
 class ConfigError(RecfeastError):

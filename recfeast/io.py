@@ -66,17 +66,105 @@ def vector_array(matrix: np.ndarray) -> pa.Array:
     return arr
 
 
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))
+
+
+def check_list_column(s: pd.Series, fixed_width: bool = False) -> None:
+    """Refuse list values Feast cannot store: a ``None`` inside a list (Feast's ``*List`` protos have
+    no null element), a non-list value among lists, and with ``fixed_width`` (an embedding column,
+    ``(d,)`` float vectors) vectors of different lengths or with non-numbers.
+
+    Raises:
+        DataError: naming the column, the first bad row and what was expected.
+    """
+    width = None
+    for row, v in zip(s.index, s):
+        if _is_missing(v):
+            continue
+        if not isinstance(v, (list, tuple, np.ndarray)):
+            raise DataError(f"column {s.name!r}, row {row}: {type(v).__name__} value {v!r} in a list column "
+                            "(expected a list, or None for no value)")
+        if isinstance(v, np.ndarray) and v.dtype.kind in "fiu":   # the fast path: numeric arrays (embeddings)
+            if fixed_width:
+                width = len(v) if width is None else width
+                if len(v) != width:
+                    raise DataError(f"column {s.name!r}, row {row}: vector of length {len(v)}, earlier rows have "
+                                    f"{width} (an embedding column holds (d,) vectors of one width; use None for no vector)")
+            continue
+        a = np.asarray(v, dtype=object) if not isinstance(v, np.ndarray) else v
+        if a.dtype == object and any(_is_missing(x) if not isinstance(x, str) else False for x in a):
+            raise DataError(f"column {s.name!r}, row {row}: a None inside a list ({list(v)[:5]}...): Feast's array "
+                            "types cannot hold null elements; drop the element, or make the whole value None")
+        if fixed_width:
+            if not all(isinstance(x, (int, float, np.number)) and not isinstance(x, (bool, np.bool_)) for x in a):
+                raise DataError(f"column {s.name!r}, row {row}: vector holding non-numbers ({list(a)[:3]}...); an "
+                                "embedding column holds numbers only")
+            if width is None:
+                width = len(a)
+            elif len(a) != width:
+                raise DataError(f"column {s.name!r}, row {row}: vector of length {len(a)}, earlier rows have {width} "
+                                "(an embedding column holds (d,) vectors of one width; use None for no vector)")
+
+
+def _list_array(s: pd.Series) -> pa.Array:
+    """A variable-length list column (tags, empty lists) -> Arrow list; numbers as float32/int64."""
+    vals = [None if _is_missing(v) else list(np.asarray(v).tolist()) for v in s]
+    flat = [x for v in vals if v for x in v]
+    if flat and all(isinstance(x, str) for x in flat):
+        typ = pa.list_(pa.string())
+    elif flat and all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in flat):
+        typ = pa.list_(pa.int64())
+    elif flat and all(isinstance(x, bool) for x in flat):
+        typ = pa.list_(pa.bool_())
+    elif flat and all(isinstance(x, (int, float, np.number)) for x in flat):
+        typ = pa.list_(pa.float32())
+    elif not flat:
+        typ = pa.list_(pa.float32())   # only empty lists / None: nothing says otherwise
+    else:
+        raise DataError(f"column {s.name!r}: lists mixing types {sorted({type(x).__name__ for x in flat})}")
+    return pa.array(vals, type=typ)
+
+
+def _vector_matrix(s: pd.Series) -> np.ndarray:
+    """An embedding column -> ``(n, d)`` float32, NaN rows where missing; one pass over the rows for
+    the usual case (numeric arrays of one width), :func:`check_list_column` for anything else."""
+    rows, width, checked = [], None, False
+    for v in s:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            rows.append(None)
+            continue
+        if not (isinstance(v, np.ndarray) and v.dtype.kind in "fiu" and v.ndim == 1
+                and (width is None or len(v) == width)) and not checked:
+            check_list_column(s, fixed_width=True)   # raises, naming the row, unless it is a plain list of numbers
+            checked = True
+        width = len(v) if width is None else width
+        rows.append(v)
+    dim = width or 0
+    if not len(rows):
+        return np.zeros((0, dim), np.float32)
+    empty = np.full(dim, np.nan, np.float32)
+    return np.stack([empty if v is None else np.asarray(v, np.float32) for v in rows])
+
+
 def to_arrow(df: pd.DataFrame, vector_cols=()) -> pa.Table:
-    """DataFrame -> Arrow table; ``vector_cols`` hold ``(d,)`` arrays and become ``list<float32>``;
-    tz-aware timestamps become ``timestamp[us, UTC]``."""
+    """DataFrame -> Arrow table; ``vector_cols`` hold ``(d,)`` float arrays of one width and become
+    ``list<float32>`` (NaN rows: null); other list columns (tags, variable length, ``[]``) become
+    Arrow lists of their element type; tz-aware timestamps become ``timestamp[us, UTC]``.
+
+    Raises:
+        DataError: a list with a ``None`` inside, vectors of two widths in a ``vector_cols`` column,
+            lists mixing element types (see :func:`check_list_column`), naming the column and row.
+    """
     arrays, names = [], []
     for col in df.columns:
         s = df[col]
+        is_list = s.dtype == object and any(isinstance(v, (list, tuple, np.ndarray)) for v in s)
         if col in vector_cols:
-            dim = next((len(v) for v in s if v is not None and not (isinstance(v, float) and np.isnan(v))), 0)
-            mat = np.stack([np.full(dim, np.nan, np.float32) if v is None else np.asarray(v, np.float32)
-                            for v in s]) if len(s) else np.zeros((0, dim), np.float32)
-            arrays.append(vector_array(mat))
+            arrays.append(vector_array(_vector_matrix(s)))
+        elif is_list:
+            check_list_column(s)
+            arrays.append(_list_array(s))
         elif isinstance(s.dtype, pd.DatetimeTZDtype):
             arrays.append(pa.array(s.dt.tz_convert("UTC").astype("datetime64[us, UTC]")))
         else:
@@ -86,11 +174,14 @@ def to_arrow(df: pd.DataFrame, vector_cols=()) -> pa.Table:
 
 
 def _vector_bytes(v) -> bytes | None:
-    """Bytes of a vector: float vectors as float32 (tables store them so), integer lists as int64."""
-    if v is None:
+    """Bytes of a list value: float vectors as float32 (tables store them so), integer lists as int64,
+    anything else (strings, tags) as its JSON text."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
         return None
     a = np.asarray(v)
-    return a.astype(np.float32 if a.dtype.kind == "f" else np.int64).tobytes()
+    if a.dtype.kind in "fiub":
+        return a.astype(np.float32 if a.dtype.kind == "f" else np.int64).tobytes()
+    return json.dumps([x if isinstance(x, str) else str(x) for x in a.tolist()]).encode()
 
 
 def row_digest(df: pd.DataFrame, exclude=("created_timestamp",)) -> pd.Series:
@@ -126,45 +217,90 @@ def changed_entities(old: pd.DataFrame | None, new: pd.DataFrame, key: str, dige
     return sorted(int(k) for k, v in a.items() if b.get(k) != v)
 
 
-def write_feature_table(df: pd.DataFrame, path: Path, key_cols: list[str], run_ts: pd.Timestamp,
-                        vector_cols=(), on_stale=None) -> dict:
-    """Write a feature table atomically, keeping ``created_timestamp`` of rows that did not change.
+#: Parquet schema metadata key marking tables whose ``created_timestamp`` means availability time
+CREATED_META = b"recfeast.created_timestamp"
 
-    A row whose ``key_cols`` and values equal a row of the existing table keeps that row's
-    ``created_timestamp``; new or changed rows get ``run_ts``. So a rerun on the same input writes
-    the same table, and ``created_timestamp`` says when each value was first written.
+
+def write_feature_table(df: pd.DataFrame, path: Path, key_cols: list[str], run_ts: pd.Timestamp,
+                        vector_cols=(), on_stale=None, available: str | None = None, version_cols=()) -> dict:
+    """Write a feature table atomically with a ``created_timestamp`` that says when each value became
+    available, so a point-in-time join that ignores values created after its row
+    (``recfeast.training.dataset.get_training_set``'s default) never sees the future yet keeps history.
+
+    ``created_timestamp`` of each row:
+
+    - a row equal (keys and values) to a row of the existing table keeps that row's timestamp, so a
+      rerun on the same input writes the same table;
+    - with ``available`` (a column name, e.g. ``"event_timestamp"`` for aggregates computed from
+      events: the time of the last event that produced the value): a row seen for the first time gets
+      that column's time (capped at ``run_ts``); a row whose keys (``key_cols`` plus
+      ``version_cols``, e.g. the embedding model identity) were in the existing table with other
+      values is a late correction and gets ``run_ts``, the processing time: it is invisible to
+      examples before the run. A new model identity is a new version, not a correction: its rows get
+      their availability time (the model column tells versions apart; training refuses a mix);
+    - without ``available`` (live or ingested rows): ``run_ts``, the processing time.
+
+    Tables written before this rule (no ``recfeast.created_timestamp`` marker in the Parquet schema
+    metadata) are re-stamped by it on their next write.
 
     Returns:
-        ``{"rows", "new_or_changed", "unchanged"}`` counts and ``stale_entities``: keys whose latest
-        row changed or disappeared (their online rows must be cleared before the next load);
+        ``{"rows", "new_or_changed", "unchanged"}`` counts, ``corrections`` (rows stamped ``run_ts``
+        because they changed an existing row) and ``stale_entities``: keys whose latest row changed or
+        disappeared (their online rows must be cleared before the next load);
         ``on_stale(stale_entities)`` is called before the file is replaced.
 
     Raises:
-        DataError: the existing table is damaged (the message says to delete it).
+        DataError: the existing table is damaged (the message says to delete it), ``available`` is
+            not a tz-aware column of ``df``, or a list column holds values Feast cannot store
+            (:func:`to_arrow`).
     """
     df = df.reset_index(drop=True).copy()
+    run_ts = pd.Timestamp(run_ts).tz_convert("UTC")
     digest = row_digest(df)
-    created = pd.Series(pd.Timestamp(run_ts).tz_convert("UTC"), index=df.index, dtype="datetime64[ns, UTC]")
-    unchanged, stale = 0, []
+    if available is not None:
+        if available not in df.columns or not pd.api.types.is_datetime64_any_dtype(df[available].dtype):
+            raise DataError(f"{path}: available={available!r} must name a timestamp column of the table "
+                            f"(columns: {list(df.columns)})")
+        avail = pd.to_datetime(df[available], utc=True).astype("datetime64[ns, UTC]").clip(upper=run_ts)
+        created = avail.where(avail.notna(), run_ts).astype("datetime64[ns, UTC]")
+    else:
+        created = pd.Series(run_ts, index=df.index, dtype="datetime64[ns, UTC]")
+    unchanged, stale, corrections = 0, [], 0
     if Path(path).is_file():
         try:
             old = pd.read_parquet(path)
+            marked = CREATED_META in (pq.read_schema(path).metadata or {})
         except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for a damaged file
             raise DataError(f"{path}: existing feature table cannot be read ({exc}); delete it and rerun "
                             "(it is rebuilt from the raw data)") from exc
         if set(old.columns) == set(df.columns) | {"created_timestamp"}:
             old_digest_s = row_digest(old[list(df.columns)])
-            old_digest = dict(zip(old_digest_s, old["created_timestamp"]))
-            hit = digest.map(old_digest)
-            created = hit.where(hit.notna(), created).astype("datetime64[ns, UTC]")
-            unchanged = int(hit.notna().sum())
             stale = changed_entities(old, df, key_cols[0], old_digest_s, digest)
+            if marked or available is None:
+                old_digest = dict(zip(old_digest_s, old["created_timestamp"]))
+                hit = digest.map(old_digest)
+                unchanged = int(hit.notna().sum())
+                if available is not None:
+                    ids = [c for c in (*key_cols, *version_cols) if c in df.columns]
+
+                    def keys(frame):
+                        return pd.MultiIndex.from_frame(pd.DataFrame({
+                            c: pd.to_datetime(frame[c], utc=True).astype("datetime64[ns, UTC]")
+                            if pd.api.types.is_datetime64_any_dtype(frame[c].dtype) else frame[c] for c in ids}))
+                    seen, mine = keys(old), keys(df)
+                    corrected = pd.Series(mine.isin(seen), index=df.index) & hit.isna()
+                    created = created.where(~corrected, run_ts)
+                    corrections = int(corrected.sum())
+                created = hit.where(hit.notna(), created).astype("datetime64[ns, UTC]")
         else:  # schema changed: every entity's online row is rewritten
             stale = sorted(int(k) for k in old[key_cols[0]].unique())
-    df["created_timestamp"] = created
+    df["created_timestamp"] = created.astype("datetime64[ns, UTC]")
     ordered = key_cols + ["created_timestamp"] + [c for c in df.columns if c not in key_cols + ["created_timestamp"]]
     table = to_arrow(df[ordered], vector_cols)
+    if available is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), CREATED_META: b"available"})
     if on_stale is not None:
         on_stale(stale)  # recorded before the table changes: a kill in between loses nothing
     atomic_write_bytes(path, lambda p: pq.write_table(table, p))
-    return {"rows": len(df), "new_or_changed": len(df) - unchanged, "unchanged": unchanged, "stale_entities": stale}
+    return {"rows": len(df), "new_or_changed": len(df) - unchanged, "unchanged": unchanged,
+            "corrections": corrections, "stale_entities": stale}

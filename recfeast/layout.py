@@ -17,6 +17,8 @@ from recfeast.errors import StoreError
 
 #: recfeast's column kinds (also the dtypes of :class:`recfeast.serving.sdk.RankingFeatures`)
 VECTOR, FLOAT32, FLOAT64, INT64, STRING = "vector", "float32", "float64", "int64", "string"
+#: a variable-length list (``Array(String)`` tags, ``Array(Int64)``, ``Array(Float64)``...): Python lists
+LIST = "list"
 
 
 @dataclass(frozen=True)
@@ -65,14 +67,12 @@ def kind_of(dtype) -> str:
     from feast.types import Array, Float32, Float64, Int64, String
 
     if isinstance(dtype, Array):
-        if dtype.base_type != Float32:
-            raise StoreError(f"only Array(Float32) vectors are served, got {dtype}")
-        return VECTOR
+        return VECTOR if dtype.base_type == Float32 else LIST
     for t, k in ((Float32, FLOAT32), (Float64, FLOAT64), (Int64, INT64), (String, STRING)):
         if dtype == t:
             return k
     raise StoreError(f"feature type {dtype} is not served by the recfeast SDK (Float32/64, Int64, String, "
-                     "Array(Float32))")
+                     "Array(Float32) vectors, other arrays as lists)")
 
 
 @lru_cache(maxsize=65536)

@@ -3,7 +3,8 @@ recfeast prints, logs, records or answers with.
 
 Forms covered (Feast's Redis connection string and the usual URL forms):
 ``host:port,password=SECRET`` / ``passwd=`` / ``pwd=``, ``redis://user:SECRET@host``,
-``rediss://:SECRET@host``, ``postgresql://user:SECRET@host/db`` and the bare ``SECRET@host:port``.
+``rediss://:SECRET@host``, ``postgresql://user:SECRET@host/db``, the bare ``SECRET@host:port``, quoted
+keys as in JSON or a dict repr (``{"password": "SECRET"}``) and redis-server's ``requirepass SECRET``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ import re
 
 _RULES = (
     # key=value settings (Feast's ",password=..."), also inside JSON or Python reprs
-    (re.compile(r"(?i)\b(password|passwd|pwd|pass|secret|token|api_key|apikey)(\s*[=:]\s*)([^,\s'\"}&]+)"), r"\1\2***"),
+    # (also quoted, as in JSON or a Python dict repr: {"password": "..."}, {'password': '...'})
+    (re.compile(r"(?i)\b(password|passwd|pwd|pass|secret|token|api_key|apikey)(['\"]?\s*[=:]\s*['\"]?)([^,\s'\"}&]+)"),
+     r"\1\2***"),
+    # redis-server's own option
+    (re.compile(r"(?i)(--requirepass\s+|\brequirepass\s+)(\S+)"), r"\1***"),
     # scheme://user:password@host
     (re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s'\"]*:)([^@\s'\"]+)@"), r"\1***@"),
     # bare password@host:port (no scheme)

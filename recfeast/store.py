@@ -59,6 +59,9 @@ def repo_config(repo: Path, online_store: str | None = None, project: str | None
             project (set by a model promotion, :mod:`recfeast.materialize.rollout`), else the yaml's
             (tests use their own so they never touch the user's keys).
 
+    ``$RECFEAST_REGISTRY`` (:func:`recfeast.config.registry_url`) swaps the yaml's file registry for
+    Feast's SQL registry on PostgreSQL.
+
     Raises:
         ConfigError: the yaml is missing or Feast rejects it.
     """
@@ -80,6 +83,12 @@ def repo_config(repo: Path, online_store: str | None = None, project: str | None
                                "connection_string": config.redis_connection_string(redis_connection_string)}
     if offline_store:
         raw["offline_store"] = {"type": offline_store}
+    registry_url = config.registry_url()
+    if registry_url:   # Feast's SQL registry (PostgreSQL): one registry for several processes or machines
+        keep = raw.get("registry") if isinstance(raw.get("registry"), dict) else {}
+        raw["registry"] = {"registry_type": "sql", "path": registry_url, "cache_ttl_seconds": 60,
+                           "sqlalchemy_config_kwargs": {"echo": False, "pool_pre_ping": True},
+                           **{k: v for k, v in keep.items() if k == "serve_features_while_materializing"}}
     project = config.project(project)
     if not project:   # after a model promotion the production features live in a project of their own
         from recfeast.model_registry import serving_project

@@ -71,6 +71,8 @@ class RedisReader:
             StoreError: Redis cannot be reached or answers with an error.
         """
         groups = {jk: [v for v in views if v.join_key == jk] for jk in keys}
+        # a join key none of the views reads (items of a user-only service): no HMGET without fields
+        keys = {jk: ids for jk, ids in keys.items() if groups[jk]}
         plan = []
         try:
             with self.client.pipeline(transaction=False) as pipe:

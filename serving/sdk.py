@@ -23,7 +23,7 @@ import pandas as pd
 
 from recfeast.errors import FeatureLookupError, StoreError
 from recfeast.codec import decode_column
-from recfeast.layout import FLOAT32, FLOAT64, INT64, STRING, VECTOR
+from recfeast.layout import FLOAT32, FLOAT64, INT64, LIST, STRING, VECTOR
 
 FOUND, MISSING, STALE = "found", "missing", "stale"
 MAX_ITEMS = 1000  #: candidates per call; a request for more is refused
@@ -37,8 +37,9 @@ class RankingFeatures:
             ``(n,)`` int64 (``user_id`` -1 for an anonymous request); vectors ``(n, d)`` float32
             with NaN rows where missing; Float32/Float64 features ``(n,)`` float32/float64 with NaN;
             Int64 features ``(n,)`` float64 with NaN (exact up to 2**53); strings ``(n,)`` object
-            with None.
-        kinds: column -> ``vector``/``float32``/``float64``/``int64``/``string`` (the declared type).
+            with None; other arrays (``Array(String)`` tags, ``Array(Int64)``) ``(n,)`` object of Python
+            lists (``[]`` kept) or None.
+        kinds: column -> ``vector``/``float32``/``float64``/``int64``/``string``/``list`` (the declared type).
         status: DataFrame, n rows, one column per feature view: ``"found"``, ``"missing"`` (no row
             online) or ``"stale"`` (older than the view's ttl at ``request_ts``; values nulled).
             The same on SQLite and Redis. On-demand views: ``"found"`` when every output is non-null.
@@ -93,7 +94,7 @@ class RankingFeatures:
                 vals = [None if np.isnan(r).any() or not len(r) else r.tolist() for r in arr]
             elif kind == INT64:
                 vals = [None if m else int(v) for v, m in zip(*self._ints[name])]
-            elif kind == STRING:
+            elif kind in (STRING, LIST):
                 vals = list(arr)
             elif name in ("user_id", "item_id"):
                 vals = [None if v < 0 and name == "user_id" else int(v) for v in arr]
@@ -241,6 +242,10 @@ class OnlineFeatureClient:
                     ints[f] = (np.where(mask, 0, vals), mask)
                 elif kind == STRING:
                     arrays[f] = np.asarray(col, object)[idx] if m else np.full(n, None, object)
+                elif kind == LIST:   # one Python list (or None) per row; np.asarray would stack equal lengths
+                    obj = np.empty(m, object)
+                    obj[:] = col if m else []
+                    arrays[f] = obj[idx] if m else np.full(n, None, object)
                 else:
                     arrays[f] = col[idx] if m else np.full(n, np.nan, np.float32 if kind == FLOAT32 else np.float64)
                 numeric[f] = arrays[f]

@@ -67,7 +67,7 @@ class TrainConfig:
     negatives_per_positive: int = 2         # sampled items the user never touched, per positive, same timestamp
     val_start: str | None = None            # T1: train before, validation T1..T2; None: the spec's split
     test_start: str | None = None           # T2: test from here; None: the spec's split
-    reproducible: bool = False              # hide feature rows created after each example's time
+    allow_values_created_later: bool = False  # join values created after each example's time (a leak; off)
     seed: int = 0                           # negatives, initialisation, shuffling
     # --- model
     groups: tuple[str, ...] = GROUPS        # feature groups fed to the model

@@ -6,9 +6,15 @@ Guarantees (each has a test on hand-made tables in ``tests/training/test_dataset
   user and a timestamp (recfeast tags each row and checks the tags after the join);
 - a feature value is never later than its row's timestamp, and a row with no value inside the
   view's ttl gets nulls, it is not dropped (Feast's DuckDB point-in-time join);
-- with ``reproducible=True`` a value whose ``created_timestamp`` is later than the row's timestamp
-  (a backfill after a model change) is invisible to that row (Feast's
-  ``filter_by_created_timestamp``); duplicates at one event time resolve to the latest created;
+- by default a value whose ``created_timestamp`` is later than the row's timestamp (a backfill or
+  a late correction) is invisible to that row (Feast's ``filter_by_created_timestamp=True``, which
+  Feast 0.67 leaves off): the set never holds a value that did not exist yet at the row's time.
+  The tables make this cheap: ``created_timestamp`` is when a value became available
+  (:func:`recfeast.io.write_feature_table`: the time of the last event behind it), so history stays
+  visible. The explicit opt-out is ``allow_values_created_later=True``. Duplicates at one event
+  time resolve to the latest created (among the visible ones);
+- list features of any form (``[]``, variable length, string arrays such as tags) come back as
+  lists; numeric ones as float32 arrays;
 - the set records what it was built from (feature service, features, model identities, time
   range, row counts) in its Parquet metadata and a JSON file beside it.
 """
@@ -41,8 +47,13 @@ class TrainingSetInfo:
     rows_by_split: dict[str, int] = field(default_factory=dict)
     positives: int | None = None
     null_share: dict[str, float] = field(default_factory=dict)
-    reproducible: bool = False
+    allow_values_created_later: bool = False
     seconds: float = 0.0
+
+    @property
+    def reproducible(self) -> bool:
+        """True when values created after each row were hidden (the default)."""
+        return not self.allow_values_created_later
 
 
 def _feature_list(store, features):
@@ -57,8 +68,9 @@ def _feature_list(store, features):
     return list(features), "", list(features)
 
 
-def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1",
-                     reproducible: bool = False, allow_mixed_models: bool = False) -> tuple[pd.DataFrame, TrainingSetInfo]:
+def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1", *,
+                     allow_values_created_later: bool = False,
+                     allow_mixed_models: bool = False) -> tuple[pd.DataFrame, TrainingSetInfo]:
     """Join features to ``entity_df`` as of each row's ``event_timestamp``.
 
     Args:
@@ -67,7 +79,8 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1",
             request-source fields (``request_ts`` for ``ranking_v1``), any other columns (labels),
             which pass through unchanged.
         features: a feature service name or object, or a list of ``view:feature`` references.
-        reproducible: ignore feature rows created after the entity row's timestamp.
+        allow_values_created_later: also join values whose ``created_timestamp`` is after the
+            entity row's time (backfills, late corrections): a leak of the future, off by default.
         allow_mixed_models: accept rows whose embeddings come from two versions of one encoder.
 
     Returns:
@@ -96,7 +109,7 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1",
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             job = store.get_historical_features(entity_df=df, features=feats,
-                                                filter_by_created_timestamp=reproducible)
+                                                filter_by_created_timestamp=not allow_values_created_later)
             out = job.to_df()
     except Exception as exc:
         raise StoreError(f"get_historical_features failed: {exc}") from exc
@@ -109,9 +122,9 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1",
     out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
     for col in out.columns:
         s = out[col]
-        if s.dtype == object and any(isinstance(v, (list, np.ndarray)) for v in s.head(200)):
-            out[col] = [None if v is None or (not isinstance(v, (list, np.ndarray))) else np.asarray(v, np.float32)
-                        for v in s]
+        if s.dtype == object and any(isinstance(v, (list, np.ndarray)) for v in s):
+            strings = any(isinstance(x, str) for v in s if isinstance(v, (list, np.ndarray)) for x in v)
+            out[col] = [_list_value(v, strings) for v in s]
     feature_cols = [n.split(":", 1)[1] for n in names]
     info = TrainingSetInfo(
         feature_service=service_name, features=names,
@@ -121,7 +134,7 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1",
         rows_by_split=out["split"].value_counts().to_dict() if "split" in out.columns else {},
         positives=int(out["label"].sum()) if "label" in out.columns else None,
         null_share={c: float(out[c].isna().mean()) for c in feature_cols if c in out.columns},
-        reproducible=reproducible, seconds=round(time.perf_counter() - t0, 2),
+        allow_values_created_later=allow_values_created_later, seconds=round(time.perf_counter() - t0, 2),
     )
     mixed = {c: ids for c, ids in info.model_ids.items() if len(ids) > 1}
     text_ids = set(info.model_ids.get("text_model", []))
@@ -135,6 +148,14 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1",
     return out, info
 
 
+def _list_value(v, strings: bool):
+    """A joined list value: a column of strings (tags) -> list of str, of numbers -> float32 array
+    (``[]`` kept either way); anything that is not a list -> None."""
+    if not isinstance(v, (list, np.ndarray)):
+        return None
+    return [str(x) for x in v] if strings else np.asarray(list(v), np.float32)
+
+
 def save_training_set(frame: pd.DataFrame, info: TrainingSetInfo, path: Path) -> None:
     """Write the set as Parquet (vectors as ``list<float32>``, ``info`` in the schema metadata under
     ``recfeast``) and ``info`` as ``<path>.json``; both atomically."""
@@ -142,7 +163,11 @@ def save_training_set(frame: pd.DataFrame, info: TrainingSetInfo, path: Path) ->
 
     from recfeast import io
 
-    vec = [c for c in frame.columns if frame[c].dtype == object and any(isinstance(v, np.ndarray) for v in frame[c].head(200))]
+    def fixed_width(s):   # float32 vectors of one width: the fast vector path; ragged/string lists: plain lists
+        widths = {len(v) for v in s if isinstance(v, np.ndarray)}
+        return s.dtype == object and len(widths) == 1 and all(v is None or isinstance(v, np.ndarray) for v in s)
+
+    vec = [c for c in frame.columns if fixed_width(frame[c])]
     table = io.to_arrow(frame, vec)
     meta = json.dumps(asdict(info), default=str)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"recfeast": meta.encode()})

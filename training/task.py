@@ -175,14 +175,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
         + ", ".join(f"{s} {n}" for s, n in examples.split.value_counts().items()) + f"; split at {t1.date()} / {t2.date()}")
 
     # 2. point-in-time training set -------------------------------------------------------------
-    tset, info = get_training_set(store, examples, cfg.feature_service, cfg.reproducible)
+    tset, info = get_training_set(store, examples, cfg.feature_service,
+                                  allow_values_created_later=cfg.allow_values_created_later)
     if info.null_share and min(info.null_share.values()) == 1.0:
         from recfeast.errors import DataError
         raise DataError(
-            "every feature is null for every example: "
-            + ("with --reproducible only rows created before each example count, and the tables were written "
-               f"after {info.time_range[1]}; train without --reproducible on historical data"
-               if cfg.reproducible else "the tables have no rows before the examples' times"))
+            "every feature is null for every example: the tables have no value available (created) before the "
+            f"examples' times (up to {info.time_range[1]}); rebuild them with `recfeast materialize` (created_timestamp "
+            "is then each value's availability time), or, knowingly leaking, --allow-values-created-later")
     save_training_set(tset, info, out / "training_set.parquet")
     log(f"2. training set: {info.rows} rows, {len(info.features)} features, {info.seconds:.1f} s; models {info.model_ids}")
 
@@ -198,7 +198,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         from recfeast.errors import ConfigError
         raise ConfigError(f"no test-period user has {cfg.eval_negatives} never-touched catalog items to rank against: "
                           "lower eval_negatives (--eval-negatives) or move test_start")
-    cset, _ = get_training_set(store, cands, cfg.feature_service, cfg.reproducible)
+    cset, _ = get_training_set(store, cands, cfg.feature_service,
+                               allow_values_created_later=cfg.allow_values_created_later)
     log(f"3. ranking candidates: {cands.anchor.nunique()} users x {cfg.eval_negatives + 1} items")
 
     # 4-6. fit transform, train, evaluate (for every variant of the ablation) --------------------

@@ -2,12 +2,13 @@
 versions they used, on both stores."""
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
-import torch
 
 from recfeast.errors import FeatureLookupError, ModelError
+from recfeast.ranking.checkpoint import manifest_path
 from recfeast.serving.ranker import Ranker
 from recfeast.serving.service import RecommendService, ServiceConfig, UnknownUserError
 
@@ -46,7 +47,7 @@ def test_recommend_ranks_with_the_model_and_names_versions(services, small_data,
     for item, s in retrieved.items():
         assert s == pytest.approx(float(sims[list(near).index(item)]))
     v = res["versions"]
-    ckpt = torch.load(small_model, weights_only=False)
+    ckpt = json.loads(manifest_path(small_model).read_text())
     assert v["embedding_models"]["text_model"] == ckpt["embedding_models"]["text_model"]
     assert v["index"]["model_id"] == ckpt["embedding_models"]["text_model"][0] == v["query_encoder"]
     assert v["ranker"]["sha256"] == hashlib.sha256(small_model.read_bytes()).hexdigest()[:12]
@@ -88,10 +89,12 @@ def test_bad_requests(services):
 
 def test_versions_must_agree(services, small_model, small_data, tmp_path):
     svc = services["sqlite"]
-    ckpt = torch.load(small_model, weights_only=False)
-    other = dict(ckpt, embedding_models={**ckpt["embedding_models"], "text_model": ["minilm@sha256:0000000000ff"]})
-    path = tmp_path / "other.pt"
-    torch.save(other, path)
+    # the same tensors with a manifest naming another text encoder (the manifest is the record of truth)
+    meta = json.loads(manifest_path(small_model).read_text())
+    meta["embedding_models"] = {**meta["embedding_models"], "text_model": ["minilm@sha256:0000000000ff"]}
+    path = tmp_path / "ranking_model.pt"
+    path.write_bytes(small_model.read_bytes())
+    manifest_path(path).write_text(json.dumps(meta))
     ranker = Ranker(path)
     # an index of one model and a ranker trained on another cannot serve together
     with pytest.raises(ModelError, match="retrain the ranking model"):

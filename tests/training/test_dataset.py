@@ -71,7 +71,8 @@ def test_every_row_once_in_order_with_shared_user_and_time(store):
     entity = pd.concat([entity, pd.DataFrame({"user_id": [2, 3], "item_id": [100, 100],
                                               "event_timestamp": [ts("2020-01-02"), ts("2020-01-02")],
                                               "label": [1, 1]})], ignore_index=True)
-    out, info = get_training_set(store, entity, "svc", allow_mixed_models=True)
+    # event-time semantics: the day-3 value was created late (day 10); see the default test below
+    out, info = get_training_set(store, entity, "svc", allow_mixed_models=True, allow_values_created_later=True)
     assert len(out) == len(entity) == info.rows
     assert out.item_id.tolist() == entity.item_id.tolist() and out.label.tolist() == entity.label.tolist()
     assert out.user_id.tolist() == entity.user_id.tolist()
@@ -85,7 +86,7 @@ def test_never_later_than_row_and_ttl_gives_null(store):
     entity = pd.DataFrame({"user_id": 1, "item_id": 100,
                            "event_timestamp": [ts("2019-12-31"), ts("2020-01-01"), ts("2020-01-02 23:59"),
                                                ts("2020-01-03"), ts("2020-01-05"), ts("2020-01-08")]})
-    out, _ = get_training_set(store, entity, ["user_score:score"])
+    out, _ = get_training_set(store, entity, ["user_score:score"], allow_values_created_later=True)
     s = out.score.astype("Float64").tolist()
     # before any value: null; exactly at 01-01: 10; 01-03: 20 (event time); 01-05 dup -> latest created 50;
     # 01-08 is 3 days after the last value, beyond the 2-day ttl: null, row kept
@@ -93,17 +94,17 @@ def test_never_later_than_row_and_ttl_gives_null(store):
     assert len(out) == 6
 
 
-def test_reproducible_hides_later_created_values(store):
+def test_values_created_later_are_hidden_by_default(store):
     entity = pd.DataFrame({"user_id": 1, "item_id": 100,
                            "event_timestamp": [ts("2020-01-04"), ts("2020-01-05 12:00"), ts("2020-01-10 12:00")]})
-    plain, _ = get_training_set(store, entity, ["user_score:score"])
-    repro, info = get_training_set(store, entity, ["user_score:score"], reproducible=True)
-    assert plain.score.tolist()[:2] == [20, 50]
+    leaky, leaky_info = get_training_set(store, entity, ["user_score:score"], allow_values_created_later=True)
+    safe, info = get_training_set(store, entity, ["user_score:score"])
+    assert leaky.score.tolist()[:2] == [20, 50] and not leaky_info.reproducible
     # on 01-04 the day-3 value did not exist yet (written 01-10) and the 01-01 value is past the
     # 2-day ttl: null; on 01-05 12:00 the 50 row (created 01-06) is hidden, the 40 row (created 01-05) shows
-    assert pd.isna(repro.score.iat[0]) and repro.score.iat[1] == 40
-    assert pd.isna(repro.score.iat[2]) and pd.isna(plain.score.iat[2])  # 01-10 12:00: beyond ttl
-    assert info.reproducible
+    assert pd.isna(safe.score.iat[0]) and safe.score.iat[1] == 40
+    assert pd.isna(safe.score.iat[2]) and pd.isna(leaky.score.iat[2])  # 01-10 12:00: beyond ttl
+    assert info.reproducible and info.allow_values_created_later is False
 
 
 def test_provenance_and_parquet_roundtrip(store, tmp_path):

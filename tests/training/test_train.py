@@ -59,14 +59,18 @@ def test_train_end_to_end_on_slice(small_run, small_data, tmp_path):
     assert p1.shape == (50,) and ((p1 > 0) & (p1 < 1)).all()
 
 
-def test_reproducible_set_with_no_visible_rows_is_an_error(small_run, small_data, tmp_path):
-    """Tables written today hold nothing created before 1998's examples: say so, do not train on nulls."""
-    repo, _, project = small_run
-    res = CliRunner().invoke(main, [
-        "train", "--data-dir", str(small_data[0]), "--repo-path", str(repo), "--out-dir", str(tmp_path / "r"),
-        "--val-start", "1998-01-01", "--test-start", "1998-03-01", "--reproducible", "--no-ablation",
-    ], env={"RECFEAST_PROJECT": project})
-    assert res.exit_code == 2, res.output
-    assert "every feature is null" in res.output and "--reproducible" in res.output
-    bad = CliRunner().invoke(main, ["train", "--data-dir", str(small_data[0]), "--val-start", "garbage"])
-    assert bad.exit_code == 2 and "expected dates" in bad.output
+def test_tables_stamp_availability_so_the_default_set_sees_history(small_run):
+    """created_timestamp is each value's availability (its event time on a first run), never the run
+    time: the default training set, which hides values created after the row, keeps every historical
+    row (the old rule stamped the run time and hid them all)."""
+    import pyarrow.parquet as pq
+
+    from recfeast.io import CREATED_META
+
+    repo, _, _ = small_run
+    for path in sorted((repo / "data" / "tables").glob("*.parquet")):
+        if path.stem in ("quarantine", "user_realtime"):
+            continue
+        t = pd.read_parquet(path)
+        assert (t.created_timestamp == pd.to_datetime(t.event_timestamp, utc=True)).all(), path.stem
+        assert pq.read_schema(path).metadata[CREATED_META] == b"available", path.stem
