@@ -113,11 +113,13 @@ _DAYS = _r.output.name                    # days_since_last_<prefix>
     mode="pandas",
     description=_r.description,
 )
-def user_recency(inputs: pd.DataFrame) -> pd.DataFrame:
-    last = pd.to_numeric(inputs[_LAST], errors="coerce")
+def user_recency(inputs: pd.DataFrame, last_col: str = _LAST, days_col: str = _DAYS) -> pd.DataFrame:
+    # the column names are bound as defaults: Feast stores the function by value (dill), without
+    # this module's globals, so a global read here fails with NameError when loaded from the registry
+    last = pd.to_numeric(inputs[last_col], errors="coerce")
     last = last.where(last > 0)            # 0: no such event yet
     now = pd.to_numeric(inputs["request_ts"], errors="coerce")
-    return pd.DataFrame({_DAYS: ((now - last) / 86400.0).astype("float64")})
+    return pd.DataFrame({days_col: ((now - last) / 86400.0).astype("float64")})
 
 
 # ---------------------------------------------------------------- feature services

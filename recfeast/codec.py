@@ -151,3 +151,13 @@ def decode_column(bufs: list, kind: str, n: int):
     if kind == STRING:
         return [None if v is None else str(v) for v in vals]
     raise ValueError(kind)
+
+
+def decode_int64_list(buf: bytes | None) -> list[int] | None:
+    """A serialised ``Value`` holding ``int64_list_val`` -> list of ints; ``None`` for null/absent."""
+    if not buf:
+        return None
+    v = _parse(buf)
+    if v.WhichOneof("val") != "int64_list_val":
+        return None
+    return list(v.int64_list_val.val)
