@@ -247,8 +247,10 @@ def replay_check_cmd(data_dir, repo_path, online_store, days, batch_size, no_bac
               help="Raw data folder (the labels come from its events). Default: $RECFEAST_DATA_DIR.")
 @_repo_opt
 @click.option("--out-dir", default="runs/ranking", show_default=True, help="Checkpoint, metrics, plots.")
-@click.option("--val-start", default="1998-03-01", show_default=True, help="T1: validation from here.")
-@click.option("--test-start", default="1998-03-29", show_default=True, help="T2: test from here.")
+@click.option("--val-start", default=None, help="T1: validation from here (a date). Default: the catalog spec's split.")
+@click.option("--test-start", default=None, help="T2: test from here (a date). Default: the catalog spec's split.")
+@click.option("--positive-min-value", type=float, default=None,
+              help="Override the spec's threshold for valued positives (e.g. ratings >= 4).")
 @click.option("--negatives", default=2, show_default=True, type=click.IntRange(min=1),
               help="Sampled negatives per positive.")
 @click.option("--groups", default="behavior,text,image,sequence", show_default=True,
@@ -261,14 +263,14 @@ def replay_check_cmd(data_dir, repo_path, online_store, days, batch_size, no_bac
 @click.option("--no-ablation", is_flag=True, help="Train only the configured model (and the popularity baseline).")
 @click.option("--reproducible", is_flag=True, help="Hide feature rows created after each example's time.")
 @click.option("--seed", default=0, show_default=True)
-def train(data_dir, repo_path, out_dir, val_start, test_start, negatives, groups, max_epochs, eval_users,
-          eval_negatives, no_ablation, reproducible, seed):
+def train(data_dir, repo_path, out_dir, val_start, test_start, positive_min_value, negatives, groups, max_epochs,
+          eval_users, eval_negatives, no_ablation, reproducible, seed):
     """Build a point-in-time training set, train the ranking model, print test metrics and the ablation."""
     from recfeast.training.config import TrainConfig
     from recfeast.training.task import train as run_train
 
     cfg = TrainConfig(repo=repo_path, data_dir=data_dir, out_dir=out_dir, val_start=val_start,
-                      test_start=test_start, negatives_per_positive=negatives,
+                      test_start=test_start, positive_min_value=positive_min_value, negatives_per_positive=negatives,
                       groups=tuple(g.strip() for g in groups.split(",") if g.strip()), max_epochs=max_epochs,
                       eval_max_users=eval_users or None, eval_negatives=eval_negatives, ablation=not no_ablation, reproducible=reproducible,
                       seed=seed)

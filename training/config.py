@@ -12,6 +12,33 @@ from recfeast.errors import ConfigError
 GROUPS = ("behavior", "text", "image", "sequence")
 
 
+def data_split_dates(spec, times: pd.Series) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The catalog spec's split (``split.val`` / ``split.test``: fractions of the time range or
+    durations) back from the end of the data's last day: ``(T1, T2)`` as UTC midnights.
+
+    Raises:
+        ConfigError: no event times, or the split leaves no training period.
+    """
+    from recfeast.spec import parse_duration_s
+
+    if not len(times):
+        raise ConfigError("no events: cannot place the time split")
+    end = times.max().floor("D") + pd.Timedelta(days=1)
+    span = end - times.min().floor("D")
+
+    def back(part):
+        if isinstance(part, str):
+            return pd.Timedelta(seconds=parse_duration_s(part))
+        return pd.Timedelta(seconds=round(span.total_seconds() * part / 86400) * 86400)
+
+    t2 = end - back(spec.split.test)
+    t1 = t2 - back(spec.split.val)
+    if t1 <= times.min():
+        raise ConfigError(f"split {spec.split.val} + {spec.split.test} back from {end.date()} leaves no training "
+                          f"period (data from {times.min().date()}): shorten split.val / split.test in the catalog spec")
+    return t1, t2
+
+
 def split_dates(val_start: str, test_start: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     """The temporal split's boundaries T1 < T2 as UTC timestamps (shared by every training task).
 
@@ -36,10 +63,10 @@ class TrainConfig:
     repo: str | None = None                 # feature repository; default recfeast.config.repo_path()
     data_dir: str | None = None             # raw events (for labels); default $RECFEAST_DATA_DIR
     feature_service: str = "ranking_v1"     # what training and serving both read
-    positive_min_rating: float = 4.0        # a rating >= this is a positive
-    negatives_per_positive: int = 2         # sampled unrated items per positive, same timestamp
-    val_start: str = "1998-03-01"           # T1: train before, validation T1..T2
-    test_start: str = "1998-03-29"          # T2: test from here
+    positive_min_value: float | None = None  # override the spec's positive min_value (e.g. ratings >= 4)
+    negatives_per_positive: int = 2         # sampled items the user never touched, per positive, same timestamp
+    val_start: str | None = None            # T1: train before, validation T1..T2; None: the spec's split
+    test_start: str | None = None           # T2: test from here; None: the spec's split
     reproducible: bool = False              # hide feature rows created after each example's time
     seed: int = 0                           # negatives, initialisation, shuffling
     # --- model
@@ -66,7 +93,10 @@ class TrainConfig:
         Raises:
             ConfigError: naming the setting and what was expected.
         """
-        split_dates(self.val_start, self.test_start)
+        if (self.val_start is None) != (self.test_start is None):
+            raise ConfigError("give both val_start and test_start, or neither (the catalog spec's split)")
+        if self.val_start is not None:
+            split_dates(self.val_start, self.test_start)
         checks = {"negatives_per_positive": 1, "max_epochs": 1, "eval_negatives": 1, "batch_size": 1,
                   "patience": 1, "k": 1}
         for name, low in checks.items():

@@ -10,8 +10,8 @@ from recfeast.errors import ConfigError
 
 def sample_unrated(events: pd.DataFrame, anchors: pd.DataFrame, n: int, item_available: pd.Series,
                    seed: int, exclude_future: bool = False) -> pd.DataFrame:
-    """For each anchor row (user_id, event_timestamp) draw ``n`` items the user had not rated as of
-    that moment and that were already in the catalog then.
+    """For each anchor row (user_id, event_timestamp) draw ``n`` items the user had no event with as
+    of that moment (any event type) and that were already in the catalog then.
 
     Args:
         events: clean events (user_id, item_id, event_timestamp).
@@ -51,7 +51,7 @@ def sample_unrated(events: pd.DataFrame, anchors: pd.DataFrame, n: int, item_ava
         chosen: set[int] = set()
         while len(chosen) < n:
             for j in rng.integers(0, size, 2 * n):
-                item = int(pool_ids[j])
+                item = pool_ids[j].item() if hasattr(pool_ids[j], "item") else pool_ids[j]
                 if item not in rated and item not in chosen:
                     chosen.add(item)
                     if len(chosen) == n:
@@ -59,14 +59,33 @@ def sample_unrated(events: pd.DataFrame, anchors: pd.DataFrame, n: int, item_ava
         out_idx += [pos] * n
         out_items += sorted(chosen)
     out = anchors.iloc[out_idx].reset_index(drop=True).copy()
-    out["item_id"] = np.asarray(out_items, dtype=np.int64)
+    out["item_id"] = np.asarray(out_items, dtype=pool_ids.dtype if len(pool_ids) else np.int64)
     out["anchor"] = np.asarray(out_idx, dtype=np.int64)
     return out
 
 
-def labelled_examples(events: pd.DataFrame, item_available: pd.Series, cfg) -> pd.DataFrame:
-    """Positives (rating >= ``cfg.positive_min_rating``) and ``cfg.negatives_per_positive`` sampled
-    negatives per positive stamped with the positive's timestamp, split in time.
+def positive_mask(events: pd.DataFrame, spec, min_value: float | None = None) -> np.ndarray:
+    """``(n,)`` bool: events that make a positive label under the catalog spec (their type's
+    ``positive`` rule; ``min_value`` overrides the rule's threshold for valued types)."""
+    out = np.zeros(len(events), dtype=bool)
+    for name, t in spec.events.types.items():
+        rule = t.positive_rule
+        if rule is None:
+            continue
+        rows = (events["action"] == name).to_numpy()
+        thr = min_value if (min_value is not None and t.value is not None) else rule.min_value
+        if thr is not None:
+            rows &= (events["value"] >= thr).to_numpy()
+        out |= rows
+    return out
+
+
+def labelled_examples(events: pd.DataFrame, item_available: pd.Series, cfg, spec=None,
+                      split: tuple | None = None) -> pd.DataFrame:
+    """Positives (events of a positive-making type, see :func:`positive_mask`) and
+    ``cfg.negatives_per_positive`` sampled negatives per positive (items the user had no event with as
+    of that moment) stamped with the positive's timestamp, split in time at ``split`` = ``(T1, T2)``
+    (default ``cfg.val_start`` / ``cfg.test_start``). One positive per (user, item, time).
 
     Returns:
         DataFrame with user_id int64, item_id int64, event_timestamp (UTC), label int64 (1/0),
@@ -77,8 +96,12 @@ def labelled_examples(events: pd.DataFrame, item_available: pd.Series, cfg) -> p
         ConfigError: a setting is invalid (:meth:`TrainConfig.validate`), or a split is empty.
     """
     cfg.validate()
-    t1, t2 = pd.Timestamp(cfg.val_start, tz="UTC"), pd.Timestamp(cfg.test_start, tz="UTC")
-    pos = events[events["value"] >= cfg.positive_min_rating][["user_id", "item_id", "event_timestamp"]]
+    t1, t2 = split if split is not None else (pd.Timestamp(cfg.val_start, tz="UTC"), pd.Timestamp(cfg.test_start, tz="UTC"))
+    if spec is None:
+        mask = (events["value"] >= (cfg.positive_min_value if cfg.positive_min_value is not None else 4.0)).to_numpy()
+    else:
+        mask = positive_mask(events, spec, cfg.positive_min_value)
+    pos = events[mask][["user_id", "item_id", "event_timestamp"]].drop_duplicates()
     pos = pos.reset_index(drop=True).assign(label=1)
     neg = sample_unrated(events, pos[["user_id", "event_timestamp"]], cfg.negatives_per_positive,
                          item_available, cfg.seed).drop(columns="anchor").assign(label=0)
@@ -92,6 +115,11 @@ def labelled_examples(events: pd.DataFrame, item_available: pd.Series, cfg) -> p
     ex["request_ts"] = ((ex["event_timestamp"] - epoch) // pd.Timedelta(seconds=1)).astype("int64")
     ex["split"] = np.where(ex["event_timestamp"] < t1, "train", np.where(ex["event_timestamp"] < t2, "val", "test"))
     for name in ("train", "val", "test"):
-        if not (ex["split"] == name).any():
-            raise ConfigError(f"the {name} split is empty: check val_start/test_start against the data's time range")
+        if not ((ex["split"] == name) & (ex["label"] == 1)).any():
+            raise ConfigError(f"the {name} split has no positive example: {len(pos)} positives in all, "
+                              f"{int((pos.event_timestamp < t1).sum())} before {t1.date()} (train), "
+                              f"{int(((pos.event_timestamp >= t1) & (pos.event_timestamp < t2)).sum())} until {t2.date()} "
+                              f"(validation), {int((pos.event_timestamp >= t2).sum())} after (test). Check which event "
+                              "types make positives (events.types.*.positive in the catalog spec) and the split "
+                              "(split: in the spec, or --val-start/--test-start)")
     return ex

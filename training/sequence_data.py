@@ -102,7 +102,7 @@ def build_sequence_data(events: pd.DataFrame, items: pd.DataFrame) -> SequenceDa
 
 def load_sequence_data(cfg: SequenceTrainConfig) -> SequenceData:
     """Read and clean the raw events (``cfg.data_dir``) and the item embedding table, keep the
-    ``rate`` events, sample ``cfg.max_users`` users (seeded) if set.
+    events of the catalog spec's sequence types, sample ``cfg.max_users`` users (seeded) if set.
 
     Raises:
         ConfigError: no data folder; DataError: a missing table or unusable data.
@@ -117,9 +117,11 @@ def load_sequence_data(cfg: SequenceTrainConfig) -> SequenceData:
         raise DataError(f"{path}: no item embedding table; run `recfeast materialize --data-dir ...` first "
                         "(or pass --item-embeddings)")
     items = pd.read_parquet(path, columns=["item_id", "text_embedding", "text_model"])
-    events = clean(read_catalog(config.data_dir(cfg.data_dir))).events
-    if "action" in events.columns:
-        events = events[events["action"] == "rate"]
+    from recfeast.spec import load_spec, spec_path
+
+    spec = load_spec(spec_path(config.repo_path(cfg.repo)))
+    events = clean(read_catalog(config.data_dir(cfg.data_dir), spec)).events
+    events = events[events["action"].isin(spec.sequence_types())]   # the events the sequence view reads
     if cfg.max_users is not None:
         users = np.sort(events["user_id"].unique())
         if len(users) > cfg.max_users:

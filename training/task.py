@@ -20,9 +20,22 @@ from recfeast.ranking.features import FeatureSpec
 from recfeast.ranking.checkpoint import load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 from recfeast.ranking.model import RankingModel
 
-PROTOCOL = ("temporal split; positives = ratings >= {pos}; {neg} sampled unrated negatives per positive at the same "
-            "timestamp; ranking: first test-period positive of each of up to {users} users ranked against {n} "
-            "never-rated catalog items, features as of that moment (sampled protocol, NCF-style)")
+PROTOCOL = ("temporal split (train < {t1} <= validation < {t2} <= test); positives = {pos}; {neg} sampled "
+            "negatives per positive at the same timestamp (items the user had no event with); ranking: first "
+            "test-period positive of each of up to {users} users ranked against {n} catalog items the user never "
+            "touched, features as of that moment (sampled protocol, NCF-style)")
+
+
+def positives_text(spec, min_value=None) -> str:
+    """Human-readable positive rule of a catalog spec, e.g. ``rate events with value >= 4``."""
+    parts = []
+    for name, t in spec.events.types.items():
+        rule = t.positive_rule
+        if rule is None:
+            continue
+        thr = min_value if (min_value is not None and t.value is not None) else rule.min_value
+        parts.append(f"{name} events" + (f" with value >= {thr:g}" if thr is not None else ""))
+    return " or ".join(parts)
 
 
 def _tensors(arrays: dict[str, np.ndarray], idx=None) -> dict[str, torch.Tensor]:
@@ -123,7 +136,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from recfeast import entities as F
     from recfeast.adapters import read_catalog
     from recfeast.cleaning import clean
+    from recfeast.spec import load_spec, spec_path
     from recfeast.store import feature_store
+    from recfeast.training.config import data_split_dates, split_dates
+    from recfeast.views import field_roles
     from recfeast.training.dataset import get_training_set, save_training_set
     from recfeast.training.examples import labelled_examples, sample_unrated
 
@@ -135,11 +151,19 @@ def train(cfg: TrainConfig, log=print) -> dict:
     store = feature_store(repo)
 
     # 1. events and labels --------------------------------------------------------------------
-    data = clean(read_catalog(config.data_dir(cfg.data_dir)))
-    ratings = data.events[data.events["action"] == "rate"]  # the events the feature tables are built from
-    available = pd.Series(F.item_available_from(data.items, ratings).to_numpy(), index=data.items["item_id"])
-    examples = labelled_examples(ratings, available, cfg)
-    log(f"1. examples: {len(examples)} rows, " + ", ".join(f"{s} {n}" for s, n in examples.split.value_counts().items()))
+    catalog_spec = load_spec(spec_path(repo))
+    roles = field_roles(catalog_spec)
+    data = clean(read_catalog(config.data_dir(cfg.data_dir), catalog_spec))
+    events = data.events   # the events the feature tables are built from
+    available = pd.Series(F.item_available_from(data.items, events).to_numpy(), index=data.items["item_id"])
+    if cfg.val_start is not None:
+        t1, t2 = split_dates(cfg.val_start, cfg.test_start)
+    else:
+        t1, t2 = data_split_dates(catalog_spec, events["event_timestamp"])
+    cfg = replace(cfg, val_start=str(t1.date()), test_start=str(t2.date()))
+    examples = labelled_examples(events, available, cfg, catalog_spec, (t1, t2))
+    log(f"1. examples: {len(examples)} rows ({positives_text(catalog_spec, cfg.positive_min_value)} are positives), "
+        + ", ".join(f"{s} {n}" for s, n in examples.split.value_counts().items()) + f"; split at {t1.date()} / {t2.date()}")
 
     # 2. point-in-time training set -------------------------------------------------------------
     tset, info = get_training_set(store, examples, cfg.feature_service, cfg.reproducible)
@@ -158,26 +182,27 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if cfg.eval_max_users:
         test_pos = test_pos.sample(n=min(cfg.eval_max_users, len(test_pos)), random_state=cfg.seed)
     anchors = test_pos[["user_id", "item_id", "event_timestamp", "request_ts"]].reset_index(drop=True)
-    negs = sample_unrated(ratings, anchors, cfg.eval_negatives, available, cfg.seed + 1, exclude_future=True)
+    negs = sample_unrated(events, anchors, cfg.eval_negatives, available, cfg.seed + 1, exclude_future=True)
     cands = pd.concat([anchors.assign(anchor=np.arange(len(anchors)), label=1), negs.assign(label=0)], ignore_index=True)
     cands = cands[cands.anchor.isin(negs.anchor.unique())].reset_index(drop=True)
     if cands.empty:
         from recfeast.errors import ConfigError
-        raise ConfigError(f"no test-period user has {cfg.eval_negatives} never-rated catalog items to rank against: "
+        raise ConfigError(f"no test-period user has {cfg.eval_negatives} never-touched catalog items to rank against: "
                           "lower eval_negatives (--eval-negatives) or move test_start")
     cset, _ = get_training_set(store, cands, cfg.feature_service, cfg.reproducible)
     log(f"3. ranking candidates: {cands.anchor.nunique()} users x {cfg.eval_negatives + 1} items")
 
     # 4-6. fit transform, train, evaluate (for every variant of the ablation) --------------------
     split = {s: tset[tset.split == s].reset_index(drop=True) for s in ("train", "val", "test")}
-    variants = {"behavior only": ("behavior",), "+ text": ("behavior", "text"), "+ image": ("behavior", "image"),
-                "+ sequence": ("behavior", "sequence"), "all": tuple(cfg.groups)}
+    present = [g for g in ("text", "image", "sequence") if any(f.group == g for f in roles.values())]
+    groups_all = tuple(g for g in cfg.groups if g == "behavior" or g in present)
+    variants = {"behavior only": ("behavior",), **{f"+ {g}": ("behavior", g) for g in present}, "all": groups_all}
     if not cfg.ablation:
-        variants = {"all": tuple(cfg.groups)}
+        variants = {"all": groups_all}
     results, histories, models, per_user = [], {}, {}, {}
     for name, groups in variants.items():
         log(f"4-6. model '{name}' (groups: {', '.join(groups)})")
-        spec = FeatureSpec.fit(split["train"], groups)
+        spec = FeatureSpec.fit(split["train"], groups, roles)
         arrays = {s: spec.transform(f) for s, f in split.items()}
         model, hist = fit_model(replace(cfg, groups=groups), spec, arrays["train"], split["train"].label.to_numpy(),
                                 arrays["val"], split["val"].label.to_numpy(), log=log)
@@ -190,8 +215,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         results.append({"variant": name, "groups": list(groups), "auc": auc(y_test, p_test),
                         "log_loss": log_loss(y_test, p_test), **rm, "epochs": len(hist)})
         histories[name], models[name] = hist, (model, spec)
-    pop_test = pd.to_numeric(split["test"].rating_count, errors="coerce").fillna(0).to_numpy()
-    pop_rank = pd.to_numeric(cset.rating_count, errors="coerce").fillna(0).to_numpy()
+    pop_test = pd.to_numeric(split["test"].popularity, errors="coerce").fillna(0).to_numpy()
+    pop_rank = pd.to_numeric(cset.popularity, errors="coerce").fillna(0).to_numpy()
     results.insert(0, {"variant": "most popular (as of time)", "groups": [], "auc": auc(split["test"].label.to_numpy(), pop_test),
                        "log_loss": None, **rank_metrics(cset.anchor.to_numpy(), cset.label.to_numpy() == 1, pop_rank, cfg.k),
                        "epochs": 0})
@@ -199,7 +224,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     # 8. save ---------------------------------------------------------------------------------
     model, spec = models["all"]
-    protocol = PROTOCOL.format(pos=cfg.positive_min_rating, neg=cfg.negatives_per_positive,
+    protocol = PROTOCOL.format(t1=cfg.val_start, t2=cfg.test_start, pos=positives_text(catalog_spec, cfg.positive_min_value),
+                               neg=cfg.negatives_per_positive,
                                users=cfg.eval_max_users or "all", n=cfg.eval_negatives)
     best = next(r for r in results if r["variant"] == "all")
     behavior = next((r for r in results if r["variant"] == "behavior only"), None)

@@ -81,14 +81,21 @@ def genre_task(items: pd.DataFrame, val_share: float = 0.10, test_share: float =
     return GenreTask(items["item_id"].to_numpy(np.int64), texts, labels, genres, split)
 
 
-def corating_pairs(events: pd.DataFrame, window_s: int = 3600, min_rating: float = 4.0) -> pd.DataFrame:
-    """Consecutive liked items of one user within ``window_s``: task (b)'s pairs.
+def corating_pairs(events: pd.DataFrame, window_s: int = 3600, min_rating: float = 4.0, spec=None) -> pd.DataFrame:
+    """Consecutive liked items of one user within ``window_s``: task (b)'s pairs. "Liked" = a
+    positive event under the catalog ``spec`` (its types' positive rules, ``min_rating`` as the
+    valued types' threshold); without a spec, ``rate`` events with value >= ``min_rating``.
 
     Returns:
         DataFrame user_id, query_item, target_item, event_timestamp (of the target), one row per pair,
         in time order.
     """
-    r = events[(events["action"] == "rate") & (events["value"] >= min_rating)]
+    if spec is not None:
+        from recfeast.training.examples import positive_mask
+
+        r = events[positive_mask(events, spec, min_rating)]
+    else:
+        r = events[(events["action"] == "rate") & (events["value"] >= min_rating)]
     r = r.sort_values(["user_id", "event_timestamp", "item_id"], kind="stable")
     same_user = r["user_id"].to_numpy()[1:] == r["user_id"].to_numpy()[:-1]
     ts = r["event_timestamp"].astype("int64").to_numpy() // 10**9

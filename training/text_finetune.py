@@ -182,16 +182,19 @@ def finetune_text(cfg: TextFinetuneConfig, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     # 1. data
-    data = clean(read_catalog(config.data_dir(cfg.data_dir)))
+    from recfeast.spec import load_spec, spec_path
+
+    spec = load_spec(spec_path(config.repo_path(getattr(cfg, "repo", None))))
+    data = clean(read_catalog(config.data_dir(cfg.data_dir), spec))
     items, events = data.items, data.events
     if cfg.max_items:
         keep = events["item_id"].value_counts().index[: cfg.max_items]
         items = items[items["item_id"].isin(keep)].reset_index(drop=True)
         events = events[events["item_id"].isin(keep)]
-    gt = genre_task(items, cfg.genre_val_share, cfg.genre_test_share)
+    gt = genre_task(items, cfg.genre_val_share, cfg.genre_test_share, spec=spec)
     prod_texts, item_ids = F.item_text(items), items["item_id"].to_numpy(np.int64)
     text_of = dict(zip(item_ids.tolist(), prod_texts))
-    pairs = split_pairs(corating_pairs(events, cfg.window_s, cfg.min_rating), cfg.val_start, cfg.test_start)
+    pairs = split_pairs(corating_pairs(events, cfg.window_s, cfg.min_rating, spec), cfg.val_start, cfg.test_start)
     counts = {"items": len(items), **{f"genre_{s}": int((gt.split == s).sum()) for s in ("train", "val", "test")},
               **{f"pairs_{s}": len(p) for s, p in pairs.items()}, "genres": len(gt.genres)}
     log(f"[1] data: {counts}")

@@ -136,6 +136,8 @@ def read(data_dir: Path, spec: CatalogSpec) -> Catalog:
     if spec.users.source is not None:
         users = read_source(data_dir, spec.users.source, user_fields(spec), "users")
     else:
-        users = pd.DataFrame({spec.user.key: events[spec.user.key].drop_duplicates().to_numpy()})
+        keys = events[spec.user.key]
+        keys = keys[keys.notna() & (keys.astype(str).str.strip() != "")]   # bad ids are quarantined with their event
+        users = pd.DataFrame({spec.user.key: keys.drop_duplicates().to_numpy()})
         users["source"] = "events"
     return Catalog(items=items, users=users, events=events, data_dir=data_dir, spec=spec)

@@ -1,139 +1,211 @@
-"""From a training-set frame to model inputs: feature groups, fitted statistics, tensors.
+"""From feature columns to model inputs: roles, fitted statistics, float32 matrices.
 
-Groups (switchable in :class:`~recfeast.training.config.TrainConfig`):
+Which column becomes which input is decided by its role in the catalog's views
+(:func:`recfeast.views.field_roles`), never by its name:
 
-- ``behavior`` (always on): user profile one-hots, rating counts (log1p) and means over 7/30/90 days
-  and in total, days since the last rating (log1p), genre shares; item release year, runtime, rating
-  count (log1p), mean rating, popularity, genre flags; the user-item genre match (share . flags);
-  a missing-value indicator for every quantity that can be null.
-- ``text``: the item text embedding (384).
-- ``image``: the item poster embedding (1280) and whether it exists.
-- ``sequence``: the user sequence embedding (384), its length and the user-item cosine.
+- ``count`` (e.g. ``rating_count_7d``): log1p, then standardised, plus a missing indicator;
+- ``numeric`` (normalised attributes, means, popularity, recency): standardised, plus a missing
+  indicator;
+- ``categorical`` (user labels such as gender): one-hot over the training split's vocabulary;
+- ``vector`` with group ``behavior`` (category flags and shares): a vector input; every
+  ``<name>_share`` / ``<name>_flags`` pair also gives the scalar ``<name>_match`` (their dot product,
+  the user-item category affinity);
+- ``vector`` with group ``text`` / ``image`` / ``sequence``: embedding inputs of that ablation group;
+  the image group also adds ``image_present``;
+- ``timestamp``, ``model_id``, ``list``: not model inputs.
 
-Statistics (means, standard deviations, category vocabularies) are fitted on the training split
-only and stored in the checkpoint, so evaluation and serving transform exactly the same way.
+Statistics (means, standard deviations, vocabularies) are fitted on the training split only and
+stored in the checkpoint, so evaluation and serving transform exactly the same way. A scalar whose
+training values are constant or near-constant (standard deviation below ``1e-6`` of its scale, e.g.
+1.1e-16 from rounding) is dropped: scaling it by that deviation would blow values up to ~1e15.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Mapping
 
 import numpy as np
-import pandas as pd
 
 from recfeast.errors import ConfigError, DataError
 
-CATEGORICAL = ("gender", "occupation", "age_bucket")
-LOG_COUNTS = ("rating_count_7d", "rating_count_30d", "rating_count_90d", "rating_count_total", "rating_count",
-              "sequence_length")
-NUMERIC = ("age", "avg_rating_7d", "avg_rating_30d", "avg_rating_90d", "avg_rating_total", "release_year",
-           "runtime", "avg_rating", "popularity", "days_since_last_rating")
-VECTORS = {"behavior": ("genre_share", "genre_flags"), "text": ("text_embedding",),
-           "image": ("image_embedding",), "sequence": ("sequence_embedding",)}
-SEQUENCE_SCALARS = ("sequence_length", "user_item_cosine")
 GROUPS = ("behavior", "text", "image", "sequence")
+#: relative standard deviation under which a scalar counts as constant
+MIN_REL_STD = 1e-6
 
 
-def _vectors(s: pd.Series, dim: int, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Object column of arrays/None -> ((n, dim) float32 with zeros for missing, (n,) bool present).
+def _column(frame, col: str):
+    return frame[col] if col in frame else None
+
+
+def vectors(values, dim: int, strict: bool = False, name: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """A vector column -> ``((n, dim) float32 with zeros for missing, (n,) bool present)``.
+
+    ``values``: a ``(n, dim)`` float array (NaN rows = missing), or a sequence of arrays/lists/None.
 
     Raises:
-        DataError: with ``strict``, a vector whose length is not ``dim`` (another model's embedding).
+        DataError: with ``strict``, a vector whose length is not ``dim`` (another encoder's embedding).
     """
-    present = np.array([isinstance(v, np.ndarray) and len(v) == dim for v in s])
+    if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype != object:
+        if values.shape[1] != dim:
+            if strict and len(values):
+                raise DataError(f"column {name!r}: vectors of length {values.shape[1]}, the model expects {dim}")
+            return np.zeros((len(values), dim), np.float32), np.zeros(len(values), bool)
+        present = ~np.isnan(values).any(axis=1)
+        return np.where(present[:, None], values, 0).astype(np.float32, copy=False), present
+    vals = list(values)
+    lens = [len(v) if isinstance(v, (np.ndarray, list, tuple)) else -1 for v in vals]
+    present = np.array([n == dim for n in lens], dtype=bool)
     if strict:
-        wrong = [len(v) for v in s if isinstance(v, np.ndarray) and len(v) != dim]
+        wrong = [n for n in lens if n >= 0 and n != dim]
         if wrong:
-            raise DataError(f"column {s.name!r}: {len(wrong)} vectors of length {wrong[0]}, the model expects {dim} "
-                            "(the features come from another encoder or genre selection than at training)")
-    out = np.zeros((len(s), dim), np.float32)
+            raise DataError(f"column {name!r}: {len(wrong)} vectors of length {wrong[0]}, the model expects {dim} "
+                            "(the features come from another encoder or feature selection than at training)")
+    out = np.zeros((len(vals), dim), np.float32)
     if present.any():
-        out[present] = np.stack([v for v, p in zip(s, present) if p]).astype(np.float32)
+        out[present] = np.asarray([v for v, p in zip(vals, present) if p], dtype=np.float32)
     return out, present
 
 
-def _dim(s: pd.Series) -> int:
-    return next((len(v) for v in s if isinstance(v, np.ndarray)), 0)
+def _dim(values) -> int:
+    if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype != object:
+        return values.shape[1]
+    return next((len(v) for v in values if isinstance(v, (np.ndarray, list, tuple))), 0)
+
+
+def _as_float(values) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        arr = np.array([np.nan if v is None else v for v in arr], dtype=np.float64)
+    return arr.astype(np.float64)
 
 
 @dataclass
 class FeatureSpec:
-    """Fitted transform from a training-set frame to model inputs (JSON-serialisable)."""
+    """Fitted transform from feature columns to model inputs (JSON-serialisable).
+
+    Attributes:
+        groups: ablation groups on (``behavior`` always). scalars: ``[(column, "count"|"numeric"|"match")]``
+        in input order. vectors: ``{column: group}``. vocab: categorical column -> values.
+        mean, std: per scalar. dims: per vector column. dropped: column -> reason (near-constant).
+    """
 
     groups: tuple[str, ...]
+    scalars: list[list[str]] = field(default_factory=list)
+    vectors: dict[str, str] = field(default_factory=dict)
     vocab: dict[str, list[str]] = field(default_factory=dict)
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
     dims: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, groups) -> "FeatureSpec":
-        """Fit vocabularies and scalar statistics on ``frame`` (the training split).
+    def fit(cls, frame, groups, roles: Mapping) -> "FeatureSpec":
+        """Fit on ``frame`` (the training split: a DataFrame or a mapping of columns).
+
+        Args:
+            groups: ablation groups to use (``behavior`` is always added).
+            roles: feature name -> :class:`recfeast.views.FieldDef` (its ``role`` and ``group``).
 
         Raises:
-            ConfigError: unknown group name.
+            ConfigError: an unknown group name.
         """
         groups = tuple(dict.fromkeys(("behavior", *groups)))
         bad = set(groups) - set(GROUPS)
         if bad:
             raise ConfigError(f"unknown feature group(s) {sorted(bad)}; expected {GROUPS}")
         spec = cls(groups=groups)
-        for col in CATEGORICAL:
-            spec.vocab[col] = sorted(str(v) for v in frame[col].dropna().unique())
-        for col in spec._scalar_cols():
-            x = spec._raw_scalar(frame, col)
+        cols = [c for c in roles if c in frame]
+        for c in cols:
+            f = roles[c]
+            if (f.group or "") not in groups:
+                continue
+            if f.role in ("count", "numeric"):
+                spec.scalars.append([c, f.role])
+            elif f.role == "categorical":
+                vals = [v for v in np.asarray(frame[c], dtype=object) if v is not None and v == v]
+                spec.vocab[c] = sorted({str(v) for v in vals})
+            elif f.role == "vector":
+                spec.vectors[c] = f.group
+                spec.dims[c] = _dim(frame[c])
+        for c in list(spec.vectors):
+            if c.endswith("_share") and c[:-6] + "_flags" in spec.vectors:
+                spec.scalars.append([c[:-6] + "_match", "match"])
+        kept = []
+        for c, kind in spec.scalars:
+            x = spec._raw(frame, c, kind)
             x = x[np.isfinite(x)]
-            spec.mean[col] = float(x.mean()) if x.size else 0.0
-            spec.std[col] = float(x.std()) if x.size and x.std() > 0 else 1.0
-        for g in groups:
-            for col in VECTORS[g]:
-                spec.dims[col] = _dim(frame[col])
+            mean = float(x.mean()) if x.size else 0.0
+            std = float(x.std()) if x.size else 0.0
+            if x.size and std <= MIN_REL_STD * max(1.0, abs(mean)):
+                spec.dropped[c] = f"constant on the training split (mean {mean:.6g}, std {std:.3g})"
+                continue
+            if not x.size:
+                spec.dropped[c] = "no value on the training split"
+                continue
+            spec.mean[c], spec.std[c] = mean, std
+            kept.append([c, kind])
+        spec.scalars = kept
+        for c in [c for c in spec.vectors if spec.dims[c] == 0]:
+            spec.dropped[c] = "no vector on the training split"
+            del spec.vectors[c], spec.dims[c]
         return spec
 
-    def _scalar_cols(self) -> list[str]:
-        cols = list(NUMERIC) + [c for c in LOG_COUNTS if c != "sequence_length"] + ["genre_match"]
-        if "sequence" in self.groups:
-            cols += list(SEQUENCE_SCALARS)
-        return cols
+    def _raw(self, frame, col: str, kind: str) -> np.ndarray:
+        if kind == "match":
+            base = col[:-6]
+            share, ok1 = vectors(frame[base + "_share"], self.dims[base + "_share"])
+            flags, ok2 = vectors(frame[base + "_flags"], self.dims[base + "_flags"])
+            return np.where(ok1 & ok2, (share * flags).sum(1), np.nan).astype(np.float64)
+        x = _as_float(frame[col])
+        return np.log1p(np.clip(x, 0, None)) if kind == "count" else x
 
-    @staticmethod
-    def _raw_scalar(frame: pd.DataFrame, col: str) -> np.ndarray:
-        if col == "genre_match":
-            share, ok1 = _vectors(frame["genre_share"], _dim(frame["genre_share"]) or 1)
-            flags, ok2 = _vectors(frame["genre_flags"], _dim(frame["genre_flags"]) or 1)
-            out = (share * flags).sum(1) if share.shape == flags.shape else np.zeros(len(frame))
-            return np.where(ok1 & ok2, out, np.nan).astype(np.float64)
-        x = pd.to_numeric(frame[col], errors="coerce").astype("float64").to_numpy()
-        return np.log1p(np.clip(x, 0, None)) if col in LOG_COUNTS else x
+    def dense_names(self) -> list[str]:
+        """Names of the dense block's columns, in order."""
+        names = []
+        for c, _ in self.scalars:
+            names += [c, f"{c}_missing"]
+        for c, vals in self.vocab.items():
+            names += [f"{c}={v}" for v in vals]
+        if "image" in self.groups and any(g == "image" for g in self.vectors.values()):
+            names.append("image_present")
+        return names
 
-    def transform(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Frame -> ``{"dense": (n, d_dense) float32, "<vector col>": (n, dim) float32, ...}``.
+    def transform(self, frame) -> dict[str, np.ndarray]:
+        """Columns -> ``{"dense": (n, d_dense) float32, "<vector column>": (n, dim) float32, ...}``.
 
-        Dense = standardised scalars (missing -> 0) + missing indicators + one-hots (+ image present).
+        ``frame``: a DataFrame or a mapping of columns (1-d arrays; vectors as ``(n, dim)`` arrays or
+        sequences of arrays). Dense = standardised scalars (missing -> 0) + missing indicators +
+        one-hots (+ image present).
+
+        Raises:
+            DataError: a column the model needs is absent, or a vector has another width.
         """
-        parts, names = [], []
-        for col in self._scalar_cols():
-            x = self._raw_scalar(frame, col)
+        need = [c for c, k in self.scalars if k != "match"] + list(self.vocab) + list(self.vectors)
+        missing = [c for c in need if c not in frame]
+        if missing:
+            raise DataError(f"features {missing} are missing: the model was trained on them")
+        n = len(frame[need[0]]) if need else len(frame)
+        parts = []
+        for c, kind in self.scalars:
+            x = self._raw(frame, c, kind)
             miss = ~np.isfinite(x)
-            parts.append(np.where(miss, 0.0, (x - self.mean[col]) / self.std[col]))
-            names.append(col)
+            parts.append(np.where(miss, 0.0, (x - self.mean[c]) / self.std[c]))
             parts.append(miss.astype(np.float64))
-            names.append(f"{col}_missing")
-        for col in CATEGORICAL:
-            vals = frame[col].astype(object).to_numpy()
-            for v in self.vocab[col]:
-                parts.append((vals == v).astype(np.float64))
-                names.append(f"{col}={v}")
+        for c, vals in self.vocab.items():
+            v = np.asarray(frame[c], dtype=object)
+            for val in vals:
+                parts.append((v == val).astype(np.float64))
         out: dict[str, np.ndarray] = {}
-        for g in self.groups:
-            for col in VECTORS[g]:
-                vec, present = _vectors(frame[col], self.dims[col], strict=True)
-                out[col] = vec
-                if g == "image":
-                    parts.append(present.astype(np.float64))
-                    names.append("image_present")
-        out["dense"] = np.stack(parts, axis=1).astype(np.float32)
-        self._dense_names = names
+        image_present = None
+        for c, g in self.vectors.items():
+            vec, present = vectors(frame[c], self.dims[c], strict=True, name=c)
+            out[c] = vec
+            if g == "image":
+                image_present = present
+        if "image" in self.groups and any(g == "image" for g in self.vectors.values()):
+            parts.append(image_present.astype(np.float64))
+        out["dense"] = (np.stack(parts, axis=1) if parts else np.zeros((n, 0))).astype(np.float32)
         return out
 
     def to_dict(self) -> dict:
@@ -141,4 +213,13 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureSpec":
-        return cls(groups=tuple(d["groups"]), vocab=d["vocab"], mean=d["mean"], std=d["std"], dims=d["dims"])
+        """Rebuild from :meth:`to_dict`.
+
+        Raises:
+            DataError: a checkpoint written before the catalog spec (no ``scalars``): retrain.
+        """
+        if "scalars" not in d:
+            raise DataError("this ranking checkpoint predates the catalog spec (no role-based inputs): "
+                            "retrain it with `recfeast train`")
+        return cls(groups=tuple(d["groups"]), scalars=[list(x) for x in d["scalars"]], vectors=dict(d["vectors"]),
+                   vocab=d["vocab"], mean=d["mean"], std=d["std"], dims=d["dims"], dropped=d.get("dropped", {}))

@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 
 from recfeast.errors import ConfigError
+from recfeast.spec import load_spec
 from recfeast.training.config import TrainConfig
+from recfeast.views import field_roles
 from recfeast.training.evaluate import rank_metrics
 from recfeast.training.examples import labelled_examples, sample_unrated
 
@@ -54,7 +56,7 @@ def test_labelled_examples_split_and_ratio():
     assert ex.event_timestamp.is_monotonic_increasing
     with pytest.raises(ConfigError, match="must be before"):
         labelled_examples(EVENTS, AVAILABLE, TrainConfig(val_start="2020-03-01", test_start="2020-01-01"))
-    with pytest.raises(ConfigError, match="test split is empty"):
+    with pytest.raises(ConfigError, match=r"the test split has no positive example: 5 positives in all, .* 0 after \(test\)"):
         labelled_examples(EVENTS, AVAILABLE, TrainConfig(val_start="2020-01-02", test_start="2021-01-01"))
 
 
@@ -85,7 +87,9 @@ def test_paired_bootstrap_interval():
 
 
 @pytest.mark.parametrize("kwargs, msg", [
-    ({"val_start": "garbage"}, "expected dates"), ({"test_start": "1998-13-01"}, "expected dates"),
+    ({"val_start": "garbage", "test_start": "1998-03-29"}, "expected dates"),
+    ({"val_start": "1998-03-01", "test_start": "1998-13-01"}, "expected dates"),
+    ({"val_start": "1998-03-01"}, "give both val_start and test_start"),
     ({"negatives_per_positive": 0}, "negatives_per_positive=0"), ({"max_epochs": 0}, "max_epochs=0"),
     ({"eval_max_users": -1}, "eval_max_users=-1"), ({"eval_negatives": 0}, "eval_negatives=0"),
     ({"groups": ("behavior", "foo")}, r"unknown feature group\(s\) \['foo'\]"),
@@ -114,8 +118,56 @@ def test_transform_refuses_vectors_of_another_model():
               "avg_rating", "popularity", "days_since_last_rating", "rating_count_7d", "rating_count_30d",
               "rating_count_90d", "rating_count_total", "rating_count"):
         frame[c] = 1.0
-    spec = FeatureSpec.fit(frame, ("behavior", "text"))
+    roles = field_roles(load_spec("feature_repo/catalog.yaml"))
+    spec = FeatureSpec.fit(frame, ("behavior", "text"), roles)
     assert spec.transform(frame)["text_embedding"].shape == (2, 4)
     other = frame.assign(text_embedding=[np.ones(3, np.float32)] * 2)
     with pytest.raises(DataError, match="'text_embedding': 2 vectors of length 3, the model expects 4"):
         spec.transform(other)
+
+
+def test_near_constant_training_column_is_dropped_not_blown_up():
+    """A column constant up to rounding (std ~1e-16) used to be scaled by its std to ~1e15 at serving."""
+    from recfeast.ranking.features import FeatureSpec
+
+    roles = field_roles(load_spec("feature_repo/catalog.yaml"))
+    n = 200
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({
+        "popularity": np.full(n, 0.1) + rng.normal(0, 1e-17, n),        # constant up to rounding
+        "avg_rating_total": rng.normal(3.5, 0.5, n),                    # a real signal
+        "rating_count_total": rng.integers(0, 50, n).astype(float),
+        "gender": rng.choice(["M", "F"], n),
+    })
+    assert 0 < frame.popularity.std() < 1e-15
+    spec = FeatureSpec.fit(frame, ("behavior",), roles)
+    assert "popularity" in spec.dropped and "popularity" not in spec.mean
+    assert [c for c, _ in spec.scalars] == ["rating_count_total", "avg_rating_total"]   # the views' order
+    serve = frame.head(3).assign(popularity=0.1000001)                  # a value seen at serving time
+    dense = spec.transform(serve)["dense"]
+    assert dense.shape == (3, 2 * 2 + 2) and np.abs(dense).max() < 10   # 2 scalars + missing flags + one-hot
+    assert spec.dense_names() == ["rating_count_total", "rating_count_total_missing", "avg_rating_total",
+                                  "avg_rating_total_missing", "gender=F", "gender=M"]
+
+
+def test_roles_not_names_pick_the_inputs():
+    """An H&M-shaped frame: purchase counts, price means, colour flags/shares and a string label are
+    turned into inputs by their role; the share/flags pair gives a match scalar."""
+    from recfeast.ranking.features import FeatureSpec
+
+    roles = field_roles(load_spec("examples/hm/catalog.yaml"))
+    rng = np.random.default_rng(1)
+    n = 50
+    flags = np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]
+    share = rng.dirichlet(np.ones(3), n).astype(np.float32)
+    frame = pd.DataFrame({"purchase_count_7d": rng.integers(0, 5, n), "avg_price_total": rng.random(n),
+                          "club_member_status": rng.choice(["ACTIVE", "PRE-CREATE"], n),
+                          "colour_flags": list(flags), "colour_share": list(share),
+                          "last_purchase_ts": rng.integers(1, 10**9, n), "text_model": "m"})
+    spec = FeatureSpec.fit(frame, ("behavior",), roles)
+    assert [c for c, _ in spec.scalars] == ["purchase_count_7d", "avg_price_total", "colour_match"]
+    assert spec.vocab == {"club_member_status": ["ACTIVE", "PRE-CREATE"]}
+    assert spec.vectors == {"colour_flags": "behavior", "colour_share": "behavior"}
+    out = spec.transform(frame)
+    match = (share * flags).sum(1)
+    np.testing.assert_allclose(out["dense"][:, 4], (match - match.mean()) / match.std(), rtol=1e-4, atol=1e-5)

@@ -46,7 +46,7 @@ def test_train_end_to_end_on_slice(small_run, small_data, tmp_path):
     model, spec, ckpt = load_checkpoint(out / "ranking_model.pt")
     assert tuple(ckpt["config"]["groups"]) == ("behavior", "text", "image", "sequence")
     assert ckpt["features"] == info["features"] and "item_content.popularity" in ckpt["normalization"]
-    assert ckpt["embedding_models"] == info["model_ids"] and ckpt["feature_selection"]["kept"]
+    assert ckpt["embedding_models"] == info["model_ids"] and ckpt["feature_selection"]["genre"]["kept"]
     import torch
 
     arrays = spec.transform(tset.head(50))
