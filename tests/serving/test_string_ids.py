@@ -58,7 +58,7 @@ def _write_data(root):
     rows = []
     t0 = TS - 40 * 86400
     for u in USERS[:4]:   # USERS[4] has a profile and no events
-        for n in range(6):
+        for n in range(12):
             rows.append({"customer_id": u, "article_id": ITEMS[int(rng.integers(len(ITEMS) - 1))],
                          "kind": "purchase" if n % 2 else "view", "price": round(float(rng.uniform(5, 60)), 2),
                          "t": t0 + int(rng.integers(0, 38 * 86400))})
@@ -82,8 +82,27 @@ def shop(tmp_path_factory):
     fs = store.feature_store(repo, "redis", project)
     store.apply(fs)
     online.load(fs, repo / "data" / "tables", quiet=True)
-    yield repo, project
+    yield repo, project, data
     drop_online(fs)
+
+
+@pytest.fixture(scope="module")
+def shop_services(shop, tmp_path_factory, text_encoder):
+    """A ranking model trained on the tiny catalog in seconds, served from SQLite and Redis."""
+    import os
+    from unittest import mock
+
+    from recfeast.serving.service import RecommendService, ServiceConfig
+    from recfeast.training import TrainConfig, train
+
+    repo, project, data = shop
+    out = tmp_path_factory.mktemp("shop_model")
+    with mock.patch.dict(os.environ, {"RECFEAST_PROJECT": project}):
+        train(TrainConfig(repo=str(repo), data_dir=str(data), out_dir=str(out), max_epochs=2, eval_max_users=4,
+                          eval_negatives=3, ablation=False), log=lambda *a: None)
+    return {kind: RecommendService.from_config(ServiceConfig(
+        checkpoint=out / "ranking_model.pt", repo=repo, online_store=kind, project=project, as_of=TS, candidates=5,
+        popular=3, refresh_every_s=0), encoder=text_encoder) for kind in ("sqlite", "redis")}
 
 
 @pytest.mark.slow
@@ -91,7 +110,7 @@ def test_string_keys_equal_feast_on_both_stores(shop):
     from recfeast.serving.sdk import OnlineFeatureClient
     from tests.serving.test_reader import _assert_same_as_feast
 
-    repo, project = shop
+    repo, project, _ = shop
     items = ITEMS + ["no-such-article", ITEMS[0]]
     answers = {}
     for kind in ("sqlite", "redis"):
@@ -136,7 +155,7 @@ def test_string_keys_equal_feast_on_both_stores(shop):
 def test_key_types_are_checked(shop):
     from recfeast.serving.sdk import OnlineFeatureClient
 
-    repo, project = shop
+    repo, project, _ = shop
     client = OnlineFeatureClient(repo, "sqlite", project=project)
     for args, msg in [((7, ITEMS[:1]), r"user_id=7: expected a string"),
                       ((USERS[0], [706016001]), r"item_ids\[0\]=706016001: expected a string"),
@@ -151,7 +170,7 @@ def test_key_types_are_checked(shop):
 def test_item_index_answers_with_string_ids(shop):
     from recfeast.serving.index import ItemIndex, latest_item_rows
 
-    repo, _ = shop
+    repo, _, _ = shop
     path = repo / "data" / "tables" / "item_text_embedding.parquet"
     ix = ItemIndex(path)
     rows = latest_item_rows(path, ["text_embedding"])
@@ -180,3 +199,39 @@ def test_api_models_follow_the_key_types():
     Features, Recommend, _ = _models({"user_id": "int64", "item_id": "int64"})
     with pytest.raises(ValidationError, match="valid integer"):
         Recommend(user_id="7")
+
+
+@pytest.mark.slow
+def test_recommend_and_search_with_string_ids(shop_services):
+    from fastapi.testclient import TestClient
+
+    from recfeast.serving.api import create_app
+    from recfeast.serving.service import UnknownUserError
+
+    answers = {kind: svc.recommend(USERS[0], k=4) for kind, svc in shop_services.items()}
+    assert answers["sqlite"]["items"] == answers["redis"]["items"]
+    items = answers["redis"]["items"]
+    assert len(items) == 4 and all(isinstance(i["item_id"], str) and i["item_id"] in ITEMS for i in items)
+    assert answers["redis"]["user_id"] == USERS[0]
+    svc = shop_services["sqlite"]
+    # the scores are the model's on the online features of exactly these items
+    feats = svc.client.get_features(USERS[0], [i["item_id"] for i in items], TS)
+    np.testing.assert_allclose([i["model_score"] for i in items], svc.ranker.score(feats), rtol=1e-6)
+    # a user with a profile and no events gets the popular items; an unknown one is refused
+    lone = svc.recommend(USERS[4], k=3)
+    assert all(i["retrieval_score"] is None for i in lone["items"]) and len(lone["items"]) == 3
+    with pytest.raises(UnknownUserError, match="no such user"):
+        svc.recommend("nobody")
+    with pytest.raises(FeatureLookupError, match="expected a string"):
+        svc.recommend(7)
+    found = svc.search("warm wool scarf", user_id=USERS[1], k=3)
+    assert found["user_id"] == USERS[1] and all(i["item_id"] in ITEMS for i in found["items"])
+    http = TestClient(create_app(svc), raise_server_exceptions=False)
+    r = http.post("/recommend", json={"user_id": USERS[0], "k": 4})
+    assert r.status_code == 200 and r.json()["items"] == items
+    assert http.get("/recommend", params={"user_id": USERS[0], "k": 4}).json()["items"] == items
+    bad = http.post("/recommend", json={"user_id": 7})
+    assert bad.status_code == 422 and "user_id: Input should be a valid string" in bad.json()["error"]
+    assert http.post("/recommend", json={"user_id": "nobody"}).status_code == 404
+    r = http.post("/features", json={"user_id": USERS[0], "item_ids": ITEMS[:2], "vectors": False})
+    assert r.status_code == 200 and [i["item_id"] for i in r.json()["items"]] == ITEMS[:2]
