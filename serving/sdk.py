@@ -133,7 +133,8 @@ def _as_key(value, name: str, dtype: str = "int64") -> int | str:
     """
     if dtype == "string":
         if not isinstance(value, str):
-            raise FeatureLookupError(f"{name}={value!r}: expected a string (this catalog's {name} is a string key)")
+            what = "item" if "item" in name else "user"
+            raise FeatureLookupError(f"{name}={value!r}: expected a string (this catalog's {what} ids are strings)")
         if not value:
             raise FeatureLookupError(f"{name}='': expected a non-empty string")
         if len(value) > MAX_KEY_CHARS:
@@ -226,7 +227,8 @@ class OnlineFeatureClient:
             try:
                 return _as_key(int(str(text).strip()), name)
             except ValueError:
-                raise FeatureLookupError(f"{name}={text!r}: expected an integer (this catalog's {name} is int64)") from None
+                what = "item" if "item" in name else "user"
+                raise FeatureLookupError(f"{name}={text!r}: expected an integer (this catalog's {what} ids are int64)") from None
         return _as_key(text, name, kind)
 
     @cached_property
