@@ -113,8 +113,10 @@ def _compact_json(obj) -> str:
 
 
 @main.command()
-@click.option("--user", "user_id", type=int, required=True, help="User id.")
-@click.option("--items", "items", required=True, help="Comma-separated item ids, e.g. 242,302,377.")
+@click.option("--user", "user_id", required=True,
+              help="User id: an integer, or a string where the catalog spec declares string user ids.")
+@click.option("--items", "items", required=True,
+              help="Comma-separated item ids, e.g. 242,302,377 (strings where the spec says so).")
 @click.option("--feature-service", default="ranking_v1", show_default=True)
 @click.option("--request-ts", type=int, default=None, help="Request time, unix seconds (default: now).")
 @_repo_opt
@@ -124,12 +126,10 @@ def lookup(user_id, items, feature_service, request_ts, repo_path, online_store)
     from recfeast.serving.sdk import OnlineFeatureClient
 
     try:
-        item_ids = [int(x) for x in items.split(",") if x.strip()]
-    except ValueError:
-        _fail(RecfeastError(f"--items {items!r}: expected comma-separated integers, e.g. 242,302,377"))
-    try:
         client = OnlineFeatureClient(repo_path, online_store, feature_service)
-        feats = client.get_features(user_id, item_ids, request_ts)
+        ids = [x.strip() for x in items.split(",") if x.strip()]
+        item_ids = [client.parse_key(x, f"--items[{n}]") for n, x in enumerate(ids)]
+        feats = client.get_features(client.parse_key(user_id, "--user"), item_ids, request_ts)
     except RecfeastError as exc:
         _fail(exc)
     click.echo(_compact_json(feats.to_json()))

@@ -171,3 +171,9 @@ def decode_lists(bufs: list) -> list:
         out.append(None if which is None or which == "null_val" or not which.endswith("_list_val")
                    else list(getattr(v, which).val))
     return out
+
+
+def decode_int64_list(buf: bytes | None) -> list[int] | None:
+    """A serialised ``Value`` holding ``int64_list_val`` -> list of ints; ``None`` for null/absent
+    (:func:`decode_lists` for one value)."""
+    return decode_lists([buf or None])[0]

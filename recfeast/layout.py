@@ -19,6 +19,7 @@ from recfeast.errors import StoreError
 VECTOR, FLOAT32, FLOAT64, INT64, STRING = "vector", "float32", "float64", "int64", "string"
 #: a variable-length list (``Array(String)`` tags, ``Array(Int64)``, ``Array(Float64)``...): Python lists
 LIST = "list"
+INT64_LIST = "int64_list"  #: Array(Int64), read outside services only (:func:`view_layout`)
 
 
 @dataclass(frozen=True)
@@ -76,13 +77,19 @@ def kind_of(dtype) -> str:
 
 
 @lru_cache(maxsize=65536)
-def entity_key_bytes(join_key: str, value: int, version: int = 3) -> bytes:
-    """Feast's serialised entity key of one int64 join key (cached: ids repeat across requests)."""
+def entity_key_bytes(join_key: str, value: int | str, version: int = 3) -> bytes:
+    """Feast's serialised entity key of one join key (cached: ids repeat across requests).
+
+    ``value`` is an int (an INT64 entity: ``int64_val``) or a str (a STRING entity: ``string_val``,
+    UTF-8); with version 3 both are ``<n keys><STRING><len><join key><type><len><value bytes>``
+    (``feast.infra.key_encoding_utils.serialize_entity_key``, which this calls).
+    """
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    return serialize_entity_key(EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=value)]),
+    val = Value(string_val=value) if isinstance(value, str) else Value(int64_val=value)
+    return serialize_entity_key(EntityKey(join_keys=[join_key], entity_values=[val]),
                                 entity_key_serialization_version=version)
 
 
@@ -93,7 +100,7 @@ def service_layout(store, service) -> tuple[list[ViewSpec], list[OnDemandSpec]]:
         ``(views, on_demand)`` in the service's order.
 
     Raises:
-        StoreError: a view with several join keys, a non-int64 key or an unserved type.
+        StoreError: a view with several join keys or an unserved type.
     """
     from feast.infra.online_stores.helpers import _mmh3, compute_table_id, compute_versioned_name
 
@@ -115,7 +122,7 @@ def service_layout(store, service) -> tuple[list[ViewSpec], list[OnDemandSpec]]:
             odfvs.append(OnDemandSpec(proj.name, feats, kinds, tuple(inputs), odfv.feature_transformation.udf))
             continue
         if len(fv.join_keys) != 1:
-            raise StoreError(f"feature view {fv.name!r} has join keys {fv.join_keys}; the SDK serves one int64 key")
+            raise StoreError(f"feature view {fv.name!r} has join keys {fv.join_keys}; the SDK serves one key per view")
         name = compute_versioned_name(fv, versioning)
         views.append(ViewSpec(
             name=name, join_key=fv.join_keys[0], features=feats, kinds=kinds,
@@ -123,3 +130,35 @@ def service_layout(store, service) -> tuple[list[ViewSpec], list[OnDemandSpec]]:
             fields=tuple(_mmh3(f"{name}:{f}") for f in feats), ts_field=f"_ts:{name}".encode(),
             table=compute_table_id(cfg.project, fv, versioning)))
     return views, odfvs
+
+
+def view_layout(store, name: str, features: list[str]) -> ViewSpec:
+    """Where ``features`` of the feature view ``name`` live online, outside any feature service
+    (e.g. ``user_realtime:last_item_ids``). Kinds as :func:`kind_of`, plus ``int64_list`` for
+    ``Array(Int64)`` (decoded by :func:`recfeast.codec.decode_int64_list`).
+
+    Raises:
+        StoreError: no such view in the registry, a missing feature, several join keys or an
+            unserved type.
+    """
+    from feast.infra.online_stores.helpers import _mmh3, compute_table_id, compute_versioned_name
+    from feast.types import Array, Int64
+
+    cfg = store.config
+    try:
+        fv = store.get_feature_view(name)
+    except Exception as exc:
+        raise StoreError(f"feature view {name!r} is not in the registry: {exc}") from exc
+    if len(fv.join_keys) != 1:
+        raise StoreError(f"feature view {name!r} has join keys {fv.join_keys}; the SDK serves one key per view")
+    dtypes = {f.name: f.dtype for f in fv.features}
+    missing = [f for f in features if f not in dtypes]
+    if missing:
+        raise StoreError(f"feature view {name!r} has no features {missing}")
+    kinds = tuple(INT64_LIST if dtypes[f] == Array(Int64) else kind_of(dtypes[f]) for f in features)
+    versioning = cfg.registry.enable_online_feature_view_versioning
+    vname = compute_versioned_name(fv, versioning)
+    return ViewSpec(name=vname, join_key=fv.join_keys[0], features=tuple(features), kinds=kinds,
+                    ttl_s=fv.ttl.total_seconds() if fv.ttl else 0.0,
+                    fields=tuple(_mmh3(f"{vname}:{f}") for f in features), ts_field=f"_ts:{vname}".encode(),
+                    table=compute_table_id(cfg.project, fv, versioning))

@@ -19,30 +19,42 @@ log = logging.getLogger("recfeast.serving")
 MAX_EVENTS = 10_000
 
 
-def _models():
-    """Request bodies (pydantic), built on first use so importing this module stays cheap."""
-    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+def _models(key_types: dict | None = None):
+    """Request bodies (pydantic), built on first use so importing this module stays cheap.
 
-    from recfeast.serving.sdk import MAX_ITEMS
+    ``key_types``: join key -> ``"int64"`` | ``"string"`` (the catalog spec's entity types; default
+    both int64): ``user_id`` and ``item_ids`` are strict ints or strict non-empty strings
+    accordingly, so ``"7"`` for an int64 key or ``7`` for a string key is a 422 naming the field.
+    """
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+    from recfeast.serving.sdk import MAX_ITEMS, MAX_KEY_CHARS
     from recfeast.serving.service import MAX_K
+
+    key_types = key_types or {}
+    Str = Annotated[StrictStr, Field(min_length=1, max_length=MAX_KEY_CHARS)]
+    User = Str if key_types.get("user_id") == "string" else StrictInt
+    Item = Str if key_types.get("item_id") == "string" else StrictInt
 
     class Strict(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
     class FeaturesRequest(Strict):
-        user_id: StrictInt
-        item_ids: list[StrictInt] = Field(min_length=1, max_length=MAX_ITEMS)
+        user_id: User
+        item_ids: list[Item] = Field(min_length=1, max_length=MAX_ITEMS)
         request_ts: StrictInt | None = Field(default=None, ge=0, lt=2**33)
         vectors: StrictBool = True
 
     class RecommendRequest(Strict):
-        user_id: StrictInt
+        user_id: User
         k: StrictInt = Field(default=10, ge=1, le=MAX_K)
         request_ts: StrictInt | None = Field(default=None, ge=0, lt=2**33)
 
     class SearchRequest(Strict):
         query: str = Field(min_length=1, max_length=512)
-        user_id: StrictInt | None = None
+        user_id: User | None = None
         k: StrictInt = Field(default=10, ge=1, le=MAX_K)
         request_ts: StrictInt | None = Field(default=None, ge=0, lt=2**33)
 
@@ -72,7 +84,8 @@ def create_app(service, metrics=None, ingestor_factory=None):
     from recfeast.serving.service import UnknownUserError
 
     metrics = metrics or Metrics()
-    FeaturesRequest, RecommendRequest, SearchRequest = _models()
+    key_types = getattr(service.client, "key_types", None)
+    FeaturesRequest, RecommendRequest, SearchRequest = _models(key_types)
     app = FastAPI(title="recfeast serving", version="1", docs_url="/docs", redoc_url=None)
     app.state.service, app.state.metrics = service, metrics
     ingest_lock, ingestor = threading.Lock(), {}
@@ -132,10 +145,16 @@ def create_app(service, metrics=None, ingestor_factory=None):
         """Top k items for a user: retrieval -> features -> ranking model."""
         return service.recommend(req.user_id, req.k, req.request_ts)
 
-    @app.get("/recommend")
-    def recommend_get(user_id: int, k: int = 10):
-        """``GET /recommend?user_id=196&k=10``: the same as the POST."""
-        return service.recommend(user_id, k)
+    if (key_types or {}).get("user_id") == "string":
+        @app.get("/recommend")
+        def recommend_get(user_id: str, k: int = 10):
+            """``GET /recommend?user_id=<id>&k=10``: the same as the POST."""
+            return service.recommend(user_id, k)
+    else:
+        @app.get("/recommend")
+        def recommend_get(user_id: int, k: int = 10):
+            """``GET /recommend?user_id=196&k=10``: the same as the POST."""
+            return service.recommend(user_id, k)
 
     @app.post("/search")
     def search(req: SearchRequest):

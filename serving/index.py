@@ -9,6 +9,11 @@ last consistent state; a table that moved wholly to a new model is rebuilt from 
 
 usearch was picked over hnswlib and faiss: it installs as a wheel here (hnswlib 0.8 needs a compiler),
 and it removes and replaces single keys in an HNSW graph (faiss' HNSW cannot remove).
+
+usearch keys are uint64, while item ids are whatever the catalog spec declares (int64, possibly
+negative, or strings such as ``"0706016001"``): each item gets an internal key, a row number handed
+out in order of first appearance and never reused, and :meth:`ItemIndex.search` answers with item ids.
+Callers never see the internal keys.
 """
 
 from __future__ import annotations
@@ -71,7 +76,10 @@ class ItemIndex:
         self.version = 0
         self.updated_at = 0.0
         self._index = None
-        self._rows: dict[int, tuple] = {}   # item id -> (event ts, created ts) indexed
+        self._rows: dict = {}               # item id -> (event ts, created ts) indexed
+        self._key: dict = {}                # item id -> usearch key (uint64 row number)
+        self._ids: list = []                # usearch key -> item id
+        self._string_ids = False
         self._sig = None
         self._lock = threading.Lock()
         self.refresh()
@@ -111,9 +119,10 @@ class ItemIndex:
             raise DataError(f"{self.table}: text embeddings of widths {sorted(dims)}")
         model = models[0] if models else None
         dim = dims.pop() if dims else 0
-        ids = rows.item_id.to_numpy(np.int64)
+        string_ids = rows.item_id.dtype == object or pd.api.types.is_string_dtype(rows.item_id)
+        ids = rows.item_id.astype(object if string_ids else np.int64).tolist()
         stamps = list(zip(_ns(rows.event_timestamp), _ns(rows.created_timestamp)))
-        new = dict(zip(ids.tolist(), stamps))
+        new = dict(zip(ids, stamps))
         rebuilt = model != self.model_id or dim != self.dim or self._index is None
         if rebuilt:
             changed = set(new)
@@ -124,16 +133,26 @@ class ItemIndex:
         old = set() if rebuilt else set(self._rows)
         counts = {"added": len(changed - old), "updated": len(changed & old), "removed": len(removed),
                   "rebuilt": rebuilt}
-        pick = np.isin(ids, np.fromiter(changed, np.int64, len(changed)))
+        pick = np.array([i in changed for i in ids], bool)
         vecs = np.stack(rows.text_embedding[pick].to_numpy()).astype(np.float32) if pick.any() else None
         with self._lock:
             index = self._new_index(dim) if rebuilt else self._index
-            stale = sorted((changed | removed) & old)
+            key, back = ({}, []) if rebuilt else (dict(self._key), list(self._ids))
+            stale = sorted(key[i] for i in (changed | removed) & old)
             if stale:
-                index.remove(np.asarray(stale, np.int64))
+                index.remove(np.asarray(stale, np.uint64))
+            for i in removed:
+                key.pop(i, None)
             if vecs is not None:
-                index.add(ids[pick], vecs)
+                add = []
+                for i in (i for i, p in zip(ids, pick) if p):
+                    if i not in key:
+                        key[i] = len(back)
+                        back.append(i)
+                    add.append(key[i])
+                index.add(np.asarray(add, np.uint64), vecs)
             self._index, self._rows, self.model_id, self.dim, self._sig = index, new, model, dim, sig
+            self._key, self._ids, self._string_ids = key, back, string_ids
             self.version += 1
             self.updated_at = time.time()
         return {**counts, "seconds": time.perf_counter() - t0}
@@ -146,7 +165,8 @@ class ItemIndex:
             k: number of items wanted. exclude: item ids to leave out.
 
         Returns:
-            ``(item ids (m,) int64, cosine similarities (m,) float32)``, m <= k.
+            ``(item ids (m,), cosine similarities (m,) float32)``, m <= k; ids int64, or object
+            (str) for a catalog with string item ids.
 
         Raises:
             DataError: the vector's width is not the index's.
@@ -156,13 +176,17 @@ class ItemIndex:
             raise DataError(f"query vector of width {v.shape[0]}, the index holds {self.dim}-d vectors")
         exclude = set(exclude)
         with self._lock:
+            empty = np.zeros(0, object if self._string_ids else np.int64)
             if not self._rows or k <= 0:
-                return np.zeros(0, np.int64), np.zeros(0, np.float32)
+                return empty, np.zeros(0, np.float32)
             found = self._index.search(v, min(len(self._rows), k + len(exclude)))
-        keys = np.asarray(found.keys, np.int64)
+            back = self._ids
+            ids = [back[int(x)] for x in np.asarray(found.keys, np.uint64)]
         sims = (1.0 - np.asarray(found.distances, np.float32))
-        keep = np.array([int(i) not in exclude for i in keys], bool)
-        return keys[keep][:k], sims[keep][:k]
+        keep = [n for n, i in enumerate(ids) if i not in exclude][:k]
+        out = np.empty(len(keep), object) if self._string_ids else np.zeros(len(keep), np.int64)
+        out[:] = [ids[n] for n in keep]
+        return out, sims[keep]
 
     def info(self) -> dict:
         """``{"model_id", "items", "dim", "version", "updated_at"}`` (for responses and /health)."""

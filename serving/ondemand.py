@@ -1,8 +1,10 @@
 """Request-time features, vectorised over all candidates of a request.
 
-The two on-demand views of ``ranking_v1`` have numpy versions here that give Feast's answers
-(``tests/serving/test_reader.py`` compares them with ``get_online_features``); any other on-demand
-view of a service runs its own Feast transformation on a DataFrame of its inputs. The query-item
+The on-demand views a catalog spec derives (:func:`recfeast.views.on_demand_views`: the user-item
+cosine, the days since the user's last event of the primary type) have numpy versions here, built by
+name from the spec (:func:`vectorised`), that give Feast's answers (``tests/serving/test_reader.py``
+compares them with ``get_online_features``); any other on-demand view of a service runs its own
+Feast transformation on a DataFrame of its inputs. The query-item
 similarity of search is computed here too.
 """
 
@@ -45,14 +47,47 @@ def user_item_similarity(cols: dict, request_ts: int) -> dict:
     return {"user_item_cosine": cosine_rows(cols["sequence_embedding"], cols["text_embedding"])}
 
 
-def user_recency(cols: dict, request_ts: int) -> dict:
-    """``days_since_last_rating``: ``(request_ts - last_rating_ts) / 86400`` days (float64, NaN if
-    never rated)."""
-    last = cols["last_rating_ts"]
-    return {"days_since_last_rating": (float(request_ts) - last) / 86400.0}
+def recency(last_cols: tuple[str, ...], out_col: str):
+    """The ``user_recency`` view of a spec: ``out_col = (request_ts - max(last_cols)) / 86400`` days
+    (float64; a ``last_<type>_ts`` that is null or <= 0 means no such event yet; NaN before the first
+    event of any type, as the Feast transformation in ``feature_definitions.py`` says)."""
+
+    def user_recency(cols: dict, request_ts: int) -> dict:
+        last = np.stack([np.asarray(cols[c], np.float64) for c in last_cols], axis=1)
+        last = np.where(last > 0, last, np.nan)
+        with np.errstate(all="ignore"):
+            latest = np.where(np.isnan(last).all(axis=1), np.nan, np.nanmax(np.where(np.isnan(last), -np.inf, last), axis=1))
+        return {out_col: (float(request_ts) - latest) / 86400.0}
+
+    user_recency.__doc__ = f"``{out_col}``: (request_ts - max of {', '.join(last_cols)}) / 86400 days (float64)."
+    return user_recency
 
 
-VECTORISED = {"user_item_similarity": user_item_similarity, "user_recency": user_recency}
+def vectorised(spec, on_demand: list) -> dict:
+    """Numpy versions of the on-demand views of ``spec`` (a :class:`recfeast.spec.CatalogSpec`),
+    by view name, for those whose outputs and inputs in the registry (``on_demand``: the
+    :class:`recfeast.layout.OnDemandSpec` list of the service) are the ones the spec derives
+    (:func:`recfeast.views.on_demand_views`). Any other view, or one whose registry definition
+    differs from the spec (applied from an older spec), runs its own Feast transformation
+    (:func:`run_udf`).
+
+    ``user_item_similarity`` exists only when the spec has both the sequence and the text
+    embedding; ``user_recency`` reads the ``last_<prefix>_ts`` of every event type.
+    """
+    from recfeast.views import on_demand_views
+
+    registry = {od.name: od for od in on_demand}
+    out = {}
+    for d in on_demand_views(spec):
+        od = registry.get(d.name)
+        inputs = tuple(i.split(":", 1)[1] for i in d.inputs)
+        if od is None or tuple(od.features) != (d.output.name,) or not set(inputs) <= set(od.inputs):
+            continue
+        if d.name == "user_item_similarity":
+            out[d.name] = user_item_similarity
+        elif d.name == "user_recency":
+            out[d.name] = recency(tuple(i for i in inputs if i != "request_ts"), d.output.name)
+    return out
 
 
 def run_udf(udf, inputs: dict, n: int, request_ts: int) -> dict:

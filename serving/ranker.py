@@ -20,6 +20,11 @@ MODEL_COLUMNS = {"text_model": "text_embedding", "image_model": "image_embedding
                  "sequence_model": "sequence_embedding"}
 
 
+def _plain(key):
+    """An id as a plain int or str (for messages)."""
+    return key if isinstance(key, str) else int(key)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -85,10 +90,10 @@ class Ranker:
             if not allowed or col not in feats.arrays:
                 continue
             vals = feats.arrays[col]
-            bad = [(int(i), v) for i, v in zip(feats.arrays["item_id"], vals) if v is not None and v not in allowed]
+            bad = [(_plain(i), v) for i, v in zip(feats.arrays["item_id"], vals) if v is not None and v not in allowed]
             if bad:
                 if col.startswith("sequence") or col.startswith("realtime"):   # a user-level embedding
-                    where = f"of user {int(feats.arrays['user_id'][0])}"
+                    where = f"of user {_plain(feats.arrays['user_id'][0])!r}"
                 else:
                     where = f"of items {sorted({i for i, _ in bad})[:5]}"
                 raise ModelError(f"{emb} {where} comes from {bad[0][1]}, the ranking model was trained on "

@@ -64,8 +64,8 @@ class RedisReader:
             client = redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kw))
         self.client = client
 
-    def read(self, keys: dict[str, list[int]], views: list[ViewSpec]) -> dict[str, ViewRows]:
-        """Rows of ``views`` for the entities ``keys`` (join key -> ids), in one round trip.
+    def read(self, keys: dict[str, list], views: list[ViewSpec]) -> dict[str, ViewRows]:
+        """Rows of ``views`` for the entities ``keys`` (join key -> int or str ids), in one round trip.
 
         Raises:
             StoreError: Redis cannot be reached or answers with an error.
@@ -145,8 +145,8 @@ class SqliteReader:
             self._local.conn = conn
         return conn
 
-    def read(self, keys: dict[str, list[int]], views: list[ViewSpec]) -> dict[str, ViewRows]:
-        """Rows of ``views`` for the entities ``keys`` (join key -> ids), in one query.
+    def read(self, keys: dict[str, list], views: list[ViewSpec]) -> dict[str, ViewRows]:
+        """Rows of ``views`` for the entities ``keys`` (join key -> int or str ids), in one query.
 
         Raises:
             StoreError: the database cannot be read or a view's table is missing (not applied).

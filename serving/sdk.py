@@ -5,6 +5,11 @@
 >>> feats.arrays["text_embedding"].shape            # (3, 384) float32
 >>> feats.frame                                     # one row per item, fixed column order
 
+Entity keys are int64 or strings, as the repository's catalog spec (``catalog.yaml``) declares them
+(H&M: ``client.get_features("00a1...f3", [706016001, 372860001])``); a key of the other type is
+refused with :class:`~recfeast.errors.FeatureLookupError`. String keys are Feast's ``string_val``
+entity keys, serialised as Feast does (:func:`recfeast.layout.entity_key_bytes`).
+
 Reads go straight to the online store in Feast's layout (:mod:`recfeast.serving.reader`): one Redis
 pipeline or one SQLite query for the user and every item, raw bytes decoded into typed columns
 (:mod:`recfeast.codec`), on-demand features computed vectorised
@@ -27,6 +32,7 @@ from recfeast.layout import FLOAT32, FLOAT64, INT64, LIST, STRING, VECTOR
 
 FOUND, MISSING, STALE = "found", "missing", "stale"
 MAX_ITEMS = 1000  #: candidates per call; a request for more is refused
+MAX_KEY_CHARS = 1024  #: longest string entity key accepted
 
 
 class RankingFeatures:
@@ -34,7 +40,8 @@ class RankingFeatures:
 
     Attributes:
         arrays: column -> array, built first (the ranking model's input). ``user_id``/``item_id``
-            ``(n,)`` int64 (``user_id`` -1 for an anonymous request); vectors ``(n, d)`` float32
+            ``(n,)`` int64 for int64 keys (``user_id`` -1 for an anonymous request), object (str;
+            ``user_id`` None when anonymous) for string keys; vectors ``(n, d)`` float32
             with NaN rows where missing; Float32/Float64 features ``(n,)`` float32/float64 with NaN;
             Int64 features ``(n,)`` float64 with NaN (exact up to 2**53); strings ``(n,)`` object
             with None; other arrays (``Array(String)`` tags, ``Array(Int64)``) ``(n,)`` object of Python
@@ -70,7 +77,7 @@ class RankingFeatures:
             elif kind == INT64:
                 vals, mask = self._ints[name]
                 cols[name] = pd.arrays.IntegerArray(vals.copy(), mask.copy())
-            elif name == "user_id" and (arr < 0).any():  # anonymous: nullable
+            elif name == "user_id" and arr.dtype != object and (arr < 0).any():  # anonymous: nullable
                 cols[name] = pd.arrays.IntegerArray(np.where(arr < 0, 0, arr), arr < 0)
             else:
                 cols[name] = arr
@@ -97,19 +104,43 @@ class RankingFeatures:
             elif kind in (STRING, LIST):
                 vals = list(arr)
             elif name in ("user_id", "item_id"):
-                vals = [None if v < 0 and name == "user_id" else int(v) for v in arr]
+                vals = [_json_key(v, name) for v in arr]
             else:
                 vals = [None if np.isnan(v) else float(v) for v in arr]
             cols.append((name, vals))
         status = self.status.to_dict("records")
         items = [{**{name: vals[i] for name, vals in cols}, "status": status[i]} for i in range(n)]
-        user = int(self.arrays["user_id"][0]) if n and self.arrays["user_id"][0] >= 0 else None
+        user = _json_key(self.arrays["user_id"][0], "user_id") if n else None
         return {"feature_service": self.feature_service, "request_ts": self.request_ts, "user_id": user,
                 "items": items}
 
 
-def _as_key(value, name: str) -> int:
-    """An int64 key from an int (or integral numpy/float value); anything else is refused."""
+def _json_key(v, name: str):
+    """A key as JSON: int, str, or None for the anonymous user (-1 / None)."""
+    if v is None or isinstance(v, str):
+        return v
+    return None if v < 0 and name == "user_id" else int(v)
+
+
+def _as_key(value, name: str, dtype: str = "int64") -> int | str:
+    """An entity key of the declared ``dtype`` (the catalog spec's ``int64`` or ``string``).
+
+    int64: an int (or an integral numpy/float value) in the int64 range. string: a non-empty
+    ``str`` of at most :data:`MAX_KEY_CHARS` characters (ids are not stripped or renumbered).
+
+    Raises:
+        FeatureLookupError: naming ``name``, the value and the expected type (a string for an
+            int64 key, an int for a string key, ``True``, ``1.5``, ...).
+    """
+    if dtype == "string":
+        if not isinstance(value, str):
+            what = "item" if "item" in name else "user"
+            raise FeatureLookupError(f"{name}={value!r}: expected a string (this catalog's {what} ids are strings)")
+        if not value:
+            raise FeatureLookupError(f"{name}='': expected a non-empty string")
+        if len(value) > MAX_KEY_CHARS:
+            raise FeatureLookupError(f"{name}: a key of {len(value)} characters, at most {MAX_KEY_CHARS}")
+        return str(value)
     if isinstance(value, (bool, np.bool_)):
         raise FeatureLookupError(f"{name}={value!r}: expected an integer")
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
@@ -143,9 +174,14 @@ class OnlineFeatureClient:
                  feature_service: str = "ranking_v1", project: str | None = None, max_items: int = MAX_ITEMS):
         from recfeast.store import feature_store
         from recfeast.layout import service_layout
+        from recfeast.serving import ondemand
         from recfeast.serving.reader import make_reader
+        from recfeast.spec import load_spec, spec_path
 
         self.store = feature_store(repo, online_store, project)
+        self.spec = load_spec(spec_path(self.store.repo_path))
+        #: join key -> "int64" | "string", from the catalog spec (checked against the registry below)
+        self.key_types = {"user_id": self.spec.user.dtype, "item_id": self.spec.item.dtype}
         try:
             self.service = self.store.get_feature_service(feature_service)
         except Exception as exc:
@@ -156,10 +192,80 @@ class OnlineFeatureClient:
         bad = {v.join_key for v in self.views} - {"user_id", "item_id"}
         if bad:
             raise StoreError(f"service {feature_service!r} has entity keys {sorted(bad)}; the SDK serves user_id/item_id")
+        self._check_key_types()
         self.kinds = {f: k for v in (*self.views, *self.on_demand) for f, k in zip(v.features, v.kinds)}
+        self.vectorised = ondemand.vectorised(self.spec, self.on_demand)
         self.reader = make_reader(self.store)
         self.online_store = self.reader.kind
         self.max_items = max_items
+
+    def _check_key_types(self) -> None:
+        """The registry's entity value types must be the spec's (else every read would miss)."""
+        from feast.value_type import ValueType
+
+        want = {"int64": ValueType.INT64, "string": ValueType.STRING}
+        for ent in self.store.list_entities():
+            jk = ent.join_key
+            if jk in self.key_types and ent.value_type != want[self.key_types[jk]]:
+                raise StoreError(f"the registry of {self.store.repo_path} declares {jk} as {ent.value_type.name}, "
+                                     f"its catalog.yaml as {self.key_types[jk]}: run `recfeast materialize` (or "
+                                     "`feast apply`) after changing the spec")
+
+    def key(self, value, name: str = "user_id") -> int | str:
+        """``value`` validated as a key of this catalog (see :func:`_as_key`): an item key when
+        ``name`` contains "item" (``item_ids[3]``), else a user key; ``name`` is used in messages."""
+        return _as_key(value, name, self.key_types["item_id" if "item" in name else "user_id"])
+
+    def parse_key(self, text: str, name: str = "user_id") -> int | str:
+        """A key typed as text (CLI, URL) -> this catalog's key type: int64 keys are parsed as
+        integers, string keys kept as given.
+
+        Raises:
+            FeatureLookupError: an int64 key that is not an integer.
+        """
+        kind = self.key_types["item_id" if "item" in name else "user_id"]
+        if kind == "int64":
+            try:
+                return _as_key(int(str(text).strip()), name)
+            except ValueError:
+                what = "item" if "item" in name else "user"
+                raise FeatureLookupError(f"{name}={text!r}: expected an integer (this catalog's {what} ids are int64)") from None
+        return _as_key(text, name, kind)
+
+    @cached_property
+    def _history_view(self):
+        """The online view holding a user's recent items (``user_realtime:last_item_ids``, pushed
+        by the ingest path; int64 catalogs only), or None when the spec or registry has none."""
+        from recfeast.layout import view_layout
+        from recfeast.views import view
+
+        if view(self.spec, "user_realtime") is None:
+            return None
+        try:
+            return view_layout(self.store, "user_realtime", ["last_item_ids"])
+        except StoreError:
+            return None
+
+    def recent_items(self, user_id) -> list:
+        """Items the online store knows ``user_id`` interacted with lately, newest first: the
+        ``last_item_ids`` of the pushed ``user_realtime`` view (the user's last 10 ingested
+        events). Best effort: ``[]`` when the catalog has no such view (string ids), the user has
+        no pushed state, or the row is older than the view's ttl. Batch-only history is not
+        online item by item, so it is not returned.
+
+        Raises:
+            FeatureLookupError: a key of the wrong type. StoreError: the store cannot be read.
+        """
+        from recfeast.codec import decode_int64_list
+
+        v = self._history_view
+        if v is None or user_id is None:
+            return []
+        user_id = self.key(user_id, "user_id")
+        rows = self.reader.read({"user_id": [user_id]}, [v])[v.name]
+        if not rows.present[0]:
+            return []
+        return decode_int64_list(rows.values[0][0]) or []
 
     @property
     def feature_names(self) -> list[str]:
@@ -167,36 +273,38 @@ class OnlineFeatureClient:
         by_name = {v.name: v.features for v in (*self.views, *self.on_demand)}
         return [f for name in self.order for f in by_name[name]]
 
-    def _validate(self, user_id, item_ids, request_ts) -> tuple[int | None, list[int], int]:
+    def _validate(self, user_id, item_ids, request_ts) -> tuple[int | str | None, list, int]:
         if isinstance(item_ids, (str, bytes)) or not hasattr(item_ids, "__iter__"):
-            raise FeatureLookupError(f"item_ids must be a list of integers, got {type(item_ids).__name__}")
+            want = "strings" if self.key_types["item_id"] == "string" else "integers"
+            raise FeatureLookupError(f"item_ids must be a list of {want}, got {type(item_ids).__name__}")
         item_ids = list(item_ids)
         if not item_ids:
             raise FeatureLookupError("item_ids is empty: pass at least one item id")
         if len(item_ids) > self.max_items:
             raise FeatureLookupError(f"{len(item_ids)} item ids: at most {self.max_items} per call")
-        user_id = None if user_id is None else _as_key(user_id, "user_id")
-        item_ids = [_as_key(i, f"item_ids[{n}]") for n, i in enumerate(item_ids)]
+        user_id = None if user_id is None else _as_key(user_id, "user_id", self.key_types["user_id"])
+        item_ids = [_as_key(i, f"item_ids[{n}]", self.key_types["item_id"]) for n, i in enumerate(item_ids)]
         ts = int(time.time()) if request_ts is None else _as_key(request_ts, "request_ts")
         if not 0 <= ts < 2**33:
             raise FeatureLookupError(f"request_ts={ts}: expected unix seconds between 1970 and 2242")
         return user_id, item_ids, ts
 
-    def get_features(self, user_id: int | None, item_ids, request_ts: int | None = None) -> RankingFeatures:
+    def get_features(self, user_id: int | str | None, item_ids, request_ts: int | None = None) -> RankingFeatures:
         """Features of ``user_id`` paired with each of ``item_ids``, in one online read.
 
         Args:
-            user_id: the user key (int); ``None`` for an anonymous request (user features null,
-                status ``missing``).
-            item_ids: n item keys (ints), 1 <= n <= ``max_items``; duplicates are allowed and kept.
+            user_id: the user key (int or str, as the catalog spec declares it); ``None`` for an
+                anonymous request (user features null, status ``missing``).
+            item_ids: n item keys (ints or strs per the spec), 1 <= n <= ``max_items``; duplicates
+                are allowed and kept.
             request_ts: unix seconds for request-time features and ttl checks; default now.
 
         Returns:
             :class:`RankingFeatures` with n rows in the order of ``item_ids``.
 
         Raises:
-            FeatureLookupError: no items, too many, a key that is not an int64 integer (1.5, "7",
-                True), or a request time outside 1970..2242.
+            FeatureLookupError: no items, too many, a key not of the spec's type (for int64 keys:
+                1.5, "7", True; for string keys: 7, ""), or a request time outside 1970..2242.
             StoreError: the online store cannot be read.
         """
         user_id, item_ids, ts = self._validate(user_id, item_ids, request_ts)
@@ -210,8 +318,17 @@ class OnlineFeatureClient:
 
     def _assemble(self, rows: dict, index: dict, user_id, item_ids, ts) -> RankingFeatures:
         n = len(item_ids)
-        arrays = {"user_id": np.full(n, -1 if user_id is None else user_id, np.int64),
-                  "item_id": np.asarray(item_ids, np.int64)}
+        if self.key_types["user_id"] == "string":
+            users = np.full(n, None, object)
+            users[:] = user_id
+        else:
+            users = np.full(n, -1 if user_id is None else user_id, np.int64)
+        if self.key_types["item_id"] == "string":
+            items = np.empty(n, object)
+            items[:] = item_ids
+        else:
+            items = np.asarray(item_ids, np.int64)
+        arrays = {"user_id": users, "item_id": items}
         numeric, ints, status = {}, {}, {}
         for v in self.views:
             r, idx = rows[v.name], index[v.join_key]
@@ -252,7 +369,7 @@ class OnlineFeatureClient:
         for od in self.on_demand:
             from recfeast.serving import ondemand
 
-            fn = ondemand.VECTORISED.get(od.name)
+            fn = self.vectorised.get(od.name)
             inputs = {c: numeric[c] for c in od.inputs if c in numeric}
             out = fn(inputs, ts) if fn else ondemand.run_udf(od.udf, inputs, n, ts)
             ok = np.ones(n, bool)

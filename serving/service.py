@@ -6,9 +6,18 @@
 
 Recommend retrieves the items nearest the user's sequence embedding (it lives in the item
 text-embedding space), topped up with the most popular items (all of them for a user without
-history); search retrieves the items nearest the query embedding and ranks them by
-``query_weight * query cosine + (1 - query_weight) * model probability``. Each answer names the
-feature service, the index state, the embedding identities and the ranking checkpoint it used.
+history, or for a catalog whose spec has no sequence embedding); search retrieves the items nearest
+the query embedding and ranks them by ``query_weight * query cosine + (1 - query_weight) * model
+probability``. Each answer names the feature service, the index state, the embedding identities and
+the ranking checkpoint it used.
+
+Ids are the catalog's own, int or str as its spec (``catalog.yaml``) declares them; a user is known
+when any user view of the service has a row for it (else :class:`UnknownUserError`). Popularity is
+the spec's ``item_content`` ``popularity`` column (the latest row per item). Items the user already
+interacted with are left out of recommendations when the online store knows them: the
+``last_item_ids`` of the pushed ``user_realtime`` view (the last 10 ingested events; int64 catalogs
+only). That is best effort: history that only reached the batch tables is not online item by item
+and is not filtered; search never filters (a user may look for what they bought).
 """
 
 from __future__ import annotations
@@ -83,7 +92,7 @@ class RecommendService:
         if embedder is not None and embedder.model_id != index.model_id:
             raise ModelError(f"query encoder {embedder.model_id} differs from the indexed item embeddings "
                              f"{index.model_id}")
-        self._popular = np.zeros(0, np.int64)
+        self._popular = np.zeros(0, object if client.key_types["item_id"] == "string" else np.int64)
         self._popular_sig = None
         self._refresh_popular()
         self._stop = threading.Event()
@@ -148,9 +157,21 @@ class RecommendService:
         sig = None if st is None else (st.st_mtime_ns, st.st_size)
         if sig == self._popular_sig:
             return
-        rows = latest_item_rows(path, ["popularity"])
-        rows = rows.sort_values(["popularity", "item_id"], ascending=[False, True], kind="stable")
-        self._popular, self._popular_sig = rows.item_id.to_numpy(np.int64), sig
+        col = self._popularity_column()
+        rows = latest_item_rows(path, [col])
+        rows = rows.sort_values([col, "item_id"], ascending=[False, True], kind="stable", na_position="last")
+        ids = rows.item_id.to_numpy(object if self.client.key_types["item_id"] == "string" else np.int64)
+        self._popular, self._popular_sig = ids, sig
+
+    def _popularity_column(self) -> str:
+        """``popularity`` of the spec's ``item_content`` view, else the primary event type's count."""
+        from recfeast.views import view
+
+        spec = self.client.spec
+        fields = [f.name for f in view(spec, "item_content").fields] if view(spec, "item_content") else []
+        if "popularity" in fields:
+            return "popularity"
+        return f"{spec.feature_prefix(spec.primary_type())}_count"
 
     # ---------------------------------------------------------------- requests
     def _now(self, request_ts) -> int:
@@ -176,9 +197,9 @@ class RecommendService:
         p = self._timed("rank", self.ranker.score, feats)
         score = p if extra is None else weight * np.nan_to_num(extra, nan=-1.0) + (1 - weight) * p
         order = np.argsort(-score, kind="stable")[:k]
-        ids = feats.arrays["item_id"]
-        items = [{"item_id": int(ids[i]), "score": float(score[i]), "model_score": float(p[i]),
-                  "retrieval_score": retrieval.get(int(ids[i]))} for i in order]
+        ids = _ids(feats.arrays["item_id"])
+        items = [{"item_id": ids[i], "score": float(score[i]), "model_score": float(p[i]),
+                  "retrieval_score": retrieval.get(ids[i])} for i in order]
         if extra is not None:
             for it, i in zip(items, order):
                 it["query_cosine"] = None if np.isnan(extra[i]) else float(extra[i])
@@ -190,45 +211,59 @@ class RecommendService:
                 "index": self.index.info(), "ranker": {k: self.ranker.version[k] for k in ("sha256", "checkpoint")},
                 "query_encoder": None if self.embedder is None else self.embedder.model_id}
 
-    def user_features(self, user_id: int, request_ts: int):
-        """The user's online row (with one placeholder item), or UnknownUserError."""
-        feats = self._timed("features", self.client.get_features, user_id, [int(self._popular[0])], request_ts)
-        if feats.status["user_profile"].iat[0] != "found":
-            raise UnknownUserError(f"user_id={user_id}: no such user in the online store")
+    def user_features(self, user_id, request_ts: int):
+        """The user's online row (with one placeholder item), or UnknownUserError when no user
+        view of the service has a row for ``user_id``."""
+        if not len(self._popular):
+            raise UnknownUserError(f"user_id={user_id!r}: the catalog has no items online")
+        feats = self._timed("features", self.client.get_features, user_id, _ids(self._popular[:1]), request_ts)
+        user_views = [v.name for v in self.client.views if v.join_key == "user_id"]
+        if not any(feats.status[name].iat[0] != "missing" for name in user_views):
+            raise UnknownUserError(f"user_id={user_id!r}: no such user in the online store")
         return feats
 
-    def recommend(self, user_id: int, k: int = 10, request_ts: int | None = None) -> dict:
+    def recommend(self, user_id, k: int = 10, request_ts: int | None = None) -> dict:
         """Top ``k`` items for ``user_id``.
+
+        Args:
+            user_id: the user's key, int or str as the catalog spec declares.
 
         Returns:
             ``{"user_id", "items": [{"item_id", "score", "model_score", "retrieval_score"}],
-            "candidates", "versions"}``; ``retrieval_score`` is the cosine to the user's sequence
-            embedding (None for popularity candidates).
+            "candidates", "excluded", "versions"}``; ``retrieval_score`` is the cosine to the user's
+            sequence embedding (None for popularity candidates); ``excluded``: how many items were
+            left out as already interacted with (see the module docstring: best effort).
 
         Raises:
-            FeatureLookupError: bad ``user_id``/``k``. UnknownUserError: user not online.
-            StoreError / ModelError: the store or the model versions (see :class:`Ranker`).
+            FeatureLookupError: bad ``user_id``/``k`` (e.g. a string for an int64 key).
+            UnknownUserError: user not online. StoreError / ModelError: the store or the model
+            versions (see :class:`Ranker`).
         """
-        from recfeast.serving.sdk import _as_key
-
-        k, user_id = self._k(k), _as_key(user_id, "user_id")
+        k, user_id = self._k(k), self.client.key(user_id, "user_id")
         ts = self._now(request_ts)
         user = self.user_features(user_id, ts)
-        seq = user.arrays["sequence_embedding"][0]
+        seen = set(self.client.recent_items(user_id))
+        seq = user.arrays.get("sequence_embedding")
+        seq = None if seq is None else seq[0]
         retrieval = {}
-        if seq.size and not np.isnan(seq).any():
-            ids, sims = self._timed("retrieve", self.index.search, seq, self.cfg.candidates)
-            retrieval = dict(zip(ids.tolist(), sims.tolist()))
-        popular = [int(i) for i in self._popular[:self.cfg.popular + len(retrieval) + k]]
+        if seq is not None and seq.size and not np.isnan(seq).any():
+            ids, sims = self._timed("retrieve", self.index.search, seq, self.cfg.candidates, seen)
+            retrieval = dict(zip(_ids(ids), sims.tolist()))
+        # popular items (no history yet, or no sequence embedding in this catalog: only them)
+        want = self.cfg.popular + len(retrieval) + k if retrieval else max(self.cfg.candidates, k)
+        popular = [i for i in _ids(self._popular[:want + len(seen)]) if i not in seen]
         if retrieval:
             cands = list(retrieval) + [i for i in popular if i not in retrieval][:max(self.cfg.popular, k - len(retrieval))]
-        else:  # no history yet: rank the most popular items
-            cands = [int(i) for i in self._popular[:max(self.cfg.candidates, k)]]
+        else:
+            cands = popular[:max(self.cfg.candidates, k)]
+        if not cands:
+            return {"user_id": user_id, "items": [], "candidates": 0, "excluded": len(seen),
+                    "versions": self._versions(user)}
         feats = self._timed("features", self.client.get_features, user_id, cands, ts)
         return {"user_id": user_id, "items": self._rank(feats, retrieval, k), "candidates": len(cands),
-                "versions": self._versions(feats)}
+                "excluded": len(seen), "versions": self._versions(feats)}
 
-    def search(self, query: str, user_id: int | None = None, k: int = 10, request_ts: int | None = None) -> dict:
+    def search(self, query: str, user_id=None, k: int = 10, request_ts: int | None = None) -> dict:
         """Top ``k`` items for a text query, personalised when ``user_id`` is given.
 
         Returns:
@@ -241,12 +276,11 @@ class RecommendService:
         """
         from recfeast.serving.ondemand import query_item_cosine
         from recfeast.serving.query import normalize_query
-        from recfeast.serving.sdk import _as_key
 
         k = self._k(k)
         normalize_query(query, self.embedder.max_chars if self.embedder else 512)
         if user_id is not None:
-            user_id = _as_key(user_id, "user_id")
+            user_id = self.client.key(user_id, "user_id")
         if self.embedder is None:
             raise FeatureLookupError("search is not enabled on this server (started without the query encoder)")
         ts = self._now(request_ts)
@@ -257,9 +291,9 @@ class RecommendService:
         if not len(ids):
             return {"query": query, "user_id": user_id, "items": [], "candidates": 0, "cache_hit": hit,
                     "versions": {"index": self.index.info()}}
-        feats = self._timed("features", self.client.get_features, user_id, ids.tolist(), ts)
+        feats = self._timed("features", self.client.get_features, user_id, _ids(ids), ts)
         qcos = query_item_cosine(vec, feats.arrays["text_embedding"])
-        items = self._rank(feats, dict(zip(ids.tolist(), sims.tolist())), k, qcos, self.cfg.query_weight)
+        items = self._rank(feats, dict(zip(_ids(ids), sims.tolist())), k, qcos, self.cfg.query_weight)
         return {"query": query, "user_id": user_id, "items": items, "candidates": len(ids), "cache_hit": hit,
                 "versions": self._versions(feats)}
 
@@ -269,16 +303,17 @@ class RecommendService:
         if not hasattr(self, "_sample_user"):
             import pandas as pd
 
-            path = config.tables_dir(config.repo_path(self.cfg.repo)) / "user_sequence_embedding.parquet"
+            path = config.tables_dir(Path(self.client.store.repo_path)) / "user_behavior.parquet"
+            seq = path.with_name("user_sequence_embedding.parquet")
             try:
-                users = pd.read_parquet(path, columns=["user_id"])["user_id"]
-                self._sample_user = int(users.iat[0]) if len(users) else None
+                users = pd.read_parquet(seq if seq.is_file() else path, columns=["user_id"])["user_id"]
+                self._sample_user = _ids(users.iloc[:1].to_numpy())[0] if len(users) else None
             except Exception:
                 self._sample_user = None
         if self._sample_user is None or not len(self._popular):
             return None
         try:
-            feats = self.client.get_features(self._sample_user, [int(i) for i in self._popular[:5]], self._now(None))
+            feats = self.client.get_features(self._sample_user, _ids(self._popular[:5]), self._now(None))
             self.ranker.check_versions(feats)
         except ModelError as exc:
             return f"model versions: {exc}"
@@ -292,7 +327,9 @@ class RecommendService:
         detail = getattr(self, "last_refresh_error", None)
         status = "ok" if detail is None else "degraded"
         try:
-            self.client.reader.read({"user_id": [0], "item_id": []}, self.client.views[:1])
+            probe = "" if self.client.key_types["user_id"] == "string" else 0
+            user_views = [v for v in self.client.views if v.join_key == "user_id"][:1]
+            self.client.reader.read({"user_id": [probe]}, user_views)
         except Exception as exc:
             status, detail = "unavailable", f"online store: {exc}"
         else:
@@ -302,3 +339,8 @@ class RecommendService:
         return {"status": status, "online_store": self.client.online_store, "index": self.index.info(),
                 "ranker": self.ranker.version, "detail": detail,
                 "query_cache": None if self.embedder is None else self.embedder.cache_info()}
+
+
+def _ids(arr) -> list:
+    """Item or user ids as plain Python values (int or str), in order."""
+    return [v if isinstance(v, str) else int(v) for v in arr]

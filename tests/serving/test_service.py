@@ -105,3 +105,28 @@ def test_versions_must_agree(services, small_model, small_data, tmp_path):
         ranker.score(feats)
     with pytest.raises(ModelError, match="no ranking model checkpoint"):
         Ranker(tmp_path / "nope.pt")
+
+
+def test_recommend_leaves_out_items_the_online_store_saw_the_user_take(small_run, small_model, small_data, tmp_path):
+    """After events through the ingest path, the pushed user_realtime view lists the items and
+    recommend leaves them out (on a copy of the slice's repository)."""
+    import shutil
+
+    from recfeast.cli import _service_ingestor
+
+    src, _, project = small_run
+    repo = tmp_path / "repo"
+    shutil.copytree(src, repo)
+    svc = RecommendService.from_config(ServiceConfig(checkpoint=small_model, repo=repo, project=project, as_of=TS,
+                                                     candidates=20, popular=5, refresh_every_s=0,
+                                                     load_query_encoder=False))
+    user = small_data[1]["user_ids"][0]
+    before = svc.recommend(user, k=8)
+    taken = [i["item_id"] for i in before["items"][:3]]
+    result = _service_ingestor(svc).ingest([{"user_id": user, "item_id": i, "action": "click",
+                                             "event_timestamp": TS + n} for n, i in enumerate(taken)])
+    assert result.accepted == 3
+    assert set(taken) <= set(svc.client.recent_items(user))
+    after = svc.recommend(user, k=8)
+    assert not set(taken) & {i["item_id"] for i in after["items"]}
+    assert after["excluded"] == len(svc.client.recent_items(user)) >= 3
