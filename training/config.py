@@ -73,6 +73,7 @@ class TrainConfig:
     groups: tuple[str, ...] = GROUPS        # feature groups fed to the model
     hidden: tuple[int, ...] = (256, 64)     # MLP widths
     dropout: float = 0.1
+    embedding_dropout: float = 0.0          # zero a projected embedding per example in training (see RankingModel)
     # --- optimisation
     lr: float = 1e-3
     weight_decay: float = 1e-5

@@ -61,7 +61,8 @@ def fit_model(cfg: TrainConfig, spec: FeatureSpec, train: dict, y_train: np.ndar
     called with each history row)."""
     torch.manual_seed(cfg.seed)
     dims = {k: v.shape[1] for k, v in train.items() if k != "dense"}
-    model = RankingModel(train["dense"].shape[1], dims, cfg.hidden, cfg.dropout)
+    model = RankingModel(train["dense"].shape[1], dims, cfg.hidden, cfg.dropout,
+                         embedding_dropout=cfg.embedding_dropout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     yt = torch.from_numpy(y_train.astype(np.float32))
