@@ -24,7 +24,10 @@ from recfeast.redact import redact
 log = logging.getLogger("recfeast.serving")
 
 MAX_EVENTS = 10_000
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: ids over HTTP: JSON's exactly representable integers (RFC 7493, I-JSON). Past 2**53 JSON numbers
+#: are rounded by many clients and schema validators (JavaScript, jsonschema-rs), so a bound there
+#: would not mean the same on both sides; the Python SDK takes the full int64 range
+ID_MIN, ID_MAX = -(2**53 - 1), 2**53 - 1
 ROUTES = ("/features", "/recommend", "/search", "/events", "/health", "/metrics", "/admin/reload")
 
 
@@ -36,16 +39,18 @@ def _models(settings):
     """Request bodies (pydantic), built on first use so importing this module stays cheap."""
     from typing import Annotated
 
-    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator
+    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 
     from recfeast.serving.service import MAX_K
 
     def integral(v):   # JSON Schema's integer includes 12.0; 1.5, "12" and true stay refused
         return int(v) if type(v) is float and v.is_integer() and abs(v) < 2**63 else v
 
-    Int = Annotated[StrictInt, BeforeValidator(integral)]
-    Id = Annotated[Int, Field(ge=INT64_MIN, le=INT64_MAX)]
-    Ts = Annotated[Int, Field(ge=0, lt=2**33, description="unix seconds (default: the server's clock)")]
+    def Int(**constraints):   # constraints first, so that the JSON schema says minimum/maximum
+        return Annotated[StrictInt, Field(**constraints), BeforeValidator(integral)]
+
+    Id = Int(ge=ID_MIN, le=ID_MAX)
+    Ts = Int(ge=0, lt=2**33, description="unix seconds (default: the server's clock)")
 
     class Strict(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -60,24 +65,15 @@ def _models(settings):
 
     class RecommendRequest(Strict):
         user_id: Id
-        k: Int = Field(default=10, ge=1, le=MAX_K)
+        k: Int(ge=1, le=MAX_K) = 10
         request_ts: Ts | None = None
 
     class SearchRequest(Strict):
         query: str = Field(min_length=1, max_length=512, pattern=r"[^\s\x1c-\x1f]",
                            description="free text with at least one non-space character")
         user_id: Id | None = None
-        k: Int = Field(default=10, ge=1, le=MAX_K)
+        k: Int(ge=1, le=MAX_K) = 10
         request_ts: Ts | None = None
-
-        @field_validator("query")
-        @classmethod
-        def _encodable(cls, v: str) -> str:
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError("contains a lone UTF-16 surrogate (not valid Unicode text)") from None
-            return v
 
     class ErrorBody(BaseModel):
         """Every error answer: a message and, for 422, one entry per bad field."""
@@ -358,7 +354,7 @@ def create_app(service, metrics=None, ingestor_factory=None, settings=None, keys
         return service.recommend(req.user_id, req.k, req.request_ts)
 
     @app.get("/recommend", dependencies=auth, responses=doc(422, 404, *GUARDED, 503))
-    def recommend_get(user_id: int = Query(ge=INT64_MIN, le=INT64_MAX), k: int = Query(10, ge=1, le=MAX_K)):
+    def recommend_get(user_id: int = Query(ge=ID_MIN, le=ID_MAX), k: int = Query(10, ge=1, le=MAX_K)):
         """``GET /recommend?user_id=196&k=10``: the same as the POST. Scope `read`."""
         return service.recommend(user_id, k)
 
