@@ -2,13 +2,14 @@
 
 Each :func:`recfeast.materialize.online.load` ends by writing one small JSON record into the store it
 loaded (:func:`write_sentinel`): when it ran, and per batch view the table file it loaded from (rows,
-size, modification time) and one entity that must now be online. Serving reads it back
+size, a hash of its Parquet footer, modification time) and one entity that must now be online. Serving reads it back
 (``/health``) and compares it with the tables (:func:`check`):
 
 - no sentinel: the store is empty, was flushed (``FLUSHDB``), restarted without persistence, or was
   loaded by a recfeast without sentinels -> ``degraded`` ("empty");
 - a sample entity missing online: keys were evicted or deleted -> ``degraded`` ("incomplete");
-- a table rewritten after the load, longer ago than the allowed lag -> ``degraded`` ("behind").
+- a table whose content differs from the loaded one (footer hash, size or rows), rewritten longer
+  ago than the allowed lag -> ``degraded`` ("behind").
 
 Storage: Redis, the string key ``recfeast:load_sentinel:<project>`` (so ``FLUSHDB`` removes it with the
 features); SQLite, the table ``recfeast_load_sentinel(project, value)`` in the online database.
@@ -31,16 +32,36 @@ def redis_key(project: str) -> bytes:
 
 
 def table_signature(path: Path) -> dict | None:
-    """``{"file", "rows", "size", "mtime_ns"}`` of a Parquet table (rows from its footer), None if absent."""
-    import pyarrow.parquet as pq
+    """``{"file", "rows", "size", "footer", "mtime_ns"}`` of a Parquet table, None if absent or not Parquet.
+
+    ``footer`` is the SHA-256 (first 16 hex digits) of the Parquet footer (schema, row groups, column
+    offsets, sizes and min/max statistics): it changes when the content does, and not when the file
+    is only copied or touched. Only the footer is read (a few KB whatever the table's size).
+    """
+    import hashlib
+    import struct
 
     path = Path(path)
     try:
         st = path.stat()
+        with open(path, "rb") as fh:
+            fh.seek(-8, 2)
+            tail = fh.read(8)
+            if tail[4:] != b"PAR1":
+                return None
+            n = struct.unpack("<I", tail[:4])[0]
+            fh.seek(-8 - n, 2)
+            footer = fh.read(n)
+    except (OSError, ValueError, struct.error):
+        return None
+    import pyarrow.parquet as pq
+
+    try:
         rows = pq.read_metadata(path).num_rows
     except (OSError, ValueError):
         return None
-    return {"file": path.name, "rows": int(rows), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    return {"file": path.name, "rows": int(rows), "size": int(st.st_size),
+            "footer": hashlib.sha256(footer).hexdigest()[:16], "mtime_ns": int(st.st_mtime_ns)}
 
 
 def make_sentinel(views: dict[str, dict], loaded_at: float | None = None) -> dict:
@@ -104,7 +125,7 @@ def check(sentinel: dict | None, tables_dir: Path, max_lag_s: float = 600.0, now
         cur = table_signature(Path(tables_dir) / rec.get("file", f"{view}.parquet"))
         if cur is None:
             continue
-        changed = (cur["mtime_ns"], cur["size"], cur["rows"]) != (rec.get("mtime_ns"), rec.get("size"), rec.get("rows"))
+        changed = (cur["footer"], cur["size"], cur["rows"]) != (rec.get("footer"), rec.get("size"), rec.get("rows"))
         age = now - cur["mtime_ns"] / 1e9
         if changed and age > max_lag_s:
             out.append(f"behind: table {cur['file']} ({cur['rows']} rows) was rewritten {age:.0f} s ago, after the "
