@@ -32,7 +32,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +70,9 @@ class IngestResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return asdict(self)
+        # shallow: the rejected events are echoed as received (dataclasses.asdict would deep-copy them
+        # recursively and fail on deeply nested input)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class InvalidRecord(str):

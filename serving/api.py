@@ -140,7 +140,7 @@ class Guard:
 
     async def _check(self, scope, receive):
         """``(status, message, headers, receive)``; status 0 to go on (with a replayed body)."""
-        from recfeast.serving.security import PATH_SCOPES, presented_key, retry_after
+        from recfeast.serving.security import OPEN_PATHS, PATH_SCOPES, presented_key, retry_after
 
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         limit = self.settings.max_body_bytes
@@ -171,7 +171,7 @@ class Guard:
             if need not in scopes:
                 name = f"API key {who.key_id}" if who is not None else "anonymous access"
                 return 403, f"{name} lacks the {need!r} scope needed for {path}", None, receive
-        if need is not None or path in ("/health",):
+        if need is not None or path in OPEN_PATHS:
             client = scope.get("client") or ("unknown", 0)
             wait = self.limiter.take(who.key_id if who is not None else f"ip:{client[0]}")
             if wait > 0:

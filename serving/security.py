@@ -46,7 +46,7 @@ SCOPES = ("read", "write", "metrics", "admin")
 #: the scope each guarded path needs; paths not listed are open (health, docs) or unknown (404)
 PATH_SCOPES = {"/features": "read", "/recommend": "read", "/search": "read", "/events": "write",
                "/metrics": "metrics", "/admin/reload": "admin"}
-OPEN_PATHS = ("/health",)
+OPEN_PATHS = ("/health",)   #: open, but rate-limited per client address
 KEY_PREFIX = "rfk_"
 
 

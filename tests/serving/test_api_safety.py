@@ -18,6 +18,7 @@ from recfeast.serving.api import create_app
 from recfeast.serving.metrics import Metrics
 from recfeast.serving.security import ApiSettings, create_key
 from recfeast.serving.service import RecommendService, ServiceConfig
+from tests.serving.test_security import metric
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +84,7 @@ def test_nan_infinity_and_surrogates_in_events(app, small_data, repo_copy):
     lines = (repo_copy[0] / "data" / "events" / "rejected.jsonl").read_text(encoding="utf-8").splitlines()
     recs = [_strict(ln) for ln in lines[-4:]]   # strict JSON: no bare NaN / Infinity
     assert [r["event"].get("value") for r in recs[:2]] == ["NaN", "Infinity"]
-    assert "recfeast_internal_errors_total 0.0" in client.get("/metrics").text
+    assert metric(client.get("/metrics").text, "recfeast_internal_errors_total") == 0.0
 
 
 @pytest.mark.parametrize("depth", [500, 900, 989, 1000, 5000])
@@ -108,7 +109,7 @@ def test_surrogates_and_nan_elsewhere(app):
         assert set(_strict(r.text)) >= {"error", "detail"}
     r = client.post("/search", content='{"query": "\\ud800"}', headers={"content-type": "application/json"})
     assert "query: Input should be a valid string, unable to parse raw data as a unicode string" in r.json()["error"]
-    assert "recfeast_internal_errors_total 0.0" in client.get("/metrics").text
+    assert metric(client.get("/metrics").text, "recfeast_internal_errors_total") == 0.0
 
 
 def test_rejected_jsonl_is_bounded(app, repo_copy, monkeypatch):
@@ -293,4 +294,4 @@ def test_schemathesis_every_check(app, keys):
                 assert mode == GenerationMode.NEGATIVE
     assert calls >= 150
     assert not failures, f"{len(failures)} failures:\n\n" + "\n\n".join(sorted(set(failures))[:12])
-    assert "recfeast_internal_errors_total 0.0" in client.get("/metrics").text
+    assert metric(client.get("/metrics").text, "recfeast_internal_errors_total") == 0.0
