@@ -8,6 +8,7 @@
 - ``recfeast replay-check --data-dir DIR``: :func:`recfeast.materialize.replay.replay_check`
 - ``recfeast finetune text|sequence``: :mod:`recfeast.training.text_finetune`, :mod:`recfeast.training.sequence_task`
 - ``recfeast models list|register|promote``: :mod:`recfeast.model_registry`, :mod:`recfeast.materialize.rollout`
+- ``recfeast serve``: :func:`recfeast.serving.api.serve`; ``recfeast keys create|list|revoke``: :mod:`recfeast.cli_keys`
 """
 
 from __future__ import annotations

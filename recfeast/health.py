@@ -11,7 +11,7 @@ size, a hash of its Parquet footer, modification time) and one entity that must 
 - a table whose content differs from the loaded one (footer hash, size or rows), rewritten longer
   ago than the allowed lag -> ``degraded`` ("behind").
 
-Storage: Redis, the string key ``recfeast:load_sentinel:<project>`` (so ``FLUSHDB`` removes it with the
+Storage: Redis, the string key ``recfeast:<project>:load_sentinel`` (so ``FLUSHDB`` removes it with the
 features); SQLite, the table ``recfeast_load_sentinel(project, value)`` in the online database.
 """
 
@@ -27,8 +27,10 @@ VERSION = 1
 
 
 def redis_key(project: str) -> bytes:
-    """Redis key of ``project``'s sentinel."""
-    return f"recfeast:load_sentinel:{project}".encode()
+    """Redis key of ``project``'s sentinel. It does not end with the project name, so it is not taken
+    for one of Feast's entity hashes (they do); a Feast teardown leaves it, and the sample entities
+    (:func:`check`) then report the store as incomplete."""
+    return f"recfeast:{project}:load_sentinel".encode()
 
 
 def table_signature(path: Path) -> dict | None:

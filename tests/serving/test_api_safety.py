@@ -189,7 +189,9 @@ def test_health_notices_a_flushed_redis_and_reload_repairs_it(repo_copy, small_m
     assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["reload"]["error"] is None, h.text
 
     # keys evicted: the sample user of user_profile is gone -> incomplete
-    rec = json.loads(subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "GET", f"recfeast:load_sentinel:{project}"],
+    from recfeast import health
+
+    rec = json.loads(subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "GET", health.redis_key(project).decode()],
                                     capture_output=True, text=True).stdout)
     sample = rec["views"]["user_profile"]["sample"]
     from recfeast.layout import entity_key_bytes
