@@ -132,9 +132,12 @@ def bench_http(repo, checkpoint, duration: float, clients: int, port: int) -> di
 
     users = pd.read_parquet(config.tables_dir(repo) / "user_profile.parquet", columns=["user_id"]).user_id.unique()
     exe = str(Path(sys.executable).parent / "recfeast")
-    env = {**os.environ, "RECFEAST_PROJECT": PROJECT}
+    import secrets
+
+    key = secrets.token_urlsafe(32)   # a key of this run only, through the environment; no rate limit
+    env = {**os.environ, "RECFEAST_PROJECT": PROJECT, "RECFEAST_API_KEYS": f"{key}=read+metrics"}
     cmd = [exe, "serve", "--repo-path", str(repo), "--online-store", "redis", "--model", str(checkpoint), "--port",
-           str(port), "--as-of", str(AS_OF), "--no-search"]
+           str(port), "--as-of", str(AS_OF), "--no-search", "--rate-limit", "0"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -144,7 +147,7 @@ def bench_http(repo, checkpoint, duration: float, clients: int, port: int) -> di
 
         def worker(seed):
             rng = np.random.default_rng(seed)
-            with httpx.Client(base_url=url, timeout=30) as c:
+            with httpx.Client(base_url=url, timeout=30, headers={"X-API-Key": key}) as c:
                 for _ in range(20):  # warm-up, not counted
                     c.post("/recommend", json={"user_id": int(rng.choice(users)), "k": 10})
                 mine, bad = [], []
@@ -169,7 +172,7 @@ def bench_http(repo, checkpoint, duration: float, clients: int, port: int) -> di
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
-        metrics = httpx.get(url + "/metrics").text
+        metrics = httpx.get(url + "/metrics", headers={"X-API-Key": key}).text
         stages = {}
         for line in metrics.splitlines():
             if line.startswith("recfeast_stage_seconds_sum") or line.startswith("recfeast_stage_seconds_count"):

@@ -28,10 +28,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ import pandas as pd
 from recfeast import config
 from recfeast.errors import StoreError
 from recfeast.eventlog import EventLog, log_path
+from recfeast.jsonsafe import dumps
 from recfeast.materialize.realtime import (FEATURES, ItemEmbeddings, RealtimeConfig, batch_states, complete_state,
                                            state_frame, tail_state)
 
@@ -47,6 +49,8 @@ PUSH_SOURCE, VIEW = "user_realtime_push", "user_realtime"
 REQUIRED = ("user_id", "item_id", "action", "event_timestamp")
 ACTION_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 MAX_FUTURE_S = 300   # event times more than this ahead of the clock are refused (clock skew, ms units)
+#: rejected.jsonl is rotated to rejected.jsonl.1 (the previous .1 dropped) when it would pass this size
+REJECTED_MAX_BYTES = int(os.environ.get("RECFEAST_REJECTED_MAX_BYTES", 64 * 2**20))
 
 
 @dataclass
@@ -66,7 +70,9 @@ class IngestResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return asdict(self)
+        # shallow: the rejected events are echoed as received (dataclasses.asdict would deep-copy them
+        # recursively and fail on deeply nested input)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class InvalidRecord(str):
@@ -174,8 +180,8 @@ def validate(records: list, known_items, now_s: float | None = None,
 
 
 @contextlib.contextmanager
-def _repo_lock(repo: Path):
-    path = log_path(repo).with_name("ingest.lock")
+def _repo_lock(repo: Path, name: str = "ingest.lock"):
+    path = log_path(repo).with_name(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -349,9 +355,23 @@ class Ingestor:
                 out["source"] = sources[r["index"]]
             return out
 
-        lines = "".join(json.dumps(record(r), default=str) + "\n" for r in rejected)
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(lines)
+        # strict JSON whatever the input held (NaN, lone surrogates, deep nesting), and bounded on disk
+        lines, size = [], 0
+        for r in rejected:
+            line = (dumps(record(r)) + "\n").encode("utf-8")
+            if size + len(line) > REJECTED_MAX_BYTES // 2:   # one call never fills the file: say what was left out
+                lines.append((dumps({"dropped": len(rejected) - len(lines), "rejected_at": now,
+                                     "reason": f"over {REJECTED_MAX_BYTES // 2} bytes of rejections in one call"})
+                              + "\n").encode())
+                break
+            lines.append(line)
+            size += len(line)
+        data = b"".join(lines)
+        with _repo_lock(self.repo, "rejected.lock"):
+            if path.is_file() and path.stat().st_size + len(data) > REJECTED_MAX_BYTES:
+                os.replace(path, path.with_name(path.name + ".1"))   # the file and one older: <= 2x the cap
+            with open(path, "ab") as fh:
+                fh.write(data)
 
     # ------------------------------------------------------------------ state
     def states(self, user_ids) -> pd.DataFrame:

@@ -133,7 +133,39 @@ def load(store, tables_dir: Path, quiet: bool = False, sequence_model: str | Non
     faults.point("load:after_materialize")
     clear_pending(tables_dir, kind)
     restore_realtime(store, sequence_model)
+    write_sentinel(store, views)
     return cleared
+
+
+def write_sentinel(store, views: list[str]) -> dict:
+    """Record in ``store`` what this load put online (:mod:`recfeast.health`: ``/health`` compares it
+    with the tables, so an emptied or stale store is reported). Returns the record.
+
+    Raises:
+        StoreError: the online store refused the write.
+    """
+    import pyarrow.parquet as pq
+
+    from recfeast import health
+    from recfeast.errors import StoreError
+
+    recs = {}
+    for fv in store.list_feature_views():
+        path = Path(fv.batch_source.path)
+        sig = health.table_signature(path) if fv.name in views else None
+        if sig is None:
+            continue
+        jk = fv.join_keys[0]
+        col = pq.read_table(path, columns=[jk]).column(0) if sig["rows"] else None
+        sig["sample"] = {"join_key": jk, "id": int(col[0].as_py())} if col is not None and len(col) else None
+        recs[fv.name] = sig
+    record = health.make_sentinel(recs)
+    try:
+        health.write_sentinel(store, record)
+    except Exception as exc:
+        raise StoreError(f"writing the load sentinel into the {store.config.online_store.type} online store "
+                         f"failed: {exc}") from exc
+    return record
 
 
 def restore_realtime(store, sequence_model: str | None = None) -> int:

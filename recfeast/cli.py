@@ -8,6 +8,7 @@
 - ``recfeast replay-check --data-dir DIR``: :func:`recfeast.materialize.replay.replay_check`
 - ``recfeast finetune text|sequence``: :mod:`recfeast.training.text_finetune`, :mod:`recfeast.training.sequence_task`
 - ``recfeast models list|register|promote``: :mod:`recfeast.model_registry`, :mod:`recfeast.materialize.rollout`
+- ``recfeast serve``: :func:`recfeast.serving.api.serve`; ``recfeast keys create|list|revoke``: :mod:`recfeast.cli_keys`
 """
 
 from __future__ import annotations
@@ -336,19 +337,51 @@ def train(data_dir, repo_path, out_dir, val_start, test_start, positive_min_valu
               help="Seconds between checks of the tables for new item embeddings (0: never).")
 @click.option("--torch-threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="Threads per model call; requests run in parallel on top.")
+@click.option("--api-keys-file", type=click.Path(dir_okay=False), envvar="RECFEAST_API_KEYS_FILE", default=None,
+              help="Keys file of `recfeast keys create`. Default: $RECFEAST_API_KEYS_FILE, else "
+                   "<repo>/data/api_keys.json when it exists. Keys can also come from $RECFEAST_API_KEYS.")
+@click.option("--allow-anonymous", envvar="RECFEAST_API_ALLOW_ANONYMOUS", is_flag=True,
+              help="Serve requests without an API key (local development only: anyone who reaches the port "
+                   "can read and write).")
+@click.option("--max-body-bytes", envvar="RECFEAST_API_MAX_BODY_BYTES", default=1_048_576, show_default=True, type=click.IntRange(min=1024),
+              help="Largest request body (413 above).")
+@click.option("--max-items", envvar="RECFEAST_API_MAX_ITEMS", default=1000, show_default=True, type=click.IntRange(1, 1000),
+              help="Item ids per /features call.")
+@click.option("--max-items-vectors", envvar="RECFEAST_API_MAX_ITEMS_VECTORS", default=100, show_default=True, type=click.IntRange(1, 1000),
+              help="Item ids per /features call with vectors.")
+@click.option("--rate-limit", envvar="RECFEAST_API_RATE_PER_S", default=50.0, show_default=True, type=click.FloatRange(min=0),
+              help="Requests per second per API key (per client address without a key); 0: no limit.")
+@click.option("--burst", envvar="RECFEAST_API_BURST", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Requests allowed at once above the rate.")
+@click.option("--health-max-lag", default=600.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a feature table may be newer than the last online load before /health says 'behind'.")
 def serve(repo_path, online_store, checkpoint, host, port, as_of, candidates, no_search, refresh_every,
-          torch_threads):
-    """Serve /features, /recommend, /search, /events, /health and /metrics over HTTP (FastAPI)."""
+          torch_threads, api_keys_file, allow_anonymous, max_body_bytes, max_items, max_items_vectors, rate_limit,
+          burst, health_max_lag):
+    """Serve /features, /recommend, /search, /events, /health, /metrics and /admin/reload over HTTP
+    (FastAPI). Refuses to start without an API key unless --allow-anonymous."""
+    from pathlib import Path
+
     from recfeast.serving.api import serve as run_server
+    from recfeast.serving.security import ApiSettings
     from recfeast.serving.service import ServiceConfig
 
-    cfg = ServiceConfig(checkpoint=checkpoint, repo=repo_path, online_store=online_store, as_of=as_of,
-                        candidates=candidates, load_query_encoder=not no_search, refresh_every_s=refresh_every)
     try:
+        if api_keys_file is None:
+            default = config.repo_path(repo_path) / "data" / "api_keys.json"
+            api_keys_file = default if default.is_file() else None
+        settings = ApiSettings(keys_file=Path(api_keys_file) if api_keys_file else None,
+                               allow_anonymous=allow_anonymous, max_body_bytes=max_body_bytes, max_items=max_items,
+                               max_items_vectors=max_items_vectors, rate_per_s=rate_limit, burst=burst)
+        cfg = ServiceConfig(checkpoint=checkpoint, repo=repo_path, online_store=online_store, as_of=as_of,
+                            candidates=candidates, load_query_encoder=not no_search, refresh_every_s=refresh_every,
+                            health_max_lag_s=health_max_lag)
         run_server(cfg, host=host, port=port, torch_threads=torch_threads, log=click.echo,
-                   ingestor_factory=_service_ingestor)
+                   ingestor_factory=_service_ingestor, settings=settings, reloader_factory=_service_reloader)
     except RecfeastError as exc:
         _fail(exc)
+    except ValueError as exc:   # pydantic's ValidationError from RECFEAST_API_* values
+        _fail(RecfeastError(f"API settings: {exc}"))
 
 
 def _service_ingestor(service):
@@ -358,6 +391,25 @@ def _service_ingestor(service):
 
     store = service.client.store
     return Ingestor(repo=store.repo_path, online_store=service.client.online_store, project=store.project)
+
+
+def _service_reloader(service):
+    """The /admin/reload path of a running server: ``() -> dict`` that reloads the service's online
+    store from its tables (:func:`recfeast.materialize.online.load`) under the tables lock the
+    scheduler and promotion take, so it never runs beside another writer."""
+    from pathlib import Path
+
+    def reload() -> dict:
+        from recfeast.materialize import online
+        from recfeast.materialize.schedule import job_lock
+
+        store = service.client.store
+        repo = Path(store.repo_path)
+        with job_lock(repo, "tables", wait=True):
+            cleared = online.load(store, config.tables_dir(repo), quiet=True)
+        return {"cleared": cleared}
+
+    return reload
 
 
 @main.group()
@@ -541,6 +593,10 @@ def models_promote(text_id, sequence_id, data_dir, repo_path, online_stores):
         _fail(exc)
     click.echo(json.dumps(res, indent=2, default=str))
 
+
+from recfeast.cli_keys import keys as _keys_group  # noqa: E402
+
+main.add_command(_keys_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

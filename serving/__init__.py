@@ -7,13 +7,15 @@
 - :class:`Ranker` (:mod:`.ranker`), :class:`RecommendService` / :class:`ServiceConfig` (:mod:`.service`):
   ``recommend`` and ``search``.
 - :func:`create_app` / :func:`build_app` (:mod:`.api`): the FastAPI app behind ``recfeast serve``.
+- :class:`ApiSettings`, :class:`KeyStore` (:mod:`.security`): API keys, scopes, request and rate limits.
 
 Names are imported on first use (the SDK does not pull torch or FastAPI).
 """
 
 _WHERE = {"OnlineFeatureClient": "sdk", "RankingFeatures": "sdk", "QueryEmbedder": "query", "ItemIndex": "index",
           "Ranker": "ranker", "RecommendService": "service", "ServiceConfig": "service",
-          "UnknownUserError": "service", "create_app": "api", "build_app": "api"}
+          "UnknownUserError": "service", "create_app": "api", "build_app": "api", "ApiSettings": "security",
+          "KeyStore": "security"}
 
 
 def __getattr__(name):

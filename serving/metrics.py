@@ -5,7 +5,8 @@ apps in one process do not collide).
 - ``recfeast_stage_seconds{stage}``: time in ``features``, ``retrieve``, ``rank``, ``embed_query``.
 - ``recfeast_query_cache_total{result}``: query-embedding cache ``hit``/``miss``.
 - ``recfeast_store_errors_total{store}``: online store reads that failed.
-- ``recfeast_rejected_requests_total{endpoint, code}``: 4xx answers.
+- ``recfeast_rejected_requests_total{endpoint, code}``: 4xx answers (401/403/413/429 included).
+- ``recfeast_internal_errors_total``: 500 answers (unexpected exceptions; each is logged).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Metrics:
                                     registry=self.registry)
         self.rejected = Counter("recfeast_rejected_requests", "Requests answered 4xx", ["endpoint", "code"],
                                 registry=self.registry)
+        self.internal_errors = Counter("recfeast_internal_errors", "Requests answered 500 (unexpected errors)",
+                                       registry=self.registry)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage).observe(seconds)

@@ -64,6 +64,19 @@ class RedisReader:
             client = redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kw))
         self.client = client
 
+    def sentinel(self) -> dict | None:
+        """The last online load's record (:mod:`recfeast.health`), None when the store has none.
+
+        Raises:
+            StoreError: Redis cannot be reached.
+        """
+        from recfeast import health
+
+        try:
+            return health.decode(self.client.get(health.redis_key(self.project.decode())))
+        except Exception as exc:
+            raise StoreError(f"online read from redis failed: {exc}") from exc
+
     def read(self, keys: dict[str, list], views: list[ViewSpec]) -> dict[str, ViewRows]:
         """Rows of ``views`` for the entities ``keys`` (join key -> int or str ids), in one round trip.
 
@@ -134,7 +147,21 @@ class SqliteReader:
         if not self.path.is_file():
             raise StoreError(f"no SQLite online store at {self.path}: run `recfeast materialize` first")
         self.version = cfg.entity_key_serialization_version
+        self.project = cfg.project
         self._local = threading.local()
+
+    def sentinel(self) -> dict | None:
+        """The last online load's record (:mod:`recfeast.health`), None when the database has none."""
+        import sqlite3
+
+        from recfeast import health
+
+        try:
+            row = self._conn().execute(f"SELECT value FROM {health.SQLITE_TABLE} WHERE project = ?",
+                                       (self.project,)).fetchone()
+        except sqlite3.Error:   # no such table: never loaded by a recfeast with sentinels
+            return None
+        return health.decode(row[0]) if row else None
 
     def _conn(self):
         import sqlite3

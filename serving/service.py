@@ -52,6 +52,8 @@ class ServiceConfig:
         as_of: unix seconds used as "now" for request-time features (replaying historical data
             such as MovieLens, whose users stopped rating in 1998); None = the clock.
         refresh_every_s: how often a background thread checks the tables for new embeddings (0 = never).
+        health_max_lag_s: seconds a table may have been rewritten without an online load before
+            ``/health`` reports the store as behind (:func:`recfeast.health.check`).
         load_query_encoder: load the text encoder for search (False: recommend only).
     """
 
@@ -66,6 +68,7 @@ class ServiceConfig:
     as_of: int | None = None
     refresh_every_s: float = 60.0
     load_query_encoder: bool = True
+    health_max_lag_s: float = 600.0
 
 
 class RecommendService:
@@ -321,23 +324,56 @@ class RecommendService:
             return None   # store problems are reported above
         return None
 
+    def _load_problems(self) -> tuple[list[str], dict | None]:
+        """What :func:`recfeast.health.check` finds in the online store's load sentinel (the sample
+        entity of each loaded view read back in one request); ``(problems, sentinel)``.
+
+        Raises:
+            StoreError: the store cannot be read.
+        """
+        from recfeast import health
+
+        reader = self.client.reader
+        if not hasattr(reader, "sentinel"):
+            return [], None
+        sentinel = reader.sentinel()
+        missing = []
+        if sentinel is not None:
+            samples = {v.name: (v, (sentinel["views"].get(v.name) or {}).get("sample")) for v in self.client.views}
+            samples = {n: (v, s) for n, (v, s) in samples.items() if s and s.get("join_key") == v.join_key}
+            if samples:
+                keys: dict[str, list[int]] = {}
+                for v, s in samples.values():
+                    keys.setdefault(v.join_key, []).append(int(s["id"]))
+                rows = reader.read(keys, [v for v, _ in samples.values()])
+                missing = [n for n, (v, s) in samples.items()
+                           if not rows[n].present[keys[v.join_key].index(int(s["id"]))]]
+        tables = config.tables_dir(Path(self.client.store.repo_path))
+        return health.check(sentinel, tables, self.cfg.health_max_lag_s, missing_samples=missing), sentinel
+
     def health(self) -> dict:
-        """``{"status": "ok"|"degraded", "online_store", "index", "ranker", "query_cache", "detail"}``;
-        reads one user row to prove the store answers."""
+        """``{"status": "ok"|"degraded"|"unavailable", "online_store", "online_load", "index", "ranker",
+        "query_cache", "detail"}``: reads one user row to prove the store answers, then the load
+        sentinel (:mod:`recfeast.health`): an empty, flushed, partly evicted or stale store is
+        ``degraded`` with the reason in ``detail``."""
         detail = getattr(self, "last_refresh_error", None)
         status = "ok" if detail is None else "degraded"
+        sentinel = None
         try:
             probe = "" if self.client.key_types["user_id"] == "string" else 0
             user_views = [v for v in self.client.views if v.join_key == "user_id"][:1]
             self.client.reader.read({"user_id": [probe]}, user_views)
+            problems, sentinel = self._load_problems()
         except Exception as exc:
             status, detail = "unavailable", f"online store: {exc}"
         else:
-            problem = self._version_problem()
-            if problem:   # e.g. a promoted encoder the ranking checkpoint was not trained on
+            problem = "; ".join(problems) if problems else self._version_problem()
+            if problem:   # an emptied or stale store; a promoted encoder the checkpoint was not trained on
                 status, detail = "degraded", problem
-        return {"status": status, "online_store": self.client.online_store, "index": self.index.info(),
-                "ranker": self.ranker.version, "detail": detail,
+        load = None if sentinel is None else {"loaded_at": sentinel.get("loaded_at"),
+                                              "rows": {v: r.get("rows") for v, r in sentinel["views"].items()}}
+        return {"status": status, "online_store": self.client.online_store, "online_load": load,
+                "index": self.index.info(), "ranker": self.ranker.version, "detail": detail,
                 "query_cache": None if self.embedder is None else self.embedder.cache_info()}
 
 
