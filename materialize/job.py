@@ -155,21 +155,14 @@ def _write_table(name: str, table: pd.DataFrame, out_dir: Path, run_ts: pd.Times
     return info
 
 
-def _with_logged_events(events: pd.DataFrame, items: pd.DataFrame, repo: Path, q) -> pd.DataFrame:
+def _with_logged_events(events: pd.DataFrame, items: pd.DataFrame, repo: Path, q, project=None) -> pd.DataFrame:
     """The clean raw events plus the events ingested into the repository's event log (already
     validated at ingest), without repeats; logged events of items no longer in the catalog are
     quarantined (``unknown_item``)."""
-    from recfeast.eventlog import EventLog, log_path
+    from recfeast.eventlog import logged_events
     from recfeast.schema import ROW_REJECTED
 
-    path = log_path(repo)
-    if not path.is_file():
-        return events
-    log = EventLog(path)
-    try:
-        logged = log.read(("seq", "user_id", "item_id", "action", "value", "ts_us"))
-    finally:
-        log.close()
+    logged = logged_events(repo, ("seq", "user_id", "item_id", "action", "value", "ts_us"), project=project)
     if not len(logged):
         return events
     logged = pd.DataFrame({
@@ -237,7 +230,7 @@ def run(cfg: JobConfig) -> JobSummary:
     with stage("clean"):
         data = clean(catalog, cfg.min_enrichment_confidence)
         items, users, q = data.items, data.users, data.quarantine
-        events = _with_logged_events(data.events, items, repo, q)
+        events = _with_logged_events(data.events, items, repo, q, cfg.project)
         # rating aggregates, histories and entry times read rating events; other actions (clicks,
         # purchases) are kept in the clean events but have no features yet
         ratings = events[events["action"] == "rate"]
@@ -277,9 +270,9 @@ def run(cfg: JobConfig) -> JobSummary:
             summary.models["sequence"] = seq_enc.model_id
         with stage("real-time features from the event log"):
             from recfeast.materialize import realtime
-            from recfeast.eventlog import log_path
+            from recfeast.eventlog import logged_events
 
-            rt = realtime.offline_table(log_path(repo), realtime.ItemEmbeddings.from_arrays(ids, text_emb, text_enc.model_id),
+            rt = realtime.offline_table(logged_events(repo, ("seq", "user_id", "item_id", "ts_us"), project=cfg.project), realtime.ItemEmbeddings.from_arrays(ids, text_emb, text_enc.model_id),
                                         seq_enc, realtime.RealtimeConfig(seq_len=cfg.sequence_max_len))
 
     with stage("build tables"):

@@ -494,5 +494,9 @@ def models_promote(text_id, sequence_id, data_dir, repo_path, online_stores):
     click.echo(json.dumps(res, indent=2, default=str))
 
 
+from recfeast import cli_stream  # noqa: E402  (new commands attach below, after main exists)
+
+main.add_command(cli_stream.ingest_worker), main.add_command(cli_stream.status)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -72,6 +72,8 @@ def create_app(service, metrics=None, ingestor_factory=None):
     from recfeast.serving.service import UnknownUserError
 
     metrics = metrics or Metrics()
+    if getattr(getattr(service, "client", None), "store", None) is not None:
+        metrics.watch_freshness(lambda: _freshness_report(service))
     FeaturesRequest, RecommendRequest, SearchRequest = _models()
     app = FastAPI(title="recfeast serving", version="1", docs_url="/docs", redoc_url=None)
     app.state.service, app.state.metrics = service, metrics
@@ -165,8 +167,11 @@ def create_app(service, metrics=None, ingestor_factory=None):
 
     @app.get("/health")
     def health():
-        """Store reachability, index state, model versions, query cache."""
+        """Store reachability, index state, model versions, query cache, freshness per view."""
         h = service.health()
+        h["freshness"] = freshness_health(service)
+        if h["freshness"].get("stale") and h["status"] == "ok":
+            h["status"] = "degraded"
         return JSONResponse(h, status_code=200 if h["status"] != "unavailable" else 503)
 
     @app.get("/metrics")
@@ -176,6 +181,25 @@ def create_app(service, metrics=None, ingestor_factory=None):
         return Response(body, media_type=ctype)
 
     return app
+
+
+def _freshness_report(service) -> list[dict]:
+    from recfeast.freshness import report
+
+    return report(service.client.store)
+
+
+def freshness_health(service) -> dict:
+    """The ``freshness`` field of /health: ``{"stale": [views past max_lag], "views": {view: {"lag_s",
+    "state"}}}``, or ``{"error": message}`` when the record cannot be read."""
+    from recfeast.redact import redact
+
+    try:
+        views = _freshness_report(service)
+    except Exception as exc:
+        return {"error": redact(f"freshness record: {exc}")}
+    return {"stale": [v["view"] for v in views if v["state"] == "stale"],
+            "views": {v["view"]: {"lag_s": v["lag_s"], "state": v["state"]} for v in views}}
 
 
 def build_app(cfg, ingestor_factory=None) -> Any:
