@@ -337,10 +337,13 @@ class Ingestor:
             self._freshness = FreshnessRecord(self.store)
         return self._freshness
 
-    def observe_visibility(self, ingested_us) -> None:
-        """Record now minus each event's arrival time (``(n,)`` int64 us) as its event-to-online delay."""
+    def observe_visibility(self, ingested_us) -> list[float]:
+        """Record now minus each event's arrival time (``(n,)`` int64 us) as its event-to-online delay;
+        returns the delays (seconds)."""
         now = time.time() * 1e6
-        self.freshness.observe_visibility(VIEW, [(now - int(t)) / 1e6 for t in ingested_us])
+        delays = [(now - int(t)) / 1e6 for t in ingested_us]
+        self.freshness.observe_visibility(VIEW, delays)
+        return delays
 
     def _forget_redis_times(self, user_ids: list[int]) -> None:
         from feast.infra.online_stores.helpers import _redis_key

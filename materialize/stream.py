@@ -73,6 +73,7 @@ class IngestWorker:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch, self.block_ms, self.min_idle_ms, self.lock_ttl_ms = batch, block_ms, min_idle_ms, lock_ttl_ms
         self.stats = WorkerStats()
+        self.delays: list[tuple[int, float]] = []   # (arrival us, event-to-online s) of entries read fresh
         self._stop = False
 
     def step(self) -> int:
@@ -87,7 +88,8 @@ class IngestWorker:
         self.stats.users_pushed += self.ing.push_streamed(df["user_id"].unique().tolist(), self.consumer,
                                                           self.lock_ttl_ms)
         if not claimed:   # a taken-over entry was delayed by the dead worker, not by the pipeline
-            self.ing.observe_visibility(df["ingested_us"].to_numpy())
+            arrived = df["ingested_us"].tolist()
+            self.delays += list(zip(arrived, self.ing.observe_visibility(arrived)))
         self.stats.acked += self.log.ack(df["entry_id"].tolist())
         self.stats.entries += len(df)
         self.stats.claimed += len(df) if claimed else 0

@@ -38,8 +38,10 @@ _project_opt = click.option("--project", default=None, envvar="RECFEAST_PROJECT"
 @click.option("--idle-exit", default=None, type=click.FloatRange(min=0),
               help="Exit after this many seconds without events (default: run until SIGTERM).")
 @click.option("--quiet", is_flag=True, help="No line per batch; print only the final summary.")
+@click.option("--delays-out", type=click.Path(dir_okay=False), default=None,
+              help="At exit, write (arrival us, event-to-online seconds) per event as an (n, 2) .npy (benchmarks).")
 def ingest_worker(repo_path, online_store, project, event_log, consumer, batch, block_ms, min_idle_ms, lock_ttl_ms,
-                  idle_exit, quiet):
+                  idle_exit, quiet, delays_out):
     """Consume the Redis event stream: compute each user's real-time state and push it online.
 
     Reads with XREADGROUP (group 'ingest'), takes over entries of dead workers with XAUTOCLAIM,
@@ -56,6 +58,10 @@ def ingest_worker(repo_path, online_store, project, event_log, consumer, batch, 
             stats = worker.run(idle_exit_s=idle_exit, log=None if quiet else (lambda m: click.echo(m, err=True)))
         finally:
             worker.close()
+            if delays_out:
+                import numpy as np
+
+                np.save(delays_out, np.asarray(worker.delays, np.float64).reshape(-1, 2))
     except RecfeastError as exc:
         _fail(exc)
     click.echo(json.dumps(stats.to_json()))

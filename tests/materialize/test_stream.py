@@ -120,8 +120,8 @@ def test_freshness_thresholds_from_the_catalog_spec(tmp_path):
     (tmp_path / "catalog.yaml").write_text("entities: {}\n")
     assert thresholds(tmp_path) == {}
     (tmp_path / "catalog.yaml").write_text("freshness:\n  user_realtime: {max_lag: 90s}\n"
-                                           "  item_text_embedding: {max_lag: '2h'}\n  user_stats: {max_lag: 30}\n")
-    assert thresholds(tmp_path) == {"user_realtime": 90.0, "item_text_embedding": 7200.0, "user_stats": 30.0}
+                                           "  item_text_embedding: {max_lag: '2h'}\n  user_behavior: {max_lag: 30}\n")
+    assert thresholds(tmp_path) == {"user_realtime": 90.0, "item_text_embedding": 7200.0, "user_behavior": 30.0}
     (tmp_path / "catalog.yaml").write_text("freshness:\n  user_realtime: {max_lag: soon}\n")
     with pytest.raises(ConfigError, match=r"freshness.user_realtime.max_lag='soon'"):
         thresholds(tmp_path)
@@ -131,18 +131,18 @@ def test_freshness_thresholds_from_the_catalog_spec(tmp_path):
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_freshness_record_on_both_stores(tmp_path, kind):
     repo = make_repo(tmp_path / "repo")
-    (repo / "catalog.yaml").write_text("freshness:\n  user_realtime: {max_lag: 1h}\n  item_stats: {max_lag: 1h}\n")
+    (repo / "catalog.yaml").write_text("freshness:\n  user_realtime: {max_lag: 1h}\n  item_content: {max_lag: 1h}\n")
     fs = store.feature_store(repo, kind, unique_project())
     rec = FreshnessRecord(fs)
     now = time.time()
-    rec.record_load("item_stats", int((now - 7200) * 1e6), 1682)
-    rec.record_load("item_stats", int((now - 9000) * 1e6), 1500)        # an older load: newest stays, rows replaced
+    rec.record_load("item_content", int((now - 7200) * 1e6), 1682)
+    rec.record_load("item_content", int((now - 9000) * 1e6), 1500)        # an older load: newest stays, rows replaced
     rec.record_load("user_realtime", int((now - 60) * 1e6), 3, pushed=True)
     rec.record_load("user_realtime", int((now - 30) * 1e6), 2, pushed=True)
     rec.observe_visibility("user_realtime", [0.004, 0.02, 0.3, 400.0])
     views = {v["view"]: v for v in report(fs, now_s=now)}
-    assert views["item_stats"]["rows"] == 1500 and views["item_stats"]["state"] == "stale"
-    assert 7199 <= views["item_stats"]["lag_s"] <= 7201 and views["item_stats"]["max_lag_s"] == 3600
+    assert views["item_content"]["rows"] == 1500 and views["item_content"]["state"] == "stale"
+    assert 7199 <= views["item_content"]["lag_s"] <= 7201 and views["item_content"]["max_lag_s"] == 3600
     rt = views["user_realtime"]
     assert (rt["rows"], rt["state"]) == (5, "ok") and 29 <= rt["lag_s"] <= 31
     vis = rt["visibility"]
@@ -175,7 +175,7 @@ def _worker(repo, project, name, crash_at=None, batch=25):
     if crash_at:
         env["RECFEAST_CRASH_AT"] = crash_at
     cmd = [sys.executable, "-c", "from recfeast.cli import main; main()", "ingest-worker", "--repo-path", str(repo),
-           "--consumer", name, "--batch", str(batch), "--block-ms", "200", "--min-idle-ms", "1500",
+           "--consumer", name, "--batch", str(batch), "--block-ms", "200", "--min-idle-ms", "5000",
            "--lock-ttl-ms", "3000", "--quiet"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -230,9 +230,10 @@ def test_two_workers_lose_and_double_count_nothing_when_one_is_killed(stream_rep
     assert ing.log.versions(sorted(synthetic.user_id.unique())) == synthetic.groupby("user_id").size().tolist()
     info = ing.log.group_info()
     assert (info["pending"], info["lag"]) == (0, 0)
-    # the dead worker's 25 entries were taken over; each entry was processed once besides them
-    assert sum(s["claimed"] for s in stats) == 25
-    assert sum(s["entries"] for s in stats) == len(logged)
+    # the dead worker's 25 entries were taken over (and, on a loaded machine, maybe entries of a live
+    # worker slower than --min-idle-ms: processed twice, harmless); every entry acknowledged once
+    claimed, entries = sum(s["claimed"] for s in stats), sum(s["entries"] for s in stats)
+    assert claimed >= 25 and entries - claimed == len(logged) - 25
     assert sum(s["acked"] for s in stats) == len(logged)
     users = sorted(logged.user_id.unique())
     mismatches, worst = compare(ing.read_online(users), ing.batch_frame())
@@ -255,28 +256,28 @@ def test_status_and_metrics_show_event_time_lag_per_view(small_run, tmp_path):
     src, _, _ = small_run
     repo = make_repo(tmp_path / "repo")
     shutil.copytree(src / "data" / "tables", repo / "data" / "tables")
-    (repo / "catalog.yaml").write_text("freshness:\n  item_stats: {max_lag: 1d}\n  user_stats: {max_lag: 100000d}\n")
+    (repo / "catalog.yaml").write_text("freshness:\n  item_content: {max_lag: 1d}\n  user_behavior: {max_lag: 100000d}\n")
     project = unique_project()
     fs = store.feature_store(repo, "sqlite", project)
     store.apply(fs)
     online.load(fs, repo / "data" / "tables", quiet=True)
-    table = pd.read_parquet(repo / "data" / "tables" / "item_stats.parquet", columns=["event_timestamp"])
+    table = pd.read_parquet(repo / "data" / "tables" / "item_content.parquet", columns=["event_timestamp"])
     out = CliRunner().invoke(main, ["status", "--repo-path", str(repo), "--online-store", "sqlite", "--project", project,
                                     "--event-log", "sqlite", "--json"])
     assert out.exit_code == 0, out.output
     views = {v["view"]: v for v in json.loads(out.output)["views"]}
-    assert views["item_stats"]["rows"] == len(table)
-    assert views["item_stats"]["newest_event"] == pd.Timestamp(table.event_timestamp.max()).isoformat()
-    assert views["item_stats"]["state"] == "stale"                        # MovieLens ends in 1998
-    assert views["user_stats"]["state"] == "ok" and views["user_realtime"]["state"] == "never loaded"
+    assert views["item_content"]["rows"] == len(table)
+    assert views["item_content"]["newest_event"] == pd.Timestamp(table.event_timestamp.max()).isoformat()
+    assert views["item_content"]["state"] == "stale"                        # MovieLens ends in 1998
+    assert views["user_behavior"]["state"] == "ok" and views["user_realtime"]["state"] == "never loaded"
     check = CliRunner().invoke(main, ["status", "--repo-path", str(repo), "--online-store", "sqlite", "--project",
                                       project, "--event-log", "sqlite", "--check"])
-    assert check.exit_code == 1 and "item_stats" in check.output and "stale" in check.output
+    assert check.exit_code == 1 and "item_content" in check.output and "stale" in check.output
     m = Metrics()
     m.watch_freshness(lambda: report(fs))
     text = m.render()[0].decode()
-    assert 'recfeast_feature_stale{view="item_stats"} 1.0' in text
-    assert f'recfeast_feature_rows{{view="item_stats"}} {float(len(table))}' in text
+    assert 'recfeast_feature_stale{view="item_content"} 1.0' in text
+    assert f'recfeast_feature_rows{{view="item_content"}} {float(len(table))}' in text
     lag = float(next(line.split()[-1] for line in text.splitlines()
-                     if line.startswith('recfeast_feature_lag_seconds{view="item_stats"}')))
+                     if line.startswith('recfeast_feature_lag_seconds{view="item_content"}')))
     assert lag > (pd.Timestamp("2026-01-01", tz="UTC") - pd.Timestamp(table.event_timestamp.max())).total_seconds()
