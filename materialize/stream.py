@@ -71,6 +71,7 @@ class IngestWorker:
         self.log = self.ing.log
         self.log.ensure_group()
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.log.register_consumer(self.consumer)
         self.batch, self.block_ms, self.min_idle_ms, self.lock_ttl_ms = batch, block_ms, min_idle_ms, lock_ttl_ms
         self.stats = WorkerStats()
         self.delays: list[tuple[int, float]] = []   # (arrival us, event-to-online s) of entries read fresh

@@ -327,6 +327,11 @@ class RedisEventLog:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def register_consumer(self, consumer: str) -> None:
+        """Create ``consumer`` in the group now (XGROUP CREATECONSUMER), so it is listed before its
+        first delivery (``recfeast status``, XINFO)."""
+        self.r.xgroup_createconsumer(self.stream, self.GROUP, consumer)
+
     def read_group(self, consumer: str, count: int, block_ms: int, min_idle_ms: int) -> tuple[list, bool]:
         """Entries for ``consumer``: first entries pending longer than ``min_idle_ms`` in a (dead or
         stuck) consumer, taken over with XAUTOCLAIM; else new ones (XREADGROUP ``>``, waiting up to
