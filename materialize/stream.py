@@ -81,7 +81,13 @@ class IngestWorker:
         """Process one batch (read or claim, push, ack). Returns entries processed (0: none waiting)."""
         from recfeast.eventlog import entries_frame
 
-        entries, claimed = self.log.read_group(self.consumer, self.batch, self.block_ms, self.min_idle_ms)
+        from recfeast.errors import StoreError
+        from recfeast.redact import redact
+
+        try:
+            entries, claimed = self.log.read_group(self.consumer, self.batch, self.block_ms, self.min_idle_ms)
+        except Exception as exc:   # redis.ConnectionError, ...
+            raise StoreError(redact(f"reading {self.log.name} failed: {exc}")) from exc
         if not entries:
             return 0
         self.ing.items.refresh()
@@ -110,8 +116,16 @@ class IngestWorker:
                 signal.signal(sig, self.stop)
             except ValueError:   # not the main thread
                 pass
+        from recfeast.errors import StoreError
+
         while not self._stop:
-            n = self.step()
+            try:
+                n = self.step()
+            except StoreError as exc:   # Redis or the online store away: the entries stay pending,
+                if log:                 # this worker (or another) takes them again after min_idle_ms
+                    log(f"{self.consumer}: {exc}; retrying in 1 s")
+                time.sleep(1.0)
+                continue
             if n:
                 idle_since = time.monotonic()
                 if log:
