@@ -38,18 +38,23 @@ _project_opt = click.option("--project", default=None, envvar="RECFEAST_PROJECT"
 @click.option("--idle-exit", default=None, type=click.FloatRange(min=0),
               help="Exit after this many seconds without events (default: run until SIGTERM).")
 @click.option("--quiet", is_flag=True, help="No line per batch; print only the final summary.")
+@click.option("--torch-threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Threads of the sequence encoder per worker: scale with workers, not threads.")
 @click.option("--delays-out", type=click.Path(dir_okay=False), default=None,
               help="At exit, write (arrival us, event-to-online seconds) per event as an (n, 2) .npy (benchmarks).")
 def ingest_worker(repo_path, online_store, project, event_log, consumer, batch, block_ms, min_idle_ms, lock_ttl_ms,
-                  idle_exit, quiet, delays_out):
+                  idle_exit, quiet, torch_threads, delays_out):
     """Consume the Redis event stream: compute each user's real-time state and push it online.
 
     Reads with XREADGROUP (group 'ingest'), takes over entries of dead workers with XAUTOCLAIM,
     pushes under per-user locks, then XACKs. SIGTERM finishes the batch and exits. Prints a JSON
     summary at exit.
     """
+    import torch
+
     from recfeast.materialize.stream import IngestWorker
 
+    torch.set_num_threads(torch_threads)
     try:
         worker = IngestWorker(repo_path, online_store, project, event_log, consumer, batch, block_ms, min_idle_ms,
                               lock_ttl_ms)
