@@ -9,7 +9,8 @@ a copy of ``feature_repo`` with its tables when it has them (``recfeast material
 test slice (~40 real MovieLens items, materialized here, ~1 min).
 
 - anchor: today's single-process path, :meth:`Ingestor.ingest` with the SQLite log in batches of
-  500 (validate, log, recompute, push), same events, same Redis online store;
+  500 (validate, log, recompute, push), same events, same Redis online store, one torch thread
+  (as each worker);
 - backlog: all ``--events`` appended (``XADD`` via ``recfeast ingest``'s path, chunks of 1,000),
   events/s = events / (first append -> every entry acknowledged);
 - latency: ``--rate`` events/s offered for ``--seconds`` (a batch every 0.1 s), event-to-online
@@ -164,6 +165,9 @@ def main() -> None:
     ap.add_argument("--repo-dir", type=Path, default=None,
                     help="keep the throwaway repository here and reuse it on the next run (saves ~1-2 min)")
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)   # the anchor's encoder gets the same one thread as each worker
     project = f"bench_stream_{uuid.uuid4().hex[:6]}"
     tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
     try:
