@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import threading
@@ -40,7 +39,7 @@ import pandas as pd
 
 from recfeast import config
 from recfeast.errors import StoreError
-from recfeast.eventlog import EventLog, log_path
+from recfeast.eventlog import is_streamed, log_path, open_event_log
 from recfeast.jsonsafe import dumps
 from recfeast.materialize.realtime import (FEATURES, ItemEmbeddings, RealtimeConfig, batch_states, complete_state,
                                            state_frame, tail_state)
@@ -202,6 +201,9 @@ class Ingestor:
         store: an existing ``feast.FeatureStore`` to use instead of building one.
         rating_scale: ``(min, max)`` of ``rate`` values.
         sequence_model: registered sequence encoder id; default the registry's production one.
+        event_log: ``sqlite`` or a Redis URL; default ``$RECFEAST_EVENT_LOG`` or sqlite
+            (:func:`recfeast.eventlog.open_event_log`). With Redis, :meth:`ingest` only appends to
+            the stream (``XADD``); ``recfeast ingest-worker`` processes compute and push the state.
 
     Raises:
         DataError: no item embeddings table yet (run ``recfeast materialize`` first).
@@ -212,7 +214,7 @@ class Ingestor:
 
     def __init__(self, repo=None, online_store: str | None = None, project: str | None = None,
                  cfg: RealtimeConfig | None = None, store=None, rating_scale=(1.0, 5.0),
-                 sequence_model: str | None = None):
+                 sequence_model: str | None = None, event_log: str | None = None):
         from recfeast import model_registry as registry
         from recfeast import store as store_ops
 
@@ -231,8 +233,10 @@ class Ingestor:
         self.items = ItemEmbeddings(config.tables_dir(self.repo) / "item_text_embedding.parquet")
         # the production sequence encoder, as the aggregates job uses (registry default: seeded GRU)
         self.encoder = registry.sequence_encoder(self.repo, self.items.matrix.shape[1], self.cfg.seq_len, sequence_model)
-        self.log = EventLog(log_path(self.repo))
+        self.log = open_event_log(self.repo, event_log, project)   # per repo (+ override), not per promotion
+        self.streamed = is_streamed(self.log)   # Redis stream: the ingest workers push
         self._lock = threading.Lock()
+        self._freshness = None
 
     # ------------------------------------------------------------------ ingest
     def ingest(self, records: list, push: bool = True, sources: list | None = None) -> IngestResult:
@@ -266,6 +270,11 @@ class Ingestor:
         if rejected:
             self._set_aside(rejected, sources)
         error = None
+        if self.streamed:   # append (XADD) only: the consumer group of ingest workers pushes
+            added = self.log.append(events.drop(columns="index")) if len(events) else events
+            res.accepted, res.duplicates = len(added), res.duplicates + len(events) - len(added)
+            res.seconds = round(time.perf_counter() - t0, 6)
+            return res
         with self._lock, _repo_lock(self.repo):
             added = self.log.append(events.drop(columns="index")) if len(events) else events
             res.accepted = len(added)
@@ -276,6 +285,8 @@ class Ingestor:
             if push and users:
                 try:
                     self.push(self.states(users))
+                    if len(added):
+                        self.observe_visibility(added["ingested_us"].to_numpy())
                 except StoreError as exc:
                     error = exc
             res.users_updated = len(users) if push and error is None else 0
@@ -425,6 +436,25 @@ class Ingestor:
             self.store._get_provider().ingest_df(self._view, frame)
         except Exception as exc:
             raise StoreError(f"pushing real-time features to {self.store.config.online_store.type} failed: {exc}") from exc
+        newest = int(frame["event_timestamp"].max().value // 1000)
+        self.freshness.record_load(VIEW, newest, len(frame), pushed=True)
+
+    @property
+    def freshness(self):
+        """The online store's :class:`recfeast.freshness.FreshnessRecord`."""
+        if self._freshness is None:
+            from recfeast.freshness import FreshnessRecord
+
+            self._freshness = FreshnessRecord(self.store)
+        return self._freshness
+
+    def observe_visibility(self, ingested_us) -> list[float]:
+        """Record now minus each event's arrival time (``(n,)`` int64 us) as its event-to-online delay;
+        returns the delays (seconds)."""
+        now = time.time() * 1e6
+        delays = [(now - int(t)) / 1e6 for t in ingested_us]
+        self.freshness.observe_visibility(VIEW, delays)
+        return delays
 
     def _forget_redis_times(self, user_ids: list[int]) -> None:
         from feast.infra.online_stores.helpers import _redis_key
@@ -439,8 +469,63 @@ class Ingestor:
                 pipe.hdel(_redis_key(cfg.project, key, cfg.entity_key_serialization_version), f"_ts:{VIEW}")
             pipe.execute()
 
+    def push_streamed(self, user_ids, owner: str, lock_ttl_ms: int = 30_000, force: bool = False) -> int:
+        """Push the state of ``user_ids`` when the log is a Redis stream shared by several workers.
+
+        Per-user order: each user's state is computed and pushed under the user's lock in Redis
+        (``SET NX PX lock_ttl_ms``; a worker killed while holding it blocks that user for at most the
+        ttl). Under the lock the worker reads the user's history version (events logged so far),
+        skips the user when the last pushed state already covers that version (another worker was
+        faster: pushing again would be a no-op, never older), else recomputes the state from the
+        whole history and records the version. So a later push always covers a superset of the
+        events of an earlier one: an older state is never pushed after a newer one, and an event
+        delivered twice changes nothing.
+
+        Users whose lock is held elsewhere are retried after the others (no worker waits while
+        holding a lock, so two workers never deadlock). ``force``: push even when the version is
+        already covered (after the online store lost its rows).
+
+        Returns:
+            Users pushed.
+
+        Raises:
+            StoreError: a lock could not be had within twice the ttl, or the push failed.
+        """
+        import uuid
+
+        token, todo, pushed = f"{owner}:{uuid.uuid4().hex[:8]}", sorted({int(u) for u in user_ids}), 0
+        deadline = time.monotonic() + 2 * lock_ttl_ms / 1000 + 1
+        while todo:
+            got = self.log.lock_many(todo, token, lock_ttl_ms)
+            if not got:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"users {todo[:5]}...: their locks stayed held for {2 * lock_ttl_ms} ms")
+                time.sleep(0.005)
+                continue
+            try:
+                versions = self.log.versions(got)
+                done = [-1] * len(got) if force else self.log.pushed_versions(got)
+                stale = {u: v for u, v, d in zip(got, versions, done) if v > d}
+                if stale:
+                    self.push(self.states(list(stale)))
+                    from recfeast import faults
+
+                    faults.point("worker:after_push")
+                    self.log.set_pushed(stale)
+                    pushed += len(stale)
+            finally:
+                self.log.unlock_many(got, token)
+            held = set(got)
+            todo = [u for u in todo if u not in held]
+        return pushed
+
     def rebuild_online(self, batch: int = 2000) -> int:
         """Push every logged user's state (after a lost or restarted online store). Returns users pushed."""
+        if self.streamed:
+            users = sorted(self.log.read(("user_id",))["user_id"].unique().tolist())
+            for start in range(0, len(users), batch):
+                self.push_streamed(users[start:start + batch], "rebuild", force=True)
+            return len(users)
         with self._lock, _repo_lock(self.repo):
             users = sorted(self.log.read(("user_id",))["user_id"].unique().tolist())
             for start in range(0, len(users), batch):

@@ -240,7 +240,7 @@ def _run_locked(cfg: JobConfig) -> JobSummary:
     with stage("clean"):
         data = clean(catalog, cfg.min_enrichment_confidence, spec=spec)
         items, users, q = data.items, data.users, data.quarantine
-        events = with_logged_events(data.events, items, repo, q) if spec.realtime else data.events
+        events = with_logged_events(data.events, items, repo, q, cfg.project) if spec.realtime else data.events
         seq_events = events[events["action"].isin(spec.sequence_types())]
 
     with stage("select features"):
@@ -276,10 +276,11 @@ def _run_locked(cfg: JobConfig) -> JobSummary:
             summary.models["sequence"] = seq_enc.model_id
         if "user_realtime" in views:
             with stage("real-time features from the event log"):
-                from recfeast.eventlog import log_path
+                from recfeast.eventlog import logged_events
                 from recfeast.materialize import realtime
 
-                rt = realtime.offline_table(log_path(repo), realtime.ItemEmbeddings.from_arrays(ids, text_emb, text_enc.model_id),
+                rt = realtime.offline_table(logged_events(repo, ("seq", "user_id", "item_id", "ts_us"), project=cfg.project),
+                                            realtime.ItemEmbeddings.from_arrays(ids, text_emb, text_enc.model_id),
                                             seq_enc, realtime.RealtimeConfig(seq_len=seq_len))
 
     with stage("build tables"):

@@ -117,13 +117,14 @@ def load(store, tables_dir: Path, quiet: bool = False, sequence_model: str | Non
                    for view, ids in load_pending(tables_dir).get(kind, {}).items()}
     except Exception as exc:  # redis ConnectionError, sqlite OperationalError, ...
         raise StoreError(f"clearing stale rows in the {kind} online store failed: {exc}") from exc
-    starts = []
+    starts, loaded = [], {}
     for fv in store.list_feature_views():
         path = Path(fv.batch_source.path)
         if path.is_file():
             col = pq.read_table(path, columns=["event_timestamp"]).column(0)
             if len(col):
                 starts.append(pd.Timestamp(col.to_pandas().min()))
+                loaded[fv.name] = (int(pd.Timestamp(col.to_pandas().max()).value // 1000), len(col))
     start = min(starts).to_pydatetime() if starts else None
     faults.point("load:after_clear")
     # push-fed views (user_realtime) are written by the ingest path from the event log, never from
@@ -131,6 +132,7 @@ def load(store, tables_dir: Path, quiet: bool = False, sequence_model: str | Non
     views = [fv.name for fv in store.list_feature_views() if type(fv.stream_source).__name__ != "PushSource"]
     store_ops.materialize(store, views=views, start=start, quiet=quiet)
     faults.point("load:after_materialize")
+    _record_freshness(store, {v: loaded[v] for v in views if v in loaded})
     clear_pending(tables_dir, kind)
     restore_realtime(store, sequence_model)
     write_sentinel(store, views)
@@ -157,7 +159,7 @@ def write_sentinel(store, views: list[str]) -> dict:
             continue
         jk = fv.join_keys[0]
         col = pq.read_table(path, columns=[jk]).column(0) if sig["rows"] else None
-        sig["sample"] = {"join_key": jk, "id": int(col[0].as_py())} if col is not None and len(col) else None
+        sig["sample"] = {"join_key": jk, "id": col[0].as_py()} if col is not None and len(col) else None
         recs[fv.name] = sig
     record = health.make_sentinel(recs)
     try:
@@ -166,6 +168,14 @@ def write_sentinel(store, views: list[str]) -> dict:
         raise StoreError(f"writing the load sentinel into the {store.config.online_store.type} online store "
                          f"failed: {exc}") from exc
     return record
+def _record_freshness(store, loaded: dict[str, tuple[int, int]]) -> None:
+    """Record per view the newest event time (us) and rows just loaded online (``recfeast status``,
+    ``/metrics``: event-time lag per view)."""
+    from recfeast.freshness import FreshnessRecord
+
+    rec, now_us = FreshnessRecord(store), int(pd.Timestamp.now(tz="UTC").value // 1000)
+    for view, (newest_us, rows) in loaded.items():
+        rec.record_load(view, newest_us, rows, loaded_us=now_us)
 
 
 def restore_realtime(store, sequence_model: str | None = None) -> int:
@@ -176,10 +186,10 @@ def restore_realtime(store, sequence_model: str | None = None) -> int:
     Raises:
         StoreError: the push failed.
     """
-    from recfeast.eventlog import log_path
+    from recfeast.eventlog import event_log_exists
 
     repo = Path(store.repo_path)
-    if not log_path(repo).is_file():
+    if not event_log_exists(repo):
         return 0
     from recfeast.materialize.ingest import Ingestor
 

@@ -220,11 +220,14 @@ def batch_states(events: pd.DataFrame, cfg: RealtimeConfig, snapshots: bool = Fa
     return out
 
 
-def offline_table(log_file: Path, items: ItemEmbeddings, encoder, cfg: RealtimeConfig) -> pd.DataFrame:
+def offline_table(log_file, items: ItemEmbeddings, encoder, cfg: RealtimeConfig) -> pd.DataFrame:
     """The ``user_realtime`` table: the state after each user's last event of each active UTC day,
-    recomputed from the event log at ``log_file`` (empty when there is no log yet)."""
+    recomputed from the event log: ``log_file`` is the SQLite log's path (empty table when there is
+    no log yet) or the logged events as a DataFrame (:func:`recfeast.eventlog.logged_events`, any backend)."""
     from recfeast.eventlog import EventLog
 
+    if isinstance(log_file, pd.DataFrame):
+        return state_frame(batch_states(log_file, cfg, snapshots=True), items, encoder)
     if not Path(log_file).is_file():
         return state_frame([], items, encoder)
     log = EventLog(log_file)

@@ -79,8 +79,12 @@ def compare(online: pd.DataFrame, batch: pd.DataFrame, atol: float = 1e-5) -> tu
 
 def replay_check(data_dir, repo=None, online_store: str | None = None, project: str | None = None,
                  days: float = 14, batch_size: int = 1, backfill: bool = True, progress: bool = True,
-                 atol: float = 1e-5) -> ReplayReport:
+                 atol: float = 1e-5, event_log: str | None = None, drain_timeout_s: float = 600.0) -> ReplayReport:
     """Run the replay check on the ratings of ``data_dir`` (see the module docstring).
+
+    With a Redis event log (``event_log`` or ``$RECFEAST_EVENT_LOG``) the ingest calls only append to
+    the stream; the check then waits (up to ``drain_timeout_s``) until the running ``recfeast
+    ingest-worker`` processes have acknowledged every entry, and compares after that.
 
     The repository must have been materialized (``recfeast materialize``) so that item embeddings
     and the ``user_realtime`` view exist.
@@ -109,7 +113,7 @@ def replay_check(data_dir, repo=None, online_store: str | None = None, project: 
     cutoff = int((events["event_timestamp"].max() - pd.Timedelta(days=days)).timestamp())
     old, new = records[records["event_timestamp"] <= cutoff], records[records["event_timestamp"] > cutoff]
     report = ReplayReport(batch_size=batch_size)
-    ing = Ingestor(repo, online_store, project)
+    ing = Ingestor(repo, online_store, project, event_log=event_log)
     try:
         if backfill:
             for start in tqdm(range(0, len(old), 20_000), desc="backfill", disable=not progress):
@@ -125,6 +129,13 @@ def replay_check(data_dir, repo=None, online_store: str | None = None, project: 
             report.latency_ms_p50 = round(float(np.percentile(lat, 50)) * 1000, 2)
             report.latency_ms_p99 = round(float(np.percentile(lat, 99)) * 1000, 2)
             report.events_per_s = round(len(recs) / wall, 1)
+        if ing.streamed:
+            from recfeast.errors import StoreError
+            from recfeast.materialize.stream import wait_drained
+
+            if not wait_drained(ing.log, drain_timeout_s):
+                raise StoreError(f"the ingest workers did not drain {ing.log.name} within {drain_timeout_s:g} s "
+                                 f"({ing.log.group_info()}): are `recfeast ingest-worker` processes running?")
         batch = ing.batch_frame(snapshots=False)
         online = ing.read_online(batch["user_id"].tolist())
         report.users_compared = len(batch)

@@ -597,6 +597,9 @@ def models_promote(text_id, sequence_id, data_dir, repo_path, online_stores):
 from recfeast.cli_keys import keys as _keys_group  # noqa: E402
 
 main.add_command(_keys_group)
+from recfeast import cli_stream  # noqa: E402  (new commands attach below, after main exists)
+
+main.add_command(cli_stream.ingest_worker), main.add_command(cli_stream.status)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -254,6 +254,8 @@ def create_app(service, metrics=None, ingestor_factory=None, settings=None, keys
         raise ConfigError("no API keys: create one with `recfeast keys create --scopes read,write` (or set "
                           "RECFEAST_API_KEYS), or pass --allow-anonymous for local development")
     metrics = metrics or Metrics()
+    if getattr(getattr(service, "client", None), "store", None) is not None:
+        metrics.watch_freshness(lambda: _freshness_report(service))
     key_types = getattr(service.client, "key_types", None)
     FeaturesRequest, RecommendRequest, SearchRequest, ErrorBody = _models(settings, key_types)
     app = FastAPI(
@@ -418,11 +420,15 @@ def create_app(service, metrics=None, ingestor_factory=None, settings=None, keys
                                                                             "the reason in `detail`"}}))
     def health():
         """Open (no key). 200 `ok`; 503 `degraded` when the online store is empty (flushed, restarted),
-        misses loaded entities or is behind the tables, or the model versions disagree, and 503
-        `unavailable` when the store does not answer; the reason is in `detail`. A reload in
-        progress is under `reload`."""
+        misses loaded entities or is behind the tables, a view is past its freshness `max_lag`
+        (`freshness`), or the model versions disagree, and 503 `unavailable` when the store does not
+        answer; the reason is in `detail`. A reload in progress is under `reload`."""
         h = service.health()
         h["detail"] = None if h["detail"] is None else redact(h["detail"])
+        h["freshness"] = freshness_health(service)
+        if h["freshness"].get("stale") and h["status"] == "ok":
+            h["status"] = "degraded"
+            h["detail"] = f"views past their freshness max_lag: {', '.join(h['freshness']['stale'])}"
         h["reload"] = {k: reload_state[k] for k in ("running", "started_at", "finished_at", "error")}
         status = 200 if h["status"] == "ok" else 503
         return SafeJSONResponse(h, status_code=status)
@@ -459,6 +465,25 @@ def create_app(service, metrics=None, ingestor_factory=None, settings=None, keys
         return {"status": "started", "started_at": reload_state["started_at"]}
 
     return app
+
+
+def _freshness_report(service) -> list[dict]:
+    from recfeast.freshness import report
+
+    return report(service.client.store)
+
+
+def freshness_health(service) -> dict:
+    """The ``freshness`` field of /health: ``{"stale": [views past max_lag], "views": {view: {"lag_s",
+    "state"}}}``, or ``{"error": message}`` when the record cannot be read."""
+    from recfeast.redact import redact
+
+    try:
+        views = _freshness_report(service)
+    except Exception as exc:
+        return {"error": redact(f"freshness record: {exc}")}
+    return {"stale": [v["view"] for v in views if v["state"] == "stale"],
+            "views": {v["view"]: {"lag_s": v["lag_s"], "state": v["state"]} for v in views}}
 
 
 def build_app(cfg, ingestor_factory=None, settings=None, reloader_factory=None) -> Any:

@@ -7,6 +7,15 @@ apps in one process do not collide).
 - ``recfeast_store_errors_total{store}``: online store reads that failed.
 - ``recfeast_rejected_requests_total{endpoint, code}``: 4xx answers (401/403/413/429 included).
 - ``recfeast_internal_errors_total``: 500 answers (unexpected exceptions; each is logged).
+
+Freshness in event time (:meth:`Metrics.watch_freshness`, read from the online store's freshness
+record at each scrape, so they cover loads and pushes made by other processes and machines):
+
+- ``recfeast_feature_lag_seconds{view}``: now minus the newest event time loaded online;
+- ``recfeast_feature_load_age_seconds{view}``: now minus the last write of the view online;
+- ``recfeast_feature_rows{view}``: rows of the last load (pushed views: rows pushed in all);
+- ``recfeast_feature_stale{view}``: 1 when the lag is past the view's ``max_lag``, else 0;
+- ``recfeast_event_to_online_seconds{view}``: histogram of event arrival -> visible online.
 """
 
 from __future__ import annotations
@@ -34,6 +43,11 @@ class Metrics:
         self.internal_errors = Counter("recfeast_internal_errors", "Requests answered 500 (unexpected errors)",
                                        registry=self.registry)
 
+    def watch_freshness(self, report_fn) -> None:
+        """Expose the freshness gauges and histogram; ``report_fn()`` returns
+        :func:`recfeast.freshness.report`'s list (called at each scrape; a failure exposes nothing)."""
+        self.registry.register(_FreshnessCollector(report_fn))
+
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage).observe(seconds)
 
@@ -45,3 +59,40 @@ class Metrics:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _FreshnessCollector:
+    """Prometheus collector over the freshness record (see the module docstring)."""
+
+    def __init__(self, report_fn):
+        self.report_fn = report_fn
+
+    def describe(self):
+        return []   # collected at scrape time only
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+
+        try:
+            views = self.report_fn()
+        except Exception:   # the store is down: /health says so; the scrape still answers
+            return
+        lag = GaugeMetricFamily("recfeast_feature_lag_seconds", "Now minus the newest event time online", labels=["view"])
+        age = GaugeMetricFamily("recfeast_feature_load_age_seconds", "Now minus the last online write", labels=["view"])
+        rows = GaugeMetricFamily("recfeast_feature_rows", "Rows of the last online load", labels=["view"])
+        stale = GaugeMetricFamily("recfeast_feature_stale", "1 when lag > max_lag", labels=["view"])
+        vis = HistogramMetricFamily("recfeast_event_to_online_seconds", "Event arrival to visible online",
+                                    labels=["view"])
+        for v in views:
+            if v["lag_s"] is not None:
+                lag.add_metric([v["view"]], v["lag_s"])
+            if v["load_age_s"] is not None:
+                age.add_metric([v["view"]], v["load_age_s"])
+            if v["rows"] is not None:
+                rows.add_metric([v["view"]], v["rows"])
+            stale.add_metric([v["view"]], 1.0 if v["state"] == "stale" else 0.0)
+            if v["visibility"]:
+                h = v["visibility"]
+                buckets = [(str(b), n) for b, n in h["buckets"]] + [("+Inf", h["count"])]
+                vis.add_metric([v["view"]], buckets, h["sum_s"])
+        yield from (lag, age, rows, stale, vis)
