@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from recfeast import config
+from recfeast.materialize import engine as engines
 from recfeast.materialize import features as F
 from recfeast import model_registry as registry
 from recfeast.materialize.embedding_cache import EmbeddingCache, cached_encode
@@ -51,6 +53,8 @@ class JobConfig:
     parts: tuple[str, ...] = ("embeddings", "aggregates")  # which tables to rebuild (see PARTS)
     text_model: str | None = None       # registered text model id; default the registry's production one
     sequence_model: str | None = None   # registered sequence model id; default production (or seeded GRU)
+    engine: object = "local"            # where encoding and the online load run: local | ray | an Engine
+    ray_address: str | None = None      # Ray cluster for engine="ray"; default $RAY_ADDRESS or a local one
 
 
 @dataclass
@@ -97,7 +101,7 @@ def _file_hash(path) -> str:
 
 
 def _encode_images(cfg: JobConfig, items: pd.DataFrame, out_dir: Path, cache_dir: Path, q,
-                   summary: "JobSummary") -> tuple[np.ndarray, list[str], str]:
+                   summary: "JobSummary", eng=None) -> tuple[np.ndarray, list[str], str]:
     """Poster embeddings ``(n_items, dim)`` float32 (NaN rows: no usable image, quarantined), the
     input hashes and the model identity; posters whose bytes were embedded before by the same model
     come from the embedding cache."""
@@ -110,7 +114,9 @@ def _encode_images(cfg: JobConfig, items: pd.DataFrame, out_dir: Path, cache_dir
     hashes = [_file_hash(p) for p in paths]
 
     def encode_images(pos):   # positions within ``has``
-        res = img_enc.encode([paths[has[i]] for i in pos], cfg.image_batch_size, show_progress_bar=cfg.progress)
+        res = (eng or engines.LocalEngine()).encode(
+            partial(ImageEncoder, cfg.image_backbone, cfg.image_weights), [paths[has[i]] for i in pos],
+            cfg.image_batch_size, local=img_enc, model_id=img_enc.model_id, progress=cfg.progress)
         errors.update({has[pos[j]]: e for j, e in res.errors.items()})
         return res.embeddings
 
@@ -232,6 +238,7 @@ def run(cfg: JobConfig) -> JobSummary:
         from recfeast.errors import ConfigError
 
         raise ConfigError(f"JobConfig.parts={cfg.parts!r}: expected one or more of {sorted(PARTS)}")
+    eng = engines.get(cfg.engine, cfg.ray_address)
     with stage("read"):
         catalog = read_catalog(data_dir)
     with stage("clean"):
@@ -258,14 +265,15 @@ def run(cfg: JobConfig) -> JobSummary:
                                (out_dir / "item_text_embedding.parquet", "text_embedding", "text_model"))
         text_emb, reused, computed = cached_encode(
             cache, [_sha(t) for t in texts],
-            lambda pos: text_enc.encode([texts[i] for i in pos], cfg.text_batch_size, show_progress_bar=cfg.progress))
+            lambda pos: eng.encode(partial(registry.text_encoder, repo, cfg.text_model), [texts[i] for i in pos],
+                                   cfg.text_batch_size, local=text_enc, model_id=text_enc.model_id, progress=cfg.progress))
         cache.save()
         summary.models["text"] = text_enc.model_id
         summary.embeddings["text"] = {"computed": computed, "reused": reused}
 
     if "embeddings" in cfg.parts:
         with stage("encode images"):
-            img_emb, img_hashes, summary.models["image"] = _encode_images(cfg, items, out_dir, cache_dir, q, summary)
+            img_emb, img_hashes, summary.models["image"] = _encode_images(cfg, items, out_dir, cache_dir, q, summary, eng)
 
     if "aggregates" in cfg.parts:
         with stage("encode sequences"):
@@ -326,8 +334,10 @@ def run(cfg: JobConfig) -> JobSummary:
             store.apply(fs)
         if cfg.materialize:
             with stage("feast materialize"):
-                online.load(fs, out_dir, quiet=not cfg.progress)
+                eng.load_online(fs, out_dir, quiet=not cfg.progress)
                 summary.online_store = fs.config.online_store.type
+    if eng is not cfg.engine:
+        eng.close()
     summary.seconds = stage.seconds
     io.write_json(out_dir / "run_summary.json", {**asdict(summary), "run_at": run_ts.isoformat(),
                                                  "data_dir": str(data_dir)})
