@@ -205,9 +205,9 @@ class RayEngine(Engine):
         workers: encoding actors (and load partitions); default one per GPU when the cluster has
             GPUs, else one per ``cpus_per_worker`` CPUs of the cluster (at least 1).
         cpus_per_worker: CPUs each CPU actor requests (and torch threads it uses).
-        load: ``"partitioned"`` (default): the partitioned online write above; ``"feast"``:
-            Feast's Ray compute engine (``batch_engine: type: ray.engine``) through
-            ``FeatureStore.materialize``.
+        load: ``"partitioned"``: the partitioned online write above; ``"feast"``: Feast's Ray
+            compute engine (``batch_engine: type: ray.engine``) through ``FeatureStore.materialize``.
+            Default: ``$RECFEAST_RAY_LOAD``, else ``partitioned``.
         load_partitions: partitions per view for the online load; default ``workers`` for Redis
             and 1 for SQLite (one file: parallel writers only wait on its lock).
         num_cpus: CPUs of a local cluster this engine starts (default: all).
@@ -223,12 +223,13 @@ class RayEngine(Engine):
     name = "ray"
 
     def __init__(self, address: str | None = None, workers: int | None = None, cpus_per_worker: float = 1,
-                 load: str = "partitioned", load_partitions: int | None = None, num_cpus: int | None = None,
+                 load: str | None = None, load_partitions: int | None = None, num_cpus: int | None = None,
                  object_store_memory: int | None = None):
         try:
             import ray
         except ImportError as exc:  # pragma: no cover - a dependency
             raise ConfigError("the ray engine needs Ray: pip install 'ray[data]'") from exc
+        load = load or os.environ.get("RECFEAST_RAY_LOAD", "partitioned")
         if load not in ("partitioned", "feast"):
             raise ConfigError(f"RayEngine(load={load!r}): expected 'partitioned' or 'feast'")
         self.address = address or os.environ.get("RAY_ADDRESS") or None
