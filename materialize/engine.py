@@ -364,9 +364,11 @@ class RayEngine(Engine):
         from recfeast import store as store_ops
 
         cfg = store.config.model_copy(deep=True) if hasattr(store.config, "model_copy") else store.config.copy(deep=True)
+        # what ``batch_engine: {type: ray.engine, ...}`` in feature_store.yaml gives
         cfg.batch_engine_config = RayComputeEngineConfig(
             ray_address=self.address, max_workers=self.workers,
-            write_concurrency=self._partitions(store))
+            write_concurrency=self._partitions(store)).model_dump()
+        cfg._batch_engine = None
         cfg.repo_path = store.config.repo_path
         fs = FeatureStore(repo_path=str(store.repo_path), config=cfg)
         store_ops.materialize(fs, views=views, start=start, end=end, quiet=quiet)

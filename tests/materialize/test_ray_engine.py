@@ -201,6 +201,18 @@ def test_killed_workers_were_retried_and_a_rerun_is_idempotent(ray_run, small_da
     _assert_online_equal(online_before, _online_values(fs, repo))
 
 
+def test_feasts_ray_engine_as_the_loader_gives_the_same_online_values(ray_run, ray_address):
+    """RECFEAST_RAY_LOAD=feast: Feast's own Ray compute engine loads (through the driver, see the README)."""
+    repo, _, project, _ = ray_run
+    fs = store.feature_store(repo, "redis", unique_project())
+    store.apply(fs)
+    try:
+        engines.RayEngine(ray_address, load="feast").load_online(fs, repo / "data" / "tables", quiet=True)
+        _assert_online_equal(_online_values(store.feature_store(repo, "redis", project), repo), _online_values(fs, repo))
+    finally:
+        drop_online(fs)
+
+
 def test_unknown_engine_and_address_without_ray_are_refused():
     from recfeast.errors import ConfigError
 
