@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,6 +136,7 @@ class _EncodeActor:
 
     def __call__(self, batch: dict) -> dict:
         faults.point("ray:encode_batch")
+        t0 = time.time()
         inputs = [None if x is None else str(x) for x in batch["input"].tolist()]
         res = self.enc.encode(inputs, self.batch_size)
         n = len(inputs)
@@ -145,7 +147,8 @@ class _EncodeActor:
                 rule[i], detail[i] = r, d
             res = res.embeddings
         return {"pos": batch["pos"], "embedding": np.asarray(res, np.float32), "error_rule": rule,
-                "error_detail": detail, "image": np.full(n, image)}
+                "error_detail": detail, "image": np.full(n, image), "t0": np.full(n, t0),
+                "t1": np.full(n, time.time())}
 
 
 def _latest_rows(path: str, key: str, columns: list[str], part: int, parts: int, start, end):
@@ -284,17 +287,22 @@ class RayEngine(Engine):
                 fn_constructor_args=(factory, model_id, batch_size, _forwarded_env(), use_gpu),
                 compute=ray.data.ActorPoolStrategy(size=min(self.workers, math.ceil(n / per_block))),
                 max_restarts=RETRIES, max_task_retries=RETRIES, **resources)
-        pos, emb, rule, detail, image = [], [], [], [], False
+        pos, emb, rule, detail, image, t0, t1 = [], [], [], [], False, np.inf, 0.0
+        started = time.time()
         try:
             for b in out.iter_batches(batch_format="numpy", batch_size=None):
                 pos.append(b["pos"]), emb.append(b["embedding"]), rule.append(b["error_rule"])
                 detail.append(b["error_detail"])
                 image = image or bool(b["image"].any())
+                t0, t1 = min(t0, float(b["t0"].min())), max(t1, float(b["t1"].max()))
         except Exception as exc:
             cause = _root_cause(exc)
             if isinstance(cause, ModelError):
                 raise cause from exc
             raise ModelError(f"encoding on Ray failed: {type(cause).__name__}: {cause}") from exc
+        #: wall seconds of the last call: in all, and from the first batch's start to the last one's
+        #: end in the actors (the encoding itself, without actor start and model loads)
+        self.last_seconds = {"total": time.time() - started, "encoding": t1 - t0}
         pos = np.concatenate(pos)
         if len(pos) != n or len(np.unique(pos)) != n:
             raise ModelError(f"encoding on Ray returned {len(pos)} rows ({len(np.unique(pos))} distinct) "

@@ -1,5 +1,5 @@
 """The Ray engine on a real local Ray cluster (a head node and a worker node started with ``ray
-start``, one CPU each, ports 18700-18799 unless $RECFEAST_TEST_RAY_PORT moves them): the same
+start``, one CPU each, ports 18700-18749 unless $RECFEAST_TEST_RAY_PORT moves them): the same
 catalog slice materialized with the local and the Ray engine gives equal tables (vectors within
 1e-6) and equal online values, and a worker killed mid-job (a failpoint SIGKILLs it on its first
 batch) is restarted by Ray, its batch retried, and the result is still equal."""
@@ -48,7 +48,7 @@ def ray_address():
     address = f"127.0.0.1:{BASE}"
     temp = tempfile.mkdtemp(prefix="rfray", dir="/tmp")
     procs = [_ray_start("--head", f"--port={BASE}", "--include-dashboard=false", f"--dashboard-port={BASE + 1}",
-                        f"--temp-dir={temp}", *_ports(0, (20, 59)))]
+                        f"--temp-dir={temp}", *_ports(0, (20, 34)))]
     try:
         deadline = time.monotonic() + 90
         while True:   # the head answers once its GCS is up; then add the worker node
@@ -61,7 +61,7 @@ def ray_address():
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
-        procs.append(_ray_start(f"--address={address}", *_ports(10, (60, 99))))
+        procs.append(_ray_start(f"--address={address}", *_ports(10, (35, 49))))
         while len([n for n in ray.nodes() if n["Alive"]]) < 2:
             if procs[1].poll() is not None or time.monotonic() > deadline:
                 pytest.fail("the Ray worker node did not join")
