@@ -35,6 +35,7 @@ Feast's own Ray compute engine (``batch_engine: type: ray.engine``, contrib) is 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -271,6 +272,8 @@ class RayEngine(Engine):
             return LocalEngine().encode(factory, inputs, batch_size, local=local, model_id=model_id)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress
+        if not progress:   # Ray Data logs each dataset's plan and end at INFO, and that bars are off
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
         # blocks of a few batches, at least two per actor so a slow actor does not hold the tail
         per_block = max(batch_size, min(8 * batch_size, math.ceil(n / (2 * self.workers))))
         ds = ray.data.from_items([{"pos": i, "input": x} for i, x in enumerate(inputs)],
