@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 
 from recfeast import config
 from recfeast.eventlog import with_logged_events
+from recfeast.materialize import engine as engines
 from recfeast.materialize import features as F
 from recfeast import model_registry as registry
 from recfeast.materialize.embedding_cache import EmbeddingCache, cached_encode
@@ -51,6 +53,8 @@ class JobConfig:
     parts: tuple[str, ...] = ("embeddings", "aggregates")  # which tables to rebuild (see PARTS)
     text_model: str | None = None       # registered text model id; default the registry's production one
     sequence_model: str | None = None   # registered sequence model id; default production (or seeded GRU)
+    engine: object = "local"            # where encoding and the online load run: local | ray | an Engine
+    ray_address: str | None = None      # Ray cluster for engine="ray"; default $RAY_ADDRESS or a local one
 
 
 @dataclass
@@ -98,7 +102,7 @@ def _file_hash(path) -> str:
 
 
 def _encode_images(cfg: JobConfig, spec, items: pd.DataFrame, out_dir: Path, cache_dir: Path, q,
-                   summary: "JobSummary") -> tuple[np.ndarray, list[str], str]:
+                   summary: "JobSummary", eng=None) -> tuple[np.ndarray, list[str], str]:
     """Poster embeddings ``(n_items, dim)`` float32 (NaN rows: no usable image, quarantined), the
     input hashes and the model identity; posters whose bytes were embedded before by the same model
     come from the embedding cache."""
@@ -107,11 +111,16 @@ def _encode_images(cfg: JobConfig, spec, items: pd.DataFrame, out_dir: Path, cac
     img_enc = ImageEncoder(cfg.image_backbone or spec.items.image.encoder, cfg.image_weights)
     ids, paths = items["item_id"].to_numpy(), items["image_path"].tolist()
     errors: dict[int, tuple[str, str]] = {i: ("image_missing", "no image path") for i, p in enumerate(paths) if p is None}
-    has = [i for i, p in enumerate(paths) if p is not None]
+    # a templated path whose file does not exist is missing, not a failed decode: never sent to the encoder
+    errors.update({i: ("image_missing", f"{Path(p).name}: no such file") for i, p in enumerate(paths)
+                   if p is not None and not Path(p).is_file()})
+    has = [i for i, p in enumerate(paths) if i not in errors]
     hashes = [_file_hash(p) for p in paths]
 
     def encode_images(pos):   # positions within ``has``
-        res = img_enc.encode([paths[has[i]] for i in pos], cfg.image_batch_size, show_progress_bar=cfg.progress)
+        res = (eng or engines.LocalEngine()).encode(
+            partial(ImageEncoder, cfg.image_backbone or spec.items.image.encoder, cfg.image_weights), [paths[has[i]] for i in pos],
+            cfg.image_batch_size, local=img_enc, model_id=img_enc.model_id, progress=cfg.progress)
         errors.update({has[pos[j]]: e for j, e in res.errors.items()})
         return res.embeddings
 
@@ -217,7 +226,6 @@ def _run_locked(cfg: JobConfig) -> JobSummary:
     from recfeast.adapters import read_catalog
     from recfeast.cleaning import clean
     from recfeast.errors import ConfigError
-    from recfeast.materialize import online
     from recfeast.spec import load_spec, spec_path
     from recfeast.views import feature_views
 
@@ -235,6 +243,7 @@ def _run_locked(cfg: JobConfig) -> JobSummary:
     unknown = set(cfg.parts) - set(PARTS)
     if unknown or not cfg.parts:
         raise ConfigError(f"JobConfig.parts={cfg.parts!r}: expected one or more of {sorted(PARTS)}")
+    eng = engines.get(cfg.engine, cfg.ray_address)
     with stage("read"):
         catalog = read_catalog(data_dir, spec)
     with stage("clean"):
@@ -257,14 +266,15 @@ def _run_locked(cfg: JobConfig) -> JobSummary:
                                    (out_dir / "item_text_embedding.parquet", "text_embedding", "text_model"))
             text_emb, reused, computed = cached_encode(
                 cache, [_sha(t) for t in texts],
-                lambda pos: text_enc.encode([texts[i] for i in pos], cfg.text_batch_size, show_progress_bar=cfg.progress))
+                lambda pos: eng.encode(partial(registry.text_encoder, repo, cfg.text_model), [texts[i] for i in pos],
+                                       cfg.text_batch_size, local=text_enc, model_id=text_enc.model_id, progress=cfg.progress))
             cache.save()
             summary.models["text"] = text_enc.model_id
             summary.embeddings["text"] = {"computed": computed, "reused": reused}
 
     if "embeddings" in cfg.parts and "item_image_embedding" in views:
         with stage("encode images"):
-            img_emb, img_hashes, summary.models["image"] = _encode_images(cfg, spec, items, out_dir, cache_dir, q, summary)
+            img_emb, img_hashes, summary.models["image"] = _encode_images(cfg, spec, items, out_dir, cache_dir, q, summary, eng)
 
     rt = None
     if "aggregates" in cfg.parts and "user_sequence_embedding" in views:
@@ -332,8 +342,10 @@ def _run_locked(cfg: JobConfig) -> JobSummary:
             store.apply(fs)
         if cfg.materialize:
             with stage("feast materialize"):
-                online.load(fs, out_dir, quiet=not cfg.progress)
+                eng.load_online(fs, out_dir, quiet=not cfg.progress)
                 summary.online_store = fs.config.online_store.type
+    if eng is not cfg.engine:
+        eng.close()
     summary.seconds = stage.seconds
     io.write_json(out_dir / "run_summary.json", {**asdict(summary), "run_at": run_ts.isoformat(),
                                                  "data_dir": str(data_dir), "catalog": spec.name})

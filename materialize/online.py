@@ -92,12 +92,16 @@ def clear_online_rows(store, view_name: str, entity_ids: list[int]) -> int:
     return len(keys)
 
 
-def load(store, tables_dir: Path, quiet: bool = False, sequence_model: str | None = None) -> dict[str, int]:
+def load(store, tables_dir: Path, quiet: bool = False, sequence_model: str | None = None,
+         writer=None) -> dict[str, int]:
     """Bring ``store``'s online store up to date with the tables in ``tables_dir``.
 
     Clears the rows pending for this store kind, materializes every batch view from the earliest
     event timestamp in the tables (so rows dated 1970 or earlier load too), forgets the pending set,
     and re-pushes the real-time state of every user in the event log (:func:`restore_realtime`).
+    ``writer(store, views, start, end, quiet=...)`` replaces Feast's materialize for the middle step
+    (the Ray engine's partitioned write, :mod:`recfeast.materialize.engine`); it gets the window of
+    :func:`recfeast.store.load_window`.
 
     Returns:
         ``{view: entities cleared}``.
@@ -130,7 +134,10 @@ def load(store, tables_dir: Path, quiet: bool = False, sequence_model: str | Non
     # push-fed views (user_realtime) are written by the ingest path from the event log, never from
     # their table: a table written before the latest events would overwrite newer values on SQLite
     views = [fv.name for fv in store.list_feature_views() if type(fv.stream_source).__name__ != "PushSource"]
-    store_ops.materialize(store, views=views, start=start, quiet=quiet)
+    if writer is None:
+        store_ops.materialize(store, views=views, start=start, quiet=quiet)
+    else:
+        writer(store, views, *store_ops.load_window(start), quiet=quiet)
     faults.point("load:after_materialize")
     _record_freshness(store, {v: loaded[v] for v in views if v in loaded})
     clear_pending(tables_dir, kind)

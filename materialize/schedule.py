@@ -53,6 +53,8 @@ class ScheduleConfig:
     online_stores: tuple[str, ...] = ("sqlite",)  # stores the load_online job fills
     triggers: dict = field(default_factory=lambda: dict(DEFAULT_TRIGGERS))
     # each trigger: {"interval_minutes": N} or {"cron": "m h dom mon dow"} (crontab syntax, UTC)
+    engine: str = "local"                # where jobs encode and load: local | ray (materialize/engine.py)
+    ray_address: str | None = None       # Ray cluster for engine="ray"; default $RAY_ADDRESS or a local one
 
 
 def state_dir(repo: Path) -> Path:
@@ -222,8 +224,11 @@ def job_lock(repo: Path, job: str, wait: bool = False, on_wait=None, reentrant: 
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def run_job(job: str, data_dir: str, repo: str, online_stores: tuple[str, ...] = ("sqlite",)) -> dict:
-    """Run one scheduled job now, under its lock, and record the run.
+def run_job(job: str, data_dir: str, repo: str, online_stores: tuple[str, ...] = ("sqlite",),
+            engine: str = "local", ray_address: str | None = None) -> dict:
+    """Run one scheduled job now, under its lock, and record the run. ``engine``/``ray_address``:
+    where its encoding and online load run (:mod:`recfeast.materialize.engine`; a Ray connection is
+    opened for the run and closed after it).
 
     Returns:
         The run record (``status`` is ``ok``, ``failed`` or ``skipped``). A failure is recorded,
@@ -249,7 +254,8 @@ def run_job(job: str, data_dir: str, repo: str, online_stores: tuple[str, ...] =
         status, rows, detail = "ok", None, None
         try:
             with job_lock(repo_path, "tables", wait=True):
-                rows, detail = _JOB_FUNCS[job](data_dir, repo_path, online_stores)
+                rows, detail = _JOB_FUNCS[job](data_dir, repo_path, online_stores,
+                                               engine=engine, ray_address=ray_address)
         except Exception as exc:  # recorded with its traceback; the schedule goes on
             from recfeast.redact import redact
 
@@ -260,10 +266,11 @@ def run_job(job: str, data_dir: str, repo: str, online_stores: tuple[str, ...] =
     return recent_runs(repo_path, 1)[0]
 
 
-def _tables_job(data_dir, repo, online_stores, parts):
+def _tables_job(data_dir, repo, online_stores, parts, engine="local", ray_address=None):
     from recfeast.materialize.job import JobConfig, run
 
-    summary = run(JobConfig(data_dir=data_dir, repo=repo, materialize=False, progress=False, parts=parts))
+    summary = run(JobConfig(data_dir=data_dir, repo=repo, materialize=False, progress=False, parts=parts,
+                            engine=engine, ray_address=ray_address))
     rows = sum(t["rows"] for t in summary.tables.values() if "rows" in t)
     changed = {k: t.get("new_or_changed", 0) for k, t in summary.tables.items()}
     return rows, json.dumps({"new_or_changed": changed, "quarantine": summary.quarantine})
@@ -273,7 +280,7 @@ def _tables_job(data_dir, repo, online_stores, parts):
 LOAD_ATTEMPTS, LOAD_BACKOFF_MIN_S, LOAD_BACKOFF_MAX_S = 4, 1.0, 8.0
 
 
-def _load_job(data_dir, repo, online_stores):
+def _load_job(data_dir, repo, online_stores, engine="local", ray_address=None):
     """Load every configured store; a store that fails (Redis down or restarting) is retried with
     exponential backoff (tenacity), then the run fails visibly. What was pending stays pending
     (``online.load`` forgets it only after a successful load), so the next run catches up."""
@@ -281,20 +288,21 @@ def _load_job(data_dir, repo, online_stores):
 
     from recfeast.errors import StoreError
     from recfeast import store
-    from recfeast.materialize import online
+    from recfeast.materialize import engine as engines
 
     @retry(retry=retry_if_exception_type(StoreError), stop=stop_after_attempt(LOAD_ATTEMPTS),
            wait=wait_exponential(min=LOAD_BACKOFF_MIN_S, max=LOAD_BACKOFF_MAX_S), reraise=True)
-    def load_one(kind):
-        return online.load(store.feature_store(repo, kind), config.tables_dir(repo), quiet=True)
+    def load_one(kind, eng):
+        return eng.load_online(store.feature_store(repo, kind), config.tables_dir(repo), quiet=True)
 
-    cleared = {kind: load_one(kind) for kind in online_stores}
+    with engines.opened(engine, ray_address) as eng:
+        cleared = {kind: load_one(kind, eng) for kind in online_stores}
     return sum(sum(c.values()) for c in cleared.values()), json.dumps({"cleared": cleared})
 
 
 _JOB_FUNCS = {
-    "embeddings": lambda d, r, s: _tables_job(d, r, s, ("embeddings",)),
-    "aggregates": lambda d, r, s: _tables_job(d, r, s, ("aggregates",)),
+    "embeddings": lambda d, r, s, **e: _tables_job(d, r, s, ("embeddings",), **e),
+    "aggregates": lambda d, r, s, **e: _tables_job(d, r, s, ("aggregates",), **e),
     "load_online": _load_job,
 }
 
@@ -335,7 +343,8 @@ def build_scheduler(cfg: ScheduleConfig, blocking: bool = True):
         sched.add_job(run_job, _trigger(spec), id=job, name=job, replace_existing=True,
                       next_run_time=datetime.now(timezone.utc),  # run once at start, then on the trigger
                       kwargs={"job": job, "data_dir": str(cfg.data_dir), "repo": str(repo),
-                              "online_stores": tuple(cfg.online_stores)})
+                              "online_stores": tuple(cfg.online_stores), "engine": cfg.engine,
+                              "ray_address": cfg.ray_address})
     return sched
 
 

@@ -72,6 +72,22 @@ def main() -> None:
 _repo_opt = click.option("--repo-path", type=click.Path(file_okay=False), default=None,
                          help="Feature repository (folder with feature_store.yaml). "
                               "Default: $RECFEAST_REPO_PATH or ./feature_repo.")
+_engine_opts = [
+    click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                 help="Where encoding and the online load run: this process, or a Ray cluster "
+                      "(Ray Data actor pools; partitioned online writes)."),
+    click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
+                 help="Ray cluster (host:port of the head's GCS) for --engine ray. "
+                      "Default: $RAY_ADDRESS, else a local cluster started for the run."),
+]
+
+
+def _with_engine_opts(f):
+    for opt in reversed(_engine_opts):
+        f = opt(f)
+    return f
+
+
 _store_opt = click.option("--online-store", type=click.Choice(["sqlite", "redis"]), default=None,
                           help="Online store. Default: $RECFEAST_ONLINE_STORE or sqlite. "
                                "Redis address: $REDIS_CONNECTION_STRING (default 127.0.0.1:6379).")
@@ -90,12 +106,15 @@ _store_opt = click.option("--online-store", type=click.Choice(["sqlite", "redis"
 @click.option("--no-apply", is_flag=True, help="Write the feature tables only; skip feast apply and materialize.")
 @click.option("--no-online", is_flag=True, help="Apply, but do not load the online store.")
 @click.option("--quiet", is_flag=True, help="No progress output; print only the summary.")
-def materialize(data_dir, repo_path, online_store, image_backbone, image_weights, no_apply, no_online, quiet):
+@_with_engine_opts
+def materialize(data_dir, repo_path, online_store, image_backbone, image_weights, no_apply, no_online, quiet,
+                engine, ray_address):
     """Read, clean and encode DATA_DIR into feature tables, then feast apply and materialize."""
     from recfeast.materialize.job import JobConfig, run
 
     cfg = JobConfig(data_dir=data_dir, repo=repo_path, online_store=online_store, image_backbone=image_backbone,
-                    image_weights=image_weights, apply=not no_apply, materialize=not no_online, progress=not quiet)
+                    image_weights=image_weights, apply=not no_apply, materialize=not no_online, progress=not quiet,
+                    engine=engine, ray_address=ray_address)
     from recfeast.materialize.schedule import record_run
 
     try:
@@ -149,7 +168,8 @@ def lookup(user_id, items, feature_service, request_ts, repo_path, online_store)
               help="aggregates job (behaviour, content, sequence and real-time tables) trigger.")
 @click.option("--load-every", default="10", show_default=True,
               help="load_online job trigger: minutes between runs, or a crontab line (UTC).")
-def schedule(data_dir, repo_path, online_stores, embeddings_every, aggregates_every, load_every):
+@_with_engine_opts
+def schedule(data_dir, repo_path, online_stores, embeddings_every, aggregates_every, load_every, engine, ray_address):
     """Run the scheduled jobs in the foreground (stop with SIGTERM or Ctrl-C)."""
     from recfeast.materialize.schedule import ScheduleConfig, serve
 
@@ -164,7 +184,8 @@ def schedule(data_dir, repo_path, online_stores, embeddings_every, aggregates_ev
     try:
         for kind in stores:
             config.online_store(kind)
-        serve(ScheduleConfig(data_dir=data_dir, repo=repo_path, online_stores=stores,
+        serve(ScheduleConfig(data_dir=data_dir, repo=repo_path, online_stores=stores, engine=engine,
+                             ray_address=ray_address,
                              triggers={"embeddings": trigger(embeddings_every),
                                        "aggregates": trigger(aggregates_every), "load_online": trigger(load_every)}),
               log=click.echo)

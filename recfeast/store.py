@@ -161,6 +161,13 @@ def apply(store) -> int:
     return len(objects)
 
 
+def load_window(start: datetime | None = None, end: datetime | None = None) -> tuple[datetime, datetime]:
+    """The event-time window :func:`materialize` loads (both ends inclusive, as Feast's offline pull):
+    from ``start`` (default 1970-01-01) less one second of margin, to ``end`` (default now); tz-aware UTC."""
+    start = start or datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return start - timedelta(seconds=1), end or datetime.now(timezone.utc)
+
+
 def materialize(store, views: list[str] | None = None, end: datetime | None = None,
                 start: datetime | None = None, quiet: bool = False) -> None:
     """Load the latest row per entity of every (or the named) feature view into the online store.
@@ -173,13 +180,12 @@ def materialize(store, views: list[str] | None = None, end: datetime | None = No
     Raises:
         StoreError: the offline read or the online write fails (e.g. Redis unreachable).
     """
-    start = start or datetime(1970, 1, 1, tzinfo=timezone.utc)
-    start = start - timedelta(seconds=1)  # margin: a row exactly at ``start`` is inside the window
+    start, end = load_window(start, end)
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_quiet())
             if quiet:
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-            store.materialize(start_date=start, end_date=end or datetime.now(timezone.utc), feature_views=views)
+            store.materialize(start_date=start, end_date=end, feature_views=views)
     except Exception as exc:
         raise StoreError(f"feast materialize into {store.config.online_store.type} failed: {exc}") from exc
