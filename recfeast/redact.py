@@ -21,7 +21,9 @@ _RULES = (
     # scheme://user:password@host
     (re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s'\"]*:)([^@\s'\"]+)@"), r"\1***@"),
     # bare password@host:port (no scheme)
-    (re.compile(r"(^|[\s,'\"(=\[])(?![a-zA-Z][a-zA-Z0-9+.-]*://)([^\s@,'\"()=\[\]/]+)@([A-Za-z0-9_.\-\[\]:]+:\d+)"), r"\1***@\3"),
+    # (a model identity ``name@sha256:<hex>`` is not one: the "port" must end the address)
+    (re.compile(r"(^|[\s,'\"(=\[])(?![a-zA-Z][a-zA-Z0-9+.-]*://)([^\s@,'\"()=\[\]/]+)@(?!sha256:)"
+                r"([A-Za-z0-9_.\-\[\]:]+:\d{1,5})(?!\w|\.\w)"), r"\1***@\3"),
 )
 
 

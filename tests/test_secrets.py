@@ -186,3 +186,12 @@ def test_redis_over_tls_with_a_password(small_run, small_data, tmp_path, monkeyp
         with pytest.raises(StoreError) as err:
             OnlineFeatureClient(repo, "redis", project=project).get_features(user, items, 893_300_000)
         assert PW not in str(err.value)
+
+
+def test_model_identities_are_not_taken_for_passwords():
+    """``name@sha256:<hex>`` looks like ``password@host:port``; it must survive redaction."""
+    from recfeast.redact import redact
+
+    assert redact("registered: ['text-v2@sha256:3a4182008839', 'x@sha256:0']") == \
+        "registered: ['text-v2@sha256:3a4182008839', 'x@sha256:0']"
+    assert redact("hunter2@127.0.0.1:6379,db=1") == "***@127.0.0.1:6379,db=1"
