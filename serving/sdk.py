@@ -179,9 +179,13 @@ class OnlineFeatureClient:
         from recfeast.spec import load_spec, spec_path
 
         self.store = feature_store(repo, online_store, project)
-        self.spec = load_spec(spec_path(self.store.repo_path))
-        #: join key -> "int64" | "string", from the catalog spec (checked against the registry below)
-        self.key_types = {"user_id": self.spec.user.dtype, "item_id": self.spec.item.dtype}
+        path = spec_path(self.store.repo_path)
+        # a repository without a catalog spec (hand-written Feast definitions) is served from its registry
+        self.spec = load_spec(path) if path.is_file() else None
+        #: join key -> "int64" | "string", from the catalog spec (checked against the registry below),
+        #: else from the registry's entity types
+        self.key_types = ({"user_id": self.spec.user.dtype, "item_id": self.spec.item.dtype} if self.spec
+                          else self._registry_key_types())
         try:
             self.service = self.store.get_feature_service(feature_service)
         except Exception as exc:
@@ -194,10 +198,20 @@ class OnlineFeatureClient:
             raise StoreError(f"service {feature_service!r} has entity keys {sorted(bad)}; the SDK serves user_id/item_id")
         self._check_key_types()
         self.kinds = {f: k for v in (*self.views, *self.on_demand) for f, k in zip(v.features, v.kinds)}
-        self.vectorised = ondemand.vectorised(self.spec, self.on_demand)
+        self.vectorised = ondemand.vectorised(self.spec, self.on_demand) if self.spec else {}
         self.reader = make_reader(self.store)
         self.online_store = self.reader.kind
         self.max_items = max_items
+
+    def _registry_key_types(self) -> dict[str, str]:
+        """join key -> "int64" | "string" from the registry's entities (default int64)."""
+        from feast.value_type import ValueType
+
+        out = {"user_id": "int64", "item_id": "int64"}
+        for ent in self.store.list_entities():
+            if ent.join_key in out and ent.value_type == ValueType.STRING:
+                out[ent.join_key] = "string"
+        return out
 
     def _check_key_types(self) -> None:
         """The registry's entity value types must be the spec's (else every read would miss)."""
@@ -239,7 +253,7 @@ class OnlineFeatureClient:
         from recfeast.layout import view_layout
         from recfeast.views import view
 
-        if view(self.spec, "user_realtime") is None:
+        if self.spec is None or view(self.spec, "user_realtime") is None:
             return None
         try:
             return view_layout(self.store, "user_realtime", ["last_item_ids"])

@@ -188,15 +188,17 @@ def test_api_models_follow_the_key_types():
     from pydantic import ValidationError
 
     from recfeast.serving.api import _models
+    from recfeast.serving.security import ApiSettings
 
-    Features, Recommend, Search = _models({"user_id": "string", "item_id": "string"})
+    settings = ApiSettings()
+    Features, Recommend, Search, _ = _models(settings, {"user_id": "string", "item_id": "string"})
     assert Features(user_id="u-1", item_ids=["0706016001"]).item_ids == ["0706016001"]
     for bad in ({"user_id": 7, "item_ids": ["a"]}, {"user_id": "u", "item_ids": [1]},
                 {"user_id": "", "item_ids": ["a"]}):
         with pytest.raises(ValidationError):
             Features(**bad)
     assert Search(query="x", user_id="u-1").user_id == "u-1"
-    Features, Recommend, _ = _models({"user_id": "int64", "item_id": "int64"})
+    Features, Recommend, _, _ = _models(settings, {"user_id": "int64", "item_id": "int64"})
     with pytest.raises(ValidationError, match="valid integer"):
         Recommend(user_id="7")
 
