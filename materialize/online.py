@@ -138,7 +138,7 @@ def _chunks(path: Path, columns: list[str], mask: np.ndarray, chunk_rows: int):
     import pyarrow.parquet as pq
 
     pos, pending, n_pending = 0, [], 0
-    for b in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns):
+    for b in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns, use_threads=False):
         m = mask[pos:pos + b.num_rows]
         pos += b.num_rows
         if not m.any():
@@ -166,39 +166,96 @@ def _us_datetimes(us: np.ndarray) -> list:
     return [conv[i] for i in inv.tolist()]
 
 
+def _resp(args) -> bytes:
+    """One Redis command in RESP (the wire format redis-py's packer writes)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        parts += (b"$%d\r\n" % len(a), a, b"\r\n")
+    return b"".join(parts)
+
+
 class _RedisSink:
-    """HSETs of whole entity hashes, one non-transactional pipeline per chunk, sent from a worker
-    thread so the next chunk is encoded while this one is on the wire."""
+    """HSETs of whole entity hashes, one pipeline per chunk, sent from a worker thread so the next
+    chunk is encoded while this one is on the wire. A plain ``redis.Redis`` client gets the
+    commands packed here in RESP and written in one send (redis-py's pipeline spends more time
+    packing than Redis spends storing); cluster and sentinel clients use redis-py's pipeline."""
 
     def __init__(self, store, lay):
         from concurrent.futures import ThreadPoolExecutor
 
+        import redis
+
         cfg = store.config
         self.client = store._get_provider().online_store._get_client(cfg.online_store)
+        self.raw = type(self.client) is redis.Redis
         self.ttl = cfg.online_store.key_ttl_seconds
         self.lay, self.pool, self.inflight = lay, ThreadPoolExecutor(1), None
+        self.proj = lay.project.encode("utf-8")
 
-    def _send(self, cmds):
-        with self.client.pipeline(transaction=False) as pipe:
-            for c in cmds:
-                pipe.execute_command(*c)
-            pipe.execute()
+    def _send(self, cmds: list, n: int):
+        if not self.raw:
+            with self.client.pipeline(transaction=False) as pipe:
+                for c in cmds:
+                    pipe.execute_command(*c)
+                pipe.execute()
+            return
+        import redis
+
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([b"".join(cmds)])
+            errors = []
+            for _ in range(n):
+                try:
+                    conn.read_response()
+                except redis.ResponseError as exc:  # keep reading: the connection must stay in sync
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
     def write(self, ekeys, columns, ts_us, created_us):
-        lay, proj = self.lay, self.lay.project
+        lay, proj = self.lay, self.proj
         ts = encode_timestamps(ts_us)
         names = (lay.ts_field,) + lay.fields
-        cmds = []
-        for i, k in enumerate(ekeys):
-            key = redis_key(k, proj)
-            args = ["HSET", key]
-            for f, v in zip(names, (ts[i],) + tuple(c[i] for c in columns)):
-                args += (f, v)
-            cmds.append(args)
-            if self.ttl:
-                cmds.append(("EXPIRE", key, self.ttl))
+        ttl = str(int(self.ttl)).encode() if self.ttl else None
+        n = len(ekeys) * (2 if ttl else 1)
+        if not self.raw:
+            cmds = []
+            for i, k in enumerate(ekeys):
+                args = [b"HSET", k + proj]
+                for f, v in zip(names, (ts[i],) + tuple(c[i] for c in columns)):
+                    args += (f, v)
+                cmds.append(args)
+                if ttl:
+                    cmds.append([b"EXPIRE", k + proj, ttl])
+        else:  # RESP, assembled as one list of parts: constant headers prebuilt, lengths cached
+            crlf, lens = b"\r\n", {}
+
+            def hdr(m):
+                h = lens.get(m)
+                if h is None:
+                    h = lens[m] = b"$%d\r\n" % m
+                return h
+
+            head = b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * len(names))
+            fhdr = [b"$%d\r\n%s\r\n" % (len(f), f) for f in names]
+            cmds = []
+            ext = cmds.extend
+            for i, k in enumerate(ekeys):
+                key = k + proj
+                ext((head, hdr(len(key)), key, crlf))
+                for fh, v in zip(fhdr, (ts[i],) + tuple(c[i] for c in columns)):
+                    ext((fh, hdr(len(v)), v, crlf))
+                if ttl:
+                    ext((_resp([b"EXPIRE", key, ttl]),))
         self.flush()
-        self.inflight = self.pool.submit(self._send, cmds)
+        self.inflight = self.pool.submit(self._send, cmds, n)
 
     def flush(self):
         if self.inflight is not None:

@@ -270,13 +270,14 @@ def encode_column(arr, value_type, texts: bool = False) -> tuple[list[bytes], li
         return out, ([str(v) for v in vals] if texts else None)
     if value_type == VT.STRING and (pa.types.is_string(t) or pa.types.is_large_string(t)):
         vals = arr.to_pylist()
+        cache = {None: b""}  # model ids and labels repeat
         out = []
         for v in vals:
-            if v is None:
-                out.append(b"")
-            else:
+            b = cache.get(v)
+            if b is None:
                 e = v.encode("utf-8")
-                out.append(bytes((_TAG_STRING,)) + _uvarint(len(e)) + e)
+                b = cache[v] = bytes((_TAG_STRING,)) + _uvarint(len(e)) + e
+            out.append(b)
         return out, (list(vals) if texts else None)
     if value_type == VT.FLOAT_LIST:
         out = _vector_bytes(arr)
