@@ -75,6 +75,7 @@ def worker(repo: str, kind: str, project: str, writer: str, views: str | None) -
             t = pq.read_table(fv.batch_source.path, columns=[fv.join_keys[0]])
             rows += len(set(t.column(0).to_pylist()))
     base = _rss_mb()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     if views is None:
         online.load(fs, Path(repo) / "data" / "tables", quiet=True, writer=writer)
@@ -86,7 +87,10 @@ def worker(repo: str, kind: str, project: str, writer: str, views: str | None) -
                                  .to_pandas().min()) for fv in fvs).to_pydatetime()
         store_ops.materialize(fs, views=[fv.name for fv in fvs], start=start, quiet=True)
     dt = time.perf_counter() - t0
-    out = {"rows": rows, "seconds": dt, "rows_per_s": rows / dt, "base_rss_mb": base,
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime
+    out = {"rows": rows, "seconds": dt, "rows_per_s": rows / dt, "cpu_s": cpu, "rows_per_cpu_s": rows / cpu,
+           "base_rss_mb": base,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     print("RESULT " + json.dumps(out), flush=True)
     return out
@@ -163,6 +167,7 @@ def _series(label, repo, stores, repeats, views, feast_too) -> list[dict]:
             if rs:
                 row[w] = {"rows": rs[0]["rows"], "rows_per_s_median": float(np.median([r["rows_per_s"] for r in rs])),
                           "seconds": [round(r["seconds"], 3) for r in rs],
+                          "rows_per_cpu_s_median": float(np.median([r.get("rows_per_cpu_s", np.nan) for r in rs])),
                           "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs),
                           "base_rss_mb": float(np.median([r["base_rss_mb"] for r in rs]))}
         if runs["feast"]:
@@ -187,6 +192,7 @@ def main() -> None:
     ap.add_argument("--anchor-max", type=int, default=20000, help="largest synthetic size Feast also loads")
     ap.add_argument("--stores", default="redis,sqlite")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--name", default="online_load", help="result file bench/results/NAME.json")
     args = ap.parse_args()
     from bench.common import save
 
@@ -205,7 +211,7 @@ def main() -> None:
             shutil.rmtree(repo / "data" / "tables")
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
-    save("online_load", {"command": " ".join(sys.argv), "load_avg": load, "results": results})
+    save(args.name, {"command": " ".join(sys.argv), "load_avg": load, "results": results})
 
 
 if __name__ == "__main__":
