@@ -5,6 +5,13 @@ on the wire (field 16 ``float_list_val``, a packed ``FloatList``), so the floats
 ``np.frombuffer`` without building a Python float per element. Anything else (and any vector whose
 bytes do not match that shape) goes through ``Value.ParseFromString``. ``tests/serving/test_codec.py``
 pins the fast path against the proto parser.
+
+The encoder side (:func:`encode_column`, :func:`encode_timestamps`) writes the bytes Feast 0.67's
+materialize writes (``python_values_to_proto_values`` then ``SerializeToString``) for whole Arrow
+columns at once: fixed-width floats, int64, strings and equal-length ``Array(Float32)`` vectors
+take vectorised paths (a null or NaN scalar is the empty ``Value()``, as in Feast); any other type
+or shape goes through Feast's own converter. ``tests/materialize/test_online_writer.py`` pins both
+against Feast.
 """
 
 from __future__ import annotations
@@ -177,3 +184,145 @@ def decode_int64_list(buf: bytes | None) -> list[int] | None:
     """A serialised ``Value`` holding ``int64_list_val`` -> list of ints; ``None`` for null/absent
     (:func:`decode_lists` for one value)."""
     return decode_lists([buf or None])[0]
+# ------------------------------------------------------------------ encoding (the writer's side)
+_TAG_FLOAT, _TAG_DOUBLE, _TAG_INT64, _TAG_STRING = 0x35, 0x29, 0x20, 0x12
+
+
+def _uvarint(v: int) -> bytes:
+    if v < 0:
+        v += 1 << 64
+    out = bytearray()
+    while v > 0x7F:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _fixed_bytes(vals: np.ndarray, tag: int, fmt: str) -> list[bytes]:
+    """Tag byte + little-endian value per element; NaN -> ``b""`` (Feast writes ``Value()``)."""
+    vals = np.ascontiguousarray(vals, fmt)
+    size = vals.dtype.itemsize
+    buf = np.empty((len(vals), size + 1), np.uint8)
+    buf[:, 0] = tag
+    buf[:, 1:] = vals.view(np.uint8).reshape(-1, size)
+    raw, w = buf.tobytes(), size + 1
+    out = [raw[i:i + w] for i in range(0, len(raw), w)]
+    for k in np.flatnonzero(np.isnan(vals)):
+        out[k] = b""
+    return out
+
+
+def _vector_bytes(arr) -> list[bytes] | None:
+    """Packed ``float_list_val`` bytes of a list<float> Arrow array whose non-null rows all have the
+    same length and no null elements; None when that does not hold. Null rows -> ``b""``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = arr.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        return None
+    if not pa.types.is_floating(t.value_type):
+        return None
+    flat = pc.list_flatten(arr)
+    if flat.null_count:
+        return None
+    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+    valid = ~np.isnan(lengths) if lengths.dtype.kind == "f" else np.ones(len(arr), bool)
+    lens = lengths[valid].astype(np.int64)
+    if not len(lens):
+        return [b""] * len(arr)
+    dim = int(lens[0])
+    if (lens != dim).any():
+        return None
+    mat = flat.to_numpy(zero_copy_only=False).astype("<f4", copy=False).reshape(len(lens), dim)
+    inner = 4 * dim
+    hdr = b"\x82\x01" + _uvarint(1 + len(_uvarint(inner)) + inner if dim else 0)
+    hdr += (b"\x0a" + _uvarint(inner)) if dim else b""
+    w = len(hdr) + inner
+    buf = np.empty((len(lens), w), np.uint8)
+    buf[:, :len(hdr)] = np.frombuffer(hdr, np.uint8)
+    buf[:, len(hdr):] = np.ascontiguousarray(mat).view(np.uint8).reshape(len(lens), inner)
+    raw = buf.tobytes()
+    rows = [raw[i:i + w] for i in range(0, len(raw), w)]
+    if len(rows) == len(arr):
+        return rows
+    out, it = [b""] * len(arr), iter(rows)
+    for k in np.flatnonzero(valid):
+        out[k] = next(it)
+    return out
+
+
+def _feast_encode(arr, value_type) -> list:
+    """Feast's own conversion of one column (the exact call its materialize makes) -> protos."""
+    from feast.type_map import python_values_to_proto_values
+
+    return python_values_to_proto_values(arr.to_numpy(zero_copy_only=False), value_type)
+
+
+def encode_column(arr, value_type, texts: bool = False) -> tuple[list[bytes], list | None]:
+    """Serialise one Arrow column of a feature as Feast's materialize would.
+
+    Args:
+        arr: ``pyarrow.Array`` (one chunk) of ``n`` values.
+        value_type: the feature's Feast ``ValueType`` (``Field.dtype.to_value_type()``).
+        texts: also return SQLite's ``value_text`` column (Feast's ``extract_text_and_num``).
+
+    Returns:
+        ``(n serialised Value protos, n value_text strings/None or None when not asked)``.
+    """
+    import pyarrow as pa
+    from feast.value_type import ValueType as VT
+
+    t, out, vals = arr.type, None, None
+    if value_type in (VT.FLOAT, VT.DOUBLE) and (pa.types.is_floating(t) or pa.types.is_integer(t)):
+        fmt = "<f4" if value_type == VT.FLOAT else "<f8"
+        vals = arr.to_numpy(zero_copy_only=False).astype(fmt)
+        out = _fixed_bytes(vals, _TAG_FLOAT if value_type == VT.FLOAT else _TAG_DOUBLE, fmt)
+        if texts:
+            return out, [None if b == b"" else str(v) for b, v in zip(out, vals.astype(np.float64).tolist())]
+        return out, None
+    if value_type == VT.INT64 and pa.types.is_integer(t) and not arr.null_count:
+        vals = arr.to_numpy(zero_copy_only=False).tolist()
+        cache: dict = {}
+        out = []
+        for v in vals:
+            b = cache.get(v)
+            if b is None:
+                b = cache[v] = bytes((_TAG_INT64,)) + _uvarint(v)
+            out.append(b)
+        return out, ([str(v) for v in vals] if texts else None)
+    if value_type == VT.STRING and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        vals = arr.to_pylist()
+        cache = {None: b""}  # model ids and labels repeat
+        out = []
+        for v in vals:
+            b = cache.get(v)
+            if b is None:
+                e = v.encode("utf-8")
+                b = cache[v] = bytes((_TAG_STRING,)) + _uvarint(len(e)) + e
+            out.append(b)
+        return out, (list(vals) if texts else None)
+    if value_type == VT.FLOAT_LIST:
+        out = _vector_bytes(arr)
+        if out is not None:
+            return out, ([None] * len(out) if texts else None)
+    protos = _feast_encode(arr, value_type)
+    out = [p.SerializeToString() for p in protos]
+    if texts:
+        from feast.infra.online_stores.helpers import extract_text_and_num
+
+        return out, [extract_text_and_num(p, False)[0] for p in protos]
+    return out, None
+
+
+def encode_timestamps(us: np.ndarray) -> list[bytes]:
+    """Serialised ``google.protobuf.Timestamp`` of each UTC time in microseconds since the epoch
+    (Feast's ``Timestamp.FromDatetime`` of the row's event time: whole seconds floor, nanos >= 0)."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    us = np.asarray(us, np.int64)
+    uniq, inv = np.unique(us, return_inverse=True)
+    enc = [Timestamp(seconds=s, nanos=n * 1000).SerializeToString()
+           for s, n in zip((uniq // 1_000_000).tolist(), (uniq % 1_000_000).tolist())]
+    return [enc[i] for i in inv.tolist()]

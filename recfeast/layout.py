@@ -4,14 +4,19 @@ Redis: one hash per entity key (``serialize_entity_key(key) + project``); a view
 fields ``mmh3("<view>:<feature>")`` and its event time the field ``_ts:<view>`` (a protobuf
 ``Timestamp``). SQLite: one table ``<project>_<view>`` with a row per (entity key, feature name)
 holding the serialised ``Value`` proto and ``event_ts``. Values are ``feast.types.Value`` protos
-either way. ``materialize/online.py`` addresses the same layout for writes;
-``tests/serving/test_reader.py`` pins reads against Feast's own ``get_online_features``.
+either way. This module is the one place that names keys, fields and tables: the reader
+(:func:`service_layout`), the online writer and stale-row clearing of ``materialize/online.py``
+(:func:`view_layout`, :func:`entity_keys`, :func:`redis_key`) and the ingest path all go through it.
+``tests/serving/test_reader.py`` pins reads and ``tests/materialize/test_online_writer.py`` pins
+writes against Feast's own ``get_online_features``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+
+import numpy as np
 
 from recfeast.errors import StoreError
 
@@ -132,7 +137,7 @@ def service_layout(store, service) -> tuple[list[ViewSpec], list[OnDemandSpec]]:
     return views, odfvs
 
 
-def view_layout(store, name: str, features: list[str]) -> ViewSpec:
+def projection_layout(store, name: str, features: list[str]) -> ViewSpec:
     """Where ``features`` of the feature view ``name`` live online, outside any feature service
     (e.g. ``user_realtime:last_item_ids``). Kinds as :func:`kind_of`, plus ``int64_list`` for
     ``Array(Int64)`` (decoded by :func:`recfeast.codec.decode_int64_list`).
@@ -162,3 +167,89 @@ def view_layout(store, name: str, features: list[str]) -> ViewSpec:
                     ttl_s=fv.ttl.total_seconds() if fv.ttl else 0.0,
                     fields=tuple(_mmh3(f"{vname}:{f}") for f in features), ts_field=f"_ts:{vname}".encode(),
                     table=compute_table_id(cfg.project, fv, versioning))
+@dataclass(frozen=True)
+class ViewLayout:
+    """Where every feature of one feature view is written online (all its features, not a projection).
+
+    Attributes:
+        name: (versioned) view name, the prefix of its Redis fields.
+        join_key: entity column (one int64 key).
+        features: every feature name of the view, in schema order.
+        value_types: Feast ``ValueType`` of each feature (what Feast's materialize encodes as).
+        fields: Redis hash field of each feature (``mmh3("<name>:<feature>")``, 4 bytes).
+        ts_field: Redis hash field of the view's event time (``_ts:<name>``).
+        table: SQLite table (``<project>_<name>``).
+        project: Feast project (the suffix of Redis keys).
+        key_version: entity key serialisation version.
+    """
+
+    name: str
+    join_key: str
+    features: tuple[str, ...]
+    value_types: tuple
+    fields: tuple[bytes, ...]
+    ts_field: bytes
+    table: str
+    project: str
+    key_version: int
+
+
+def view_layout(config, fv) -> ViewLayout:
+    """The online layout of feature view ``fv`` (a Feast ``FeatureView``) under ``config`` (a Feast
+    ``RepoConfig``), with the helpers Feast's own online stores use (``compute_versioned_name``,
+    ``compute_table_id``, ``_mmh3``).
+
+    Raises:
+        StoreError: ``fv`` has several join keys.
+    """
+    from feast.infra.online_stores.helpers import _mmh3, compute_table_id, compute_versioned_name
+
+    if len(fv.join_keys) != 1:
+        raise StoreError(f"feature view {fv.name!r} has join keys {fv.join_keys}; recfeast writes one int64 key")
+    versioning = config.registry.enable_online_feature_view_versioning
+    name = compute_versioned_name(fv, versioning)
+    feats = tuple(f.name for f in fv.features)
+    return ViewLayout(
+        name=name, join_key=fv.join_keys[0], features=feats,
+        value_types=tuple(f.dtype.to_value_type() for f in fv.features),
+        fields=tuple(_mmh3(f"{name}:{f}") for f in feats), ts_field=f"_ts:{name}".encode(),
+        table=compute_table_id(config.project, fv, versioning), project=config.project,
+        key_version=config.entity_key_serialization_version)
+
+
+@lru_cache(maxsize=256)
+def _key_prefix(join_key: str, version: int) -> bytes:
+    """Bytes of Feast's serialised int64 entity key before the 8 value bytes, checked against
+    Feast's ``serialize_entity_key`` on two values (one negative)."""
+    probe = entity_key_bytes.__wrapped__(join_key, 0, version)
+    prefix = probe[:-8]
+    for v in (1234567890123, -5):
+        if entity_key_bytes.__wrapped__(join_key, v, version) != prefix + int(v).to_bytes(8, "little", signed=True):
+            raise StoreError(f"Feast's entity key serialisation v{version} is not prefix + int64 LE; update recfeast.layout")
+    return prefix
+
+
+def entity_keys(join_key: str, ids: np.ndarray, version: int = 3) -> list[bytes]:
+    """Feast's serialised entity keys of int64 ids, vectorised.
+
+    Args:
+        join_key: entity column name, e.g. ``item_id``.
+        ids: ``(n,)`` integer array.
+        version: Feast's ``entity_key_serialization_version``.
+
+    Returns:
+        ``n`` byte strings equal to ``serialize_entity_key(EntityKey([join_key], [Value(int64_val=id)]))``.
+    """
+    prefix = _key_prefix(join_key, version)
+    ids = np.ascontiguousarray(ids, "<i8")
+    w = len(prefix) + 8
+    buf = np.empty((len(ids), w), np.uint8)
+    buf[:, :len(prefix)] = np.frombuffer(prefix, np.uint8)
+    buf[:, len(prefix):] = ids.view(np.uint8).reshape(-1, 8)
+    raw = buf.tobytes()
+    return [raw[i:i + w] for i in range(0, len(raw), w)]
+
+
+def redis_key(entity_key: bytes, project: str) -> bytes:
+    """Redis hash key of a serialised entity key in ``project`` (Feast's ``_redis_key``)."""
+    return entity_key + project.encode("utf-8")

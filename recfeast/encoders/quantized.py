@@ -250,6 +250,7 @@ class QuantizedTextEncoder(TextEncoder):
         config = (config or QuantizationConfig()).validate()
         self = cls.__new__(cls)
         self.__dict__.update(encoder.__dict__)  # tokenizer (shared, read-only), path, name, dim, max_length
+        self.precision = "fp32"  # int8 linears; no bf16 autocast around them
         self.model = copy.deepcopy(encoder.model).to("cpu").eval()
         self.device = torch.device("cpu")
         self._quantize(config)

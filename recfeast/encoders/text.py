@@ -1,8 +1,19 @@
-"""Text encoder: a BERT-family model through transformers, mean pooling, L2 normalisation."""
+"""Text encoder: a BERT-family model through transformers, mean pooling, L2 normalisation.
+
+``precision="bf16"`` runs the forward pass under ``torch.autocast(dtype=torch.bfloat16)`` (matmuls in
+bfloat16 with float32 accumulation through oneDNN; LayerNorm, softmax and the pooling stay float32),
+on CPUs with ``avx512_bf16`` or ``amx_bf16`` (or a GPU). Measured on MovieLens item texts
+(BENCHMARKS.md, "Encoders"): min cosine 0.99997 to the float32 model, 1.2-1.7x its items/s. It is
+its own model identity (``precision`` enters the identity's config), so its embeddings never mix
+with float32 ones. Chosen with ``$RECFEAST_TEXT_PRECISION`` (:func:`recfeast.config.text_precision`),
+read by the main job's encoder (:func:`recfeast.model_registry.text_encoder`) and the query path.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -10,6 +21,19 @@ import numpy as np
 
 from recfeast.errors import ModelError
 from recfeast.encoders.identity import model_identity
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True when /proc/cpuinfo lists ``avx512_bf16`` or ``amx_bf16`` (False where it is unreadable)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def default_model_path() -> Path:
@@ -48,13 +72,15 @@ class TextEncoder:
         max_length: tokens per text, longer texts are truncated; default the model's
             ``sentence_bert_config.json`` value (256 for MiniLM) or 512.
         device: torch device string; default ``cpu``.
+        precision: ``fp32`` (default) or ``bf16`` (see the module docstring).
 
     Raises:
-        ModelError: the folder is missing or cannot be loaded by transformers.
+        ModelError: the folder is missing or cannot be loaded by transformers, or ``bf16`` on a CPU
+            without bfloat16 instructions, or an unknown precision.
     """
 
     def __init__(self, model_path: str | Path | None = None, name: str | None = None,
-                 max_length: int | None = None, device: str = "cpu"):
+                 max_length: int | None = None, device: str = "cpu", precision: str = "fp32"):
         import torch
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -76,10 +102,16 @@ class TextEncoder:
         self.path = path
         self.name = name or ("all-MiniLM-L6-v2" if model_path is None else path.name)
         self.dim = int(self.model.config.hidden_size)
-        self.model_id = model_identity(
-            self.name, self.model.state_dict(),
-            {"pooling": "mean", "normalize": True, "max_length": self.max_length},
-        )
+        if precision not in PRECISIONS:
+            raise ModelError(f"text encoder precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
+            raise ModelError("precision bf16 needs a CPU with avx512_bf16 or amx_bf16 (see /proc/cpuinfo); "
+                             "use fp32")
+        self.precision = precision
+        ident = {"pooling": "mean", "normalize": True, "max_length": self.max_length}
+        if precision != "fp32":  # the float32 identity stays what it always was
+            ident["precision"] = precision
+        self.model_id = model_identity(self.name, self.model.state_dict(), ident)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, normalize: bool = True,
                show_progress_bar: bool = False) -> np.ndarray:
@@ -115,7 +147,9 @@ class TextEncoder:
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         order = np.argsort([-len(ids) for ids in encoded["input_ids"]], kind="stable")
         starts = range(0, len(texts), batch_size)
-        with torch.inference_mode():
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
             for start in tqdm(starts, desc="text batches", disable=not show_progress_bar):
                 idx = order[start:start + batch_size]
                 batch = self.tokenizer.pad({k: [encoded[k][i] for i in idx] for k in encoded.keys()},
@@ -124,4 +158,6 @@ class TextEncoder:
                 if normalize:
                     emb = torch.nn.functional.normalize(emb, p=2, dim=1)
                 out[idx] = emb.float().cpu().numpy()
+        if self.precision != "fp32" and normalize:  # renormalise in float32
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
