@@ -36,7 +36,7 @@ def test_main_job_waits_for_the_tables_lock_and_says_so(tmp_path, capfd):
             run(JobConfig(data_dir=str(tmp_path / "missing"), repo=repo, progress=False))
         err = capfd.readouterr().err
         assert "waiting for the tables lock" in err and f"pid {holder.pid}" in err
-        assert holder.poll() == 0   # it ran only after the holder let go
+        assert "waiting" in err and holder.wait(timeout=120) == 0   # it ran only after the holder let go
     finally:
         holder.wait()
 
