@@ -494,5 +494,9 @@ def models_promote(text_id, sequence_id, data_dir, repo_path, online_stores):
     click.echo(json.dumps(res, indent=2, default=str))
 
 
+from recfeast.cli_datasets import datasets as _datasets  # noqa: E402
+
+main.add_command(_datasets)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
