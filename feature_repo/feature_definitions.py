@@ -12,6 +12,10 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSo
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Array, Float32, Float64, Int64, String
 
+import recfeast.feast_compat  # noqa: E402  known-harmless Feast notices off, apply after a load is a no-op
+
+recfeast.feast_compat.install()
+
 # DuckDB resolves relative paths against the working directory, so sources use absolute paths.
 TABLES = Path(__file__).resolve().parent / "data" / "tables"
 
