@@ -68,10 +68,17 @@ class JobSummary:
 
     def render(self) -> str:
         """Human-readable summary (plain text table)."""
+        loaded = any("loaded_online" in t for t in self.tables.values())
         lines = [f"tables in {self.tables_dir} (online store: {self.online_store or 'not loaded'})",
-                 f"  {'table':<26}{'rows':>9}{'new/changed':>13}{'unchanged':>11}"]
+                 f"  {'table':<26}{'rows':>9}{'new/changed':>13}{'unchanged':>11}"
+                 + (f"{'loaded online':>15}" if loaded else "")]
         for name, t in self.tables.items():
-            lines.append(f"  {name:<26}{t.get('rows', 0):>9}{t.get('new_or_changed', 0):>13}{t.get('unchanged', 0):>11}")
+            online_col = (f"{t['loaded_online']:>15}" if "loaded_online" in t else f"{'pushed':>15}") if loaded else ""
+            lines.append(f"  {name:<26}{t.get('rows', 0):>9}{t.get('new_or_changed', 0):>13}{t.get('unchanged', 0):>11}"
+                         + online_col)
+        if loaded:
+            lines.append("  (loaded online: entities written by this load, each table's latest row per key; "
+                         "user_realtime is pushed by the ingest path)")
         lines.append("quarantined (table/rule: rows)")
         lines += [f"  {k:<40}{v:>7}" for k, v in self.quarantine.items()] or ["  none"]
         dropped = self.selection.get("dropped", {})
@@ -328,6 +335,8 @@ def run(cfg: JobConfig) -> JobSummary:
             with stage("feast materialize"):
                 online.load(fs, out_dir, quiet=not cfg.progress)
                 summary.online_store = fs.config.online_store.type
+                for name, n in online.loaded_entities(fs, out_dir).items():
+                    summary.tables.setdefault(name, {})["loaded_online"] = n
     summary.seconds = stage.seconds
     io.write_json(out_dir / "run_summary.json", {**asdict(summary), "run_at": run_ts.isoformat(),
                                                  "data_dir": str(data_dir)})

@@ -135,6 +135,26 @@ def load(store, tables_dir: Path, quiet: bool = False, sequence_model: str | Non
     return cleared
 
 
+def loaded_entities(store, tables_dir: Path) -> dict[str, int]:
+    """``{view: entities}`` a full :func:`load` writes into the online store: Feast materializes the
+    latest row of every entity in each batch view's table, so this is the number of distinct keys of
+    each table (0 for a missing or empty table). Push-fed views (``user_realtime``) are not counted."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out = {}
+    for fv in store.list_feature_views():
+        if type(fv.stream_source).__name__ == "PushSource":
+            continue
+        path = Path(fv.batch_source.path)
+        if not path.is_file():
+            out[fv.name] = 0
+            continue
+        col = pq.read_table(path, columns=[fv.join_keys[0]]).column(0)
+        out[fv.name] = len(pc.unique(col)) if len(col) else 0
+    return out
+
+
 def restore_realtime(store, sequence_model: str | None = None) -> int:
     """Push every logged user's real-time state into ``store`` (after a flushed or restarted online
     store; a no-op without an event log), computed with ``sequence_model`` (a registered id; default

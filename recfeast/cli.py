@@ -66,11 +66,19 @@ _store_opt = click.option("--online-store", type=click.Choice(["sqlite", "redis"
 def materialize(data_dir, repo_path, online_store, image_backbone, image_weights, no_apply, no_online, quiet):
     """Read, clean and encode DATA_DIR into feature tables, then feast apply and materialize."""
     from recfeast.materialize.job import JobConfig, run
+    from recfeast.materialize.schedule import recorded_run
 
     cfg = JobConfig(data_dir=data_dir, repo=repo_path, online_store=online_store, image_backbone=image_backbone,
                     image_weights=image_weights, apply=not no_apply, materialize=not no_online, progress=not quiet)
     try:
-        summary = run(cfg)
+        # recorded in `recfeast jobs`; waits for a scheduled job that holds the tables lock
+        with recorded_run(config.repo_path(repo_path), "materialize") as rec:
+            summary = run(cfg)
+            rec.rows = sum(t.get("rows", 0) for t in summary.tables.values())
+            rec.detail = json.dumps({"online_store": summary.online_store or None,
+                                     "new_or_changed": {k: t.get("new_or_changed", 0) for k, t in summary.tables.items()},
+                                     "loaded_online": {k: t["loaded_online"] for k, t in summary.tables.items()
+                                                       if "loaded_online" in t}})
     except RecfeastError as exc:
         _fail(exc)
     click.echo(summary.render())
@@ -97,12 +105,24 @@ def lookup(user_id, items, feature_service, request_ts, repo_path, online_store)
         item_ids = [int(x) for x in items.split(",") if x.strip()]
     except ValueError:
         _fail(RecfeastError(f"--items {items!r}: expected comma-separated integers, e.g. 242,302,377"))
+    import warnings
+
+    from recfeast.errors import EmptyResultWarning
+
     try:
         client = OnlineFeatureClient(repo_path, online_store, feature_service)
-        feats = client.get_features(user_id, item_ids, request_ts)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EmptyResultWarning)   # said below, once, with the exit code
+            feats = client.get_features(user_id, item_ids, request_ts)
     except RecfeastError as exc:
         _fail(exc)
     click.echo(_compact_json(feats.to_json()))
+    if feats.nothing_found:
+        click.echo(f"error: nothing found for user {user_id} or items {items} in the {client.online_store} online "
+                   f"store of {client.store.repo_path} (project {client.store.project!r}): the store is empty, was "
+                   "never loaded, or these ids do not exist. Load it with `recfeast materialize` (same "
+                   "--online-store).", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -146,7 +166,11 @@ def schedule(data_dir, repo_path, online_stores, embeddings_every, aggregates_ev
 @click.option("--limit", default=20, show_default=True, help="Runs to list, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def jobs(repo_path, limit, as_json):
-    """List recent runs of the scheduled jobs (start, end, status, rows, detail)."""
+    """List recent runs of the scheduled jobs and of `recfeast materialize` (start, end, status, rows, detail).
+
+    Status: waiting (for the tables lock), running (since it took the lock), ok, failed, skipped
+    (another run of the job held its lock), interrupted (the scheduler was stopped or died), cancelled
+    (the scheduler was stopped while the run waited)."""
     from recfeast.materialize.schedule import recent_runs
 
     try:
@@ -155,6 +179,10 @@ def jobs(repo_path, limit, as_json):
         _fail(exc)
     if as_json:
         click.echo(json.dumps(runs, indent=2))
+        return
+    if not runs:
+        click.echo(f"no runs yet in {config.repo_path(repo_path)}: `recfeast materialize` and `recfeast schedule` "
+                   "record theirs here")
         return
     click.echo(f"{'id':>5}  {'job':<12}{'started (UTC)':<27}{'ended (UTC)':<27}{'status':<9}{'rows':>8}  detail")
     for r in runs:
@@ -178,7 +206,7 @@ def ingest(source, repo_path, online_store, batch_size):
     """
     from recfeast.materialize.ingest import Ingestor, InvalidRecord
 
-    total = {"accepted": 0, "duplicates": 0, "rejected": 0, "users_updated": 0}
+    total = {"accepted": 0, "duplicates": 0, "rejected": 0, "users_updated": 0, "users_repushed": 0}
     first_rejections = []
     try:
         ing = Ingestor(repo_path, online_store)
@@ -186,7 +214,7 @@ def ingest(source, repo_path, online_store, batch_size):
 
         def flush():
             res = ing.ingest(batch, sources=[f"line {n}" for n in line_of])
-            for k in ("accepted", "duplicates", "users_updated"):
+            for k in ("accepted", "duplicates", "users_updated", "users_repushed"):
                 total[k] += getattr(res, k)
             total["rejected"] += len(res.rejected)
             for r in res.rejected:

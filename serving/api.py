@@ -72,6 +72,7 @@ def create_app(service, metrics=None, ingestor_factory=None):
     from recfeast.serving.service import UnknownUserError
 
     metrics = metrics or Metrics()
+    metrics.init_store(service.client.online_store)
     FeaturesRequest, RecommendRequest, SearchRequest = _models()
     app = FastAPI(title="recfeast serving", version="1", docs_url="/docs", redoc_url=None)
     app.state.service, app.state.metrics = service, metrics
