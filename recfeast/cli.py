@@ -525,6 +525,7 @@ def models_promote(text_id, sequence_id, data_dir, repo_path, online_stores):
 from recfeast.cli_datasets import datasets as _datasets  # noqa: E402
 
 main.add_command(_datasets)
+main.add_command(__import__("recfeast.cli_reset", fromlist=["reset"]).reset)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
