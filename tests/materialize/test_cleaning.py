@@ -8,6 +8,7 @@ from recfeast.adapters import read_catalog
 from recfeast.cleaning import clean
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_full_movielens_counts(catalog):
     assert len(catalog.items) == 1682
     assert len(catalog.users) == 943
@@ -19,6 +20,7 @@ def test_full_movielens_counts(catalog):
     assert set(counts) == {"items/low_enrichment_confidence", "items/empty_description"}
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_wrong_tmdb_match_is_dropped(catalog):
     mask = catalog.items.set_index("item_id").loc[72]
     assert mask.title == "Mask, The (1994)"
@@ -28,6 +30,7 @@ def test_wrong_tmdb_match_is_dropped(catalog):
     assert toy.description.startswith("Led by Woody") and toy.image_path.endswith("posters/1.jpg")
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_types_and_order(catalog):
     ev = catalog.events
     assert str(ev.event_timestamp.dtype) == "datetime64[ns, UTC]"
@@ -38,6 +41,7 @@ def test_types_and_order(catalog):
     assert catalog.items.set_index("item_id").loc[50].genres == ["Action", "Adventure", "Romance", "Sci-Fi", "War"]
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_injected_bad_rows_are_quarantined_with_reason(small_data):
     root, facts = small_data
     data = clean(read_catalog(root))
@@ -75,6 +79,7 @@ def test_canonical_missing_column_names_file(tmp_path):
         read_catalog(tmp_path)
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_malformed_movielens_line(tmp_path, data_dir):
     import shutil
 

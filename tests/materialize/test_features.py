@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from recfeast.materialize import features as F
 
@@ -67,6 +68,7 @@ def test_histories_end_of_day_and_cap():
     assert u1.event_timestamp.dt.strftime("%m-%d %H").tolist() == ["01-02 00", "01-06 00"]
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_item_text_and_profile(catalog):
     text = F.item_text(catalog.items.set_index("item_id").loc[[72]].reset_index())[0]
     assert text == "Mask, The (1994). Comedy, Crime, Fantasy."  # wrong TMDB match dropped
@@ -75,6 +77,7 @@ def test_item_text_and_profile(catalog):
     assert prof.set_index("user_id").loc[1, "age_bucket"] == "18-24"
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_real_behavior_never_sees_the_future(catalog):
     t = F.build_user_behavior(catalog.events, catalog.items, ["Drama"])
     last = catalog.events.groupby("user_id").event_timestamp.max()

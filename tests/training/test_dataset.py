@@ -15,6 +15,8 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Array, Float32, Int64, String
 
+pytestmark = pytest.mark.slow   # Feast apply and point-in-time joins
+
 T = Path(__file__).resolve().parent / "data"
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
 item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64)
