@@ -330,23 +330,29 @@ def serve(cfg: ScheduleConfig, log=print, grace_s: float | None = None) -> None:
     kills jobs at every write), so the next run redoes the work.
     """
     grace_s = STOP_GRACE_S if grace_s is None else grace_s
-    sched = build_scheduler(cfg, blocking=True)
-    stopping = threading.Event()
+    # A background scheduler, stopped from this thread: a signal handler only sets an event. (Shutting
+    # the scheduler down inside the handler, as before, let its loop submit a due run to the closed
+    # executor: "RuntimeError: cannot schedule new futures after shutdown".)
+    sched = build_scheduler(cfg, blocking=False)
+    stop_requested = threading.Event()
+    signals = []
 
     def stop(signum, _frame):
-        if stopping.is_set():
-            return
-        stopping.set()
-        _STOPPING.set()
-        log(f"received signal {signum}: stopping (no new runs; the running job gets {grace_s:g} s, "
-            "then it is interrupted)")
-        sched.shutdown(wait=False)   # wakes the main loop; queued runs never start
+        signals.append(signum)
+        stop_requested.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     for job in sched.get_jobs():
         log(f"job {job.id}: {job.trigger}")
-    sched.start()                    # returns once stop() shut the scheduler down
+    sched.start()
+    while not stop_requested.wait(1.0):
+        pass
+    _STOPPING.set()
+    log(f"received signal {signals[0]}: stopping (no new runs; the running job gets {grace_s:g} s, "
+        "then it is interrupted)")
+    sched.pause()                    # the scheduler's loop submits nothing more ...
+    sched.shutdown(wait=False)       # ... and stops; queued runs never start
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         with _ACTIVE_LOCK:
