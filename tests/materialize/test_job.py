@@ -160,15 +160,15 @@ def test_feast_cli_apply_and_materialize(small_run, tmp_path):
     feast = str(Path(sys.executable).parent / "feast")
     env = dict(os.environ)   # no PYTHONWARNINGS: the output must be clean as a user sees it
     noise = ("serve_features_while_materializing", "experimental", "DeprecationWarning", "Warning:")
-    out = subprocess.run([feast, "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([feast, "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ranking_v1" in out.stdout
     out = subprocess.run([feast, "materialize", "1970-01-02T00:00:00", "2100-01-01T00:00:00"], cwd=repo,
-                         env=env, capture_output=True, text=True, timeout=300)
+                         env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     assert not [w for w in noise if w in out.stdout + out.stderr], out.stdout + out.stderr
     # applying the same definitions after a load changes nothing and says so (recfeast.feast_compat)
-    out = subprocess.run([feast, "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([feast, "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "No changes to registry" in out.stdout and "Updated" not in out.stdout, out.stdout
     assert not [w for w in noise if w in out.stdout + out.stderr], out.stdout + out.stderr

@@ -9,13 +9,13 @@ import pytest
 from recfeast.errors import DataError, StoreError
 from recfeast.training.dataset import get_training_set, load_training_set, save_training_set
 
+pytestmark = pytest.mark.slow   # Feast apply and point-in-time joins
+
 DEFS = '''
 from datetime import timedelta
 from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Array, Float32, Int64, String
-
-pytestmark = pytest.mark.slow   # Feast apply and point-in-time joins
 
 T = Path(__file__).resolve().parent / "data"
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
