@@ -8,6 +8,8 @@
 - ``recfeast replay-check --data-dir DIR``: :func:`recfeast.materialize.replay.replay_check`
 - ``recfeast finetune text|sequence``: :mod:`recfeast.training.text_finetune`, :mod:`recfeast.training.sequence_task`
 - ``recfeast models list|register|promote``: :mod:`recfeast.model_registry`, :mod:`recfeast.materialize.rollout`
+- ``recfeast datasets download movielens-100k``: :mod:`recfeast.datasets` (``recfeast/cli_datasets.py``)
+- ``recfeast reset``: :mod:`recfeast.housekeeping` (``recfeast/cli_reset.py``)
 """
 
 from __future__ import annotations
