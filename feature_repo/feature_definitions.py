@@ -14,8 +14,11 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSo
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Array, Float32, Float64, Int64, String
 
+import recfeast.feast_compat  # known-harmless Feast notices off, apply after a load is a no-op
 from recfeast.spec import load_spec
 from recfeast.views import SERVICE, feature_views, on_demand_views
+
+recfeast.feast_compat.install()
 
 HERE = Path(__file__).resolve().parent
 SPEC = load_spec(HERE / "catalog.yaml")

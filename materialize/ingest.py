@@ -59,13 +59,16 @@ class IngestResult:
     Attributes:
         accepted: events added to the log. duplicates: valid events already in the log (or repeated
         in the call). rejected: ``{"index", "reason", "event"}`` per bad event (index in the call).
-        users_updated: users whose real-time features were pushed. seconds: wall time of the call.
+        users_updated: users with at least one accepted (new) event, whose real-time features were
+        pushed. users_repushed: users with only duplicate events, whose state was pushed again
+        unchanged (repairs a push that failed after the log write). seconds: wall time of the call.
     """
 
     accepted: int = 0
     duplicates: int = 0
     rejected: list[dict] = field(default_factory=list)
     users_updated: int = 0
+    users_repushed: int = 0
     seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -289,7 +292,10 @@ class Ingestor:
                         self.observe_visibility(added["ingested_us"].to_numpy())
                 except StoreError as exc:
                     error = exc
-            res.users_updated = len(users) if push and error is None else 0
+            if push and error is None:
+                fresh = set(added["user_id"].tolist()) if len(added) else set()
+                res.users_updated = len(fresh)
+                res.users_repushed = len(users) - len(fresh)
         res.seconds = round(time.perf_counter() - t0, 6)
         return res, users, error
 

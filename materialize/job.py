@@ -72,10 +72,17 @@ class JobSummary:
 
     def render(self) -> str:
         """Human-readable summary (plain text table)."""
+        loaded = any("loaded_online" in t for t in self.tables.values())
         lines = [f"tables in {self.tables_dir} (online store: {self.online_store or 'not loaded'})",
-                 f"  {'table':<26}{'rows':>9}{'new/changed':>13}{'unchanged':>11}"]
+                 f"  {'table':<26}{'rows':>9}{'new/changed':>13}{'unchanged':>11}"
+                 + (f"{'loaded online':>15}" if loaded else "")]
         for name, t in self.tables.items():
-            lines.append(f"  {name:<26}{t.get('rows', 0):>9}{t.get('new_or_changed', 0):>13}{t.get('unchanged', 0):>11}")
+            online_col = (f"{t['loaded_online']:>15}" if "loaded_online" in t else f"{'pushed':>15}") if loaded else ""
+            lines.append(f"  {name:<26}{t.get('rows', 0):>9}{t.get('new_or_changed', 0):>13}{t.get('unchanged', 0):>11}"
+                         + online_col)
+        if loaded:
+            lines.append("  (loaded online: entities written by this load, each table's latest row per key; "
+                         "user_realtime is pushed by the ingest path)")
         lines.append("quarantined (table/rule: rows)")
         lines += [f"  {k:<40}{v:>7}" for k, v in self.quarantine.items()] or ["  none"]
         sel = "; ".join(f"{name} {len(v['kept'])} kept" + (f", dropped {', '.join(map(str, list(v['dropped'])[:5]))}"
@@ -344,6 +351,10 @@ def _run_locked(cfg: JobConfig) -> JobSummary:
             with stage("feast materialize"):
                 eng.load_online(fs, out_dir, quiet=not cfg.progress)
                 summary.online_store = fs.config.online_store.type
+                from recfeast.materialize import online
+
+                for name, n in online.loaded_entities(fs, out_dir).items():
+                    summary.tables.setdefault(name, {})["loaded_online"] = n
     if eng is not cfg.engine:
         eng.close()
     summary.seconds = stage.seconds

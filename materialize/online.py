@@ -476,6 +476,8 @@ def write_sentinel(store, views: list[str]) -> dict:
         raise StoreError(f"writing the load sentinel into the {store.config.online_store.type} online store "
                          f"failed: {exc}") from exc
     return record
+
+
 def _record_freshness(store, loaded: dict[str, tuple[int, int]]) -> None:
     """Record per view the newest event time (us) and rows just loaded online (``recfeast status``,
     ``/metrics``: event-time lag per view)."""
@@ -484,6 +486,26 @@ def _record_freshness(store, loaded: dict[str, tuple[int, int]]) -> None:
     rec, now_us = FreshnessRecord(store), int(pd.Timestamp.now(tz="UTC").value // 1000)
     for view, (newest_us, rows) in loaded.items():
         rec.record_load(view, newest_us, rows, loaded_us=now_us)
+
+
+def loaded_entities(store, tables_dir: Path) -> dict[str, int]:
+    """``{view: entities}`` a full :func:`load` writes into the online store: Feast materializes the
+    latest row of every entity in each batch view's table, so this is the number of distinct keys of
+    each table (0 for a missing or empty table). Push-fed views (``user_realtime``) are not counted."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out = {}
+    for fv in store.list_feature_views():
+        if type(fv.stream_source).__name__ == "PushSource":
+            continue
+        path = Path(fv.batch_source.path)
+        if not path.is_file():
+            out[fv.name] = 0
+            continue
+        col = pq.read_table(path, columns=[fv.join_keys[0]]).column(0)
+        out[fv.name] = len(pc.unique(col)) if len(col) else 0
+    return out
 
 
 def restore_realtime(store, sequence_model: str | None = None) -> int:

@@ -17,8 +17,11 @@ Guarantees: a job never overlaps itself, also across scheduler processes on one 
 ``skipped``); jobs that write tables or load them wait for one shared ``tables`` lock, so a load
 never forgets rows a table writer marked stale in the meantime; missed runs coalesce into one (apscheduler ``coalesce=True``); the job store is a
 SQLite file (``SQLAlchemyJobStore``), so the schedule survives a restart; SIGTERM/SIGINT stop the
-scheduler after the running job finishes. Each run is recorded in ``runs.sqlite`` (start, end,
-status, rows, error) and ``recfeast jobs`` lists them.
+scheduler within seconds (:func:`serve`: the running job gets a short grace, then is interrupted and
+recorded as such; runs waiting for the tables lock are cancelled). Each run is recorded in
+``runs.sqlite`` (``waiting`` for the tables lock, then ``running`` from the moment it took the lock,
+then ``ok``/``failed``/``skipped``/``interrupted``/``cancelled``, with rows and error), and
+``recfeast jobs`` lists them, with ``recfeast materialize`` runs (:func:`recorded_run`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from recfeast import config
-from recfeast.errors import ConfigError
+from recfeast.errors import ConfigError, RecfeastError
 
 JOBS = ("embeddings", "aggregates", "load_online")
 DEFAULT_TRIGGERS = {"embeddings": {"interval_minutes": 60}, "aggregates": {"interval_minutes": 30},
@@ -96,17 +99,17 @@ _GONE = "the process running it ({}) is gone; the next run redoes its work"
 
 
 def _close_dead_runs(repo: Path, db: sqlite3.Connection) -> int:
-    """Mark ``running`` records whose process is gone as ``interrupted``: by pid when recorded (a pid
+    """Mark ``running`` / ``waiting`` records whose process is gone as ``interrupted``: by pid when recorded (a pid
     not alive on this machine), else when nobody holds the job's lock. Returns how many."""
     n = 0
-    for run_id, job, pid in db.execute("SELECT id, job, pid FROM runs WHERE status='running'").fetchall():
+    for run_id, job, pid in db.execute("SELECT id, job, pid FROM runs WHERE status IN ('running', 'waiting')").fetchall():
         if pid is not None:
             gone = not _pid_alive(pid)
         else:
             with job_lock(repo, job) as free:
                 gone = free
         if gone:
-            db.execute("UPDATE runs SET status='interrupted', ended_at=?, detail=? WHERE id=? AND status='running'",
+            db.execute("UPDATE runs SET status='interrupted', ended_at=?, detail=? WHERE id=? AND status IN ('running', 'waiting')",
                        (_now(), _GONE.format(f"pid {pid}" if pid else "no lock holder"), run_id))
             n += 1
     db.commit()
@@ -133,38 +136,93 @@ def recent_runs(repo: Path, limit: int = 20) -> list[dict]:
 
 
 def mark_interrupted(repo: Path) -> int:
-    """Close the records of runs whose process died (SIGKILL, power cut): a ``running`` record whose
-    pid is not alive (or, for records without a pid, whose job lock nobody holds) becomes
-    ``interrupted``. Called when a scheduler starts and whenever runs are listed. Returns how many."""
+    """Close the records of runs whose process died (SIGKILL, power cut): a ``running`` or ``waiting``
+    record whose pid is not alive (or, for records without a pid, whose job lock nobody holds)
+    becomes ``interrupted``. Called when a scheduler starts and whenever runs are listed. Returns how many."""
     repo = config.repo_path(repo)
     with contextlib.closing(_runs_db(repo)) as db:
         return _close_dead_runs(repo, db)
 
 
-@contextlib.contextmanager
-def record_run(repo: Path, job: str):
-    """Record one run of ``job`` (e.g. ``materialize`` from the CLI) in ``runs.sqlite``: ``running``
-    with this pid, then ``ok`` or ``failed`` with the (redacted) error; the error is re-raised.
-    Yields a dict whose ``rows`` and ``detail`` the caller may set."""
-    from recfeast.redact import redact
+class RunCancelled(RecfeastError):
+    """A run that was waiting for the tables lock when its scheduler was stopped (recorded ``cancelled``)."""
 
+
+#: set when this process's scheduler is stopping: runs that get the tables lock afterwards do not start
+_STOPPING = threading.Event()
+
+#: runs of this process not yet closed: run id -> (repo, status); read by the SIGTERM path of serve()
+_ACTIVE: dict[int, tuple[Path, str]] = {}
+_ACTIVE_LOCK = threading.Lock()
+
+
+def _set_status(db, run_id: int, repo: Path, status: str, **cols) -> None:
+    sets = ", ".join(f"{k}=?" for k in ("status", *cols))
+    db.execute(f"UPDATE runs SET {sets} WHERE id=?", (status, *cols.values(), run_id))
+    db.commit()
+    with _ACTIVE_LOCK:
+        if status in ("waiting", "running"):
+            _ACTIVE[run_id] = (repo, status)
+        else:
+            _ACTIVE.pop(run_id, None)
+
+
+class RunRecord:
+    """What a recorded run reports back: set ``rows`` and ``detail`` inside :func:`recorded_run`."""
+
+    def __init__(self, run_id: int):
+        self.id, self.rows, self.detail = run_id, None, None
+
+
+@contextlib.contextmanager
+def recorded_run(repo: Path, job: str, lock_tables: bool = True):
+    """Record one run of ``job`` in ``runs.sqlite`` around the ``with`` body (scheduled jobs and
+    ``recfeast materialize`` alike).
+
+    The record is ``waiting`` while the shared ``tables`` lock is awaited (``lock_tables``), then
+    ``running`` with ``started_at`` = the moment the lock was taken, then ``ok`` or ``failed`` (the
+    exception, with a short traceback, is recorded and re-raised). Yields a :class:`RunRecord`.
+    """
     repo = config.repo_path(repo)
-    out = {"rows": None, "detail": None}
     with contextlib.closing(_runs_db(repo)) as db:
-        run_id = db.execute("INSERT INTO runs (job, started_at, status, pid) VALUES (?,?,?,?)",
-                            (job, _now(), "running", os.getpid())).lastrowid
+        cur = db.execute("INSERT INTO runs (job, started_at, status, pid) VALUES (?,?,?,?)",
+                         (job, _now(), "waiting" if lock_tables else "running", os.getpid()))
         db.commit()
-    status = "ok"
-    try:
-        yield out
-    except BaseException as exc:
-        status, out["detail"] = "failed", f"{type(exc).__name__}: {exc}"[:4000]
-        raise
-    finally:
+        rec = RunRecord(cur.lastrowid)
+        with _ACTIVE_LOCK:
+            _ACTIVE[rec.id] = (repo, "waiting" if lock_tables else "running")
+        try:
+            with job_lock(repo, "tables", wait=True) if lock_tables else contextlib.nullcontext(True):
+                if _STOPPING.is_set():   # the scheduler was stopped while this run waited
+                    _set_status(db, rec.id, repo, "cancelled", ended_at=_now(),
+                                detail="the scheduler was stopped while this run waited for the tables lock")
+                    raise RunCancelled(f"run {rec.id} of {job} cancelled: the scheduler is stopping")
+                _set_status(db, rec.id, repo, "running", started_at=_now())
+                yield rec
+        except RunCancelled:
+            raise
+        except BaseException as exc:
+            from recfeast.redact import redact
+
+            detail = redact(f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")[:4000]
+            _set_status(db, rec.id, repo, "failed", ended_at=_now(), detail=detail, rows=rec.rows)
+            raise
+        _set_status(db, rec.id, repo, "ok", ended_at=_now(), rows=rec.rows, detail=rec.detail)
+
+
+def close_active_runs(reason: str) -> int:
+    """Close every run of this process still ``running`` (-> ``interrupted``) or ``waiting`` for the
+    tables lock (-> ``cancelled``) with ``reason``; used when the scheduler is stopped. Returns how many."""
+    with _ACTIVE_LOCK:
+        active = dict(_ACTIVE)
+        _ACTIVE.clear()
+    for run_id, (repo, status) in active.items():
+        new = "interrupted" if status == "running" else "cancelled"
         with contextlib.closing(_runs_db(repo)) as db:
-            db.execute("UPDATE runs SET ended_at=?, status=?, rows=?, detail=? WHERE id=?",
-                       (_now(), status, out["rows"], None if out["detail"] is None else redact(out["detail"]), run_id))
+            db.execute("UPDATE runs SET status=?, ended_at=?, detail=? WHERE id=? AND status IN ('running', 'waiting')",
+                       (new, _now(), reason, run_id))
             db.commit()
+    return len(active)
 
 
 def _now() -> str:
@@ -240,30 +298,29 @@ def run_job(job: str, data_dir: str, repo: str, online_stores: tuple[str, ...] =
     if job not in JOBS:
         raise ConfigError(f"unknown job {job!r}; expected one of {JOBS}")
     repo_path = config.repo_path(repo)
-    with job_lock(repo_path, job) as held, contextlib.closing(_runs_db(repo_path)) as db:
-        started = _now()
+    with job_lock(repo_path, job) as held:
         if not held:
-            cur = db.execute("INSERT INTO runs (job, started_at, ended_at, status, detail) VALUES (?,?,?,?,?)",
-                             (job, started, _now(), "skipped", "another run of this job holds its lock"))
-            db.commit()
-            return recent_runs(repo_path, 1)[0]
-        cur = db.execute("INSERT INTO runs (job, started_at, status, pid) VALUES (?,?,?,?)",
-                         (job, started, "running", os.getpid()))
-        db.commit()
-        run_id = cur.lastrowid
-        status, rows, detail = "ok", None, None
+            with contextlib.closing(_runs_db(repo_path)) as db:
+                cur = db.execute("INSERT INTO runs (job, started_at, ended_at, status, detail) VALUES (?,?,?,?,?)",
+                                 (job, _now(), _now(), "skipped", "another run of this job holds its lock"))
+                db.commit()
+            return _run(repo_path, cur.lastrowid)
+        run_id = None
         try:
-            with job_lock(repo_path, "tables", wait=True):
-                rows, detail = _JOB_FUNCS[job](data_dir, repo_path, online_stores,
-                                               engine=engine, ray_address=ray_address)
-        except Exception as exc:  # recorded with its traceback; the schedule goes on
-            from recfeast.redact import redact
+            with recorded_run(repo_path, job) as rec:
+                run_id = rec.id
+                rec.rows, rec.detail = _JOB_FUNCS[job](data_dir, repo_path, online_stores,
+                                                       engine=engine, ray_address=ray_address)
+        except Exception:  # recorded with its traceback by recorded_run; the schedule goes on
+            pass
+    return _run(repo_path, run_id) if run_id is not None else recent_runs(repo_path, 1)[0]
 
-            status, detail = "failed", redact(f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")[:4000]
-        db.execute("UPDATE runs SET ended_at=?, status=?, rows=?, detail=? WHERE id=?",
-                   (_now(), status, rows, detail, run_id))
-        db.commit()
-    return recent_runs(repo_path, 1)[0]
+
+def _run(repo: Path, run_id: int) -> dict:
+    with contextlib.closing(_runs_db(repo)) as conn:
+        cur = conn.execute("SELECT id, job, started_at, ended_at, status, rows, detail FROM runs WHERE id=?", (run_id,))
+        cols = [c[0] for c in cur.description]
+        return dict(zip(cols, cur.fetchone()))
 
 
 def _tables_job(data_dir, repo, online_stores, parts, engine="local", ray_address=None):
@@ -348,16 +405,54 @@ def build_scheduler(cfg: ScheduleConfig, blocking: bool = True):
     return sched
 
 
-def serve(cfg: ScheduleConfig, log=print) -> None:
-    """Run the scheduler in the foreground until SIGTERM/SIGINT; the running job finishes first."""
-    sched = build_scheduler(cfg, blocking=True)
+#: seconds a stop waits for the running job to finish before interrupting it
+STOP_GRACE_S = 5.0
+
+
+def serve(cfg: ScheduleConfig, log=print, grace_s: float | None = None) -> None:
+    """Run the scheduler in the foreground until SIGTERM/SIGINT, then stop within seconds.
+
+    On the signal: no new run starts, runs waiting for the tables lock are recorded ``cancelled``,
+    the running job gets ``grace_s`` (default :data:`STOP_GRACE_S`) to finish, else it is recorded
+    ``interrupted`` and the process exits without waiting for it. Interrupting is safe: every table
+    write is atomic and what a load had pending stays pending (``tests/materialize/test_crash.py``
+    kills jobs at every write), so the next run redoes the work.
+    """
+    grace_s = STOP_GRACE_S if grace_s is None else grace_s
+    # A background scheduler, stopped from this thread: a signal handler only sets an event. (Shutting
+    # the scheduler down inside the handler, as before, let its loop submit a due run to the closed
+    # executor: "RuntimeError: cannot schedule new futures after shutdown".)
+    sched = build_scheduler(cfg, blocking=False)
+    stop_requested = threading.Event()
+    signals = []
 
     def stop(signum, _frame):
-        log(f"received signal {signum}: stopping after the running job")
-        sched.shutdown(wait=True)
+        signals.append(signum)
+        stop_requested.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     for job in sched.get_jobs():
         log(f"job {job.id}: {job.trigger}")
     sched.start()
+    while not stop_requested.wait(1.0):
+        pass
+    _STOPPING.set()
+    log(f"received signal {signals[0]}: stopping (no new runs; the running job gets {grace_s:g} s, "
+        "then it is interrupted)")
+    sched.pause()                    # the scheduler's loop submits nothing more ...
+    sched.shutdown(wait=False)       # ... and stops; queued runs never start
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        with _ACTIVE_LOCK:
+            if not any(st == "running" for _, st in _ACTIVE.values()):
+                break
+        time.sleep(0.1)
+    n = close_active_runs(f"stopped by a signal to the scheduler (pid {os.getpid()}); the next run redoes its work")
+    log(f"stopped: {n} run(s) interrupted or cancelled" if n else "stopped: no run was in progress")
+    if n:
+        # a job thread is still inside a run: leave without joining it (its writes are atomic)
+        import sys
+
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(0)

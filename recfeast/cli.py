@@ -9,6 +9,8 @@
 - ``recfeast finetune text|sequence``: :mod:`recfeast.training.text_finetune`, :mod:`recfeast.training.sequence_task`
 - ``recfeast models list|register|promote``: :mod:`recfeast.model_registry`, :mod:`recfeast.materialize.rollout`
 - ``recfeast serve``: :func:`recfeast.serving.api.serve`; ``recfeast keys create|list|revoke``: :mod:`recfeast.cli_keys`
+- ``recfeast datasets download movielens-100k``: :mod:`recfeast.datasets` (``recfeast/cli_datasets.py``)
+- ``recfeast reset``: :mod:`recfeast.housekeeping` (``recfeast/cli_reset.py``)
 """
 
 from __future__ import annotations
@@ -111,16 +113,21 @@ def materialize(data_dir, repo_path, online_store, image_backbone, image_weights
                 engine, ray_address):
     """Read, clean and encode DATA_DIR into feature tables, then feast apply and materialize."""
     from recfeast.materialize.job import JobConfig, run
+    from recfeast.materialize.schedule import recorded_run
 
     cfg = JobConfig(data_dir=data_dir, repo=repo_path, online_store=online_store, image_backbone=image_backbone,
                     image_weights=image_weights, apply=not no_apply, materialize=not no_online, progress=not quiet,
                     engine=engine, ray_address=ray_address)
-    from recfeast.materialize.schedule import record_run
 
     try:
-        with record_run(config.repo_path(repo_path), "materialize") as rec:   # listed by `recfeast jobs`
+        # recorded in `recfeast jobs`; waits for a scheduled job that holds the tables lock
+        with recorded_run(config.repo_path(repo_path), "materialize") as rec:
             summary = run(cfg)
-            rec["rows"] = sum(t.get("rows", 0) for t in summary.tables.values())
+            rec.rows = sum(t.get("rows", 0) for t in summary.tables.values())
+            rec.detail = json.dumps({"online_store": summary.online_store or None,
+                                     "new_or_changed": {k: t.get("new_or_changed", 0) for k, t in summary.tables.items()},
+                                     "loaded_online": {k: t["loaded_online"] for k, t in summary.tables.items()
+                                                       if "loaded_online" in t}})
     except RecfeastError as exc:
         _fail(exc)
     click.echo(summary.render())
@@ -143,16 +150,27 @@ def _compact_json(obj) -> str:
 @_store_opt
 def lookup(user_id, items, feature_service, request_ts, repo_path, online_store):
     """Print, as JSON, the feature service's online features for one user and some items."""
+    import warnings
+
+    from recfeast.errors import EmptyResultWarning
     from recfeast.serving.sdk import OnlineFeatureClient
 
     try:
         client = OnlineFeatureClient(repo_path, online_store, feature_service)
         ids = [x.strip() for x in items.split(",") if x.strip()]
         item_ids = [client.parse_key(x, f"--items[{n}]") for n, x in enumerate(ids)]
-        feats = client.get_features(client.parse_key(user_id, "--user"), item_ids, request_ts)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EmptyResultWarning)   # said below, once, with the exit code
+            feats = client.get_features(client.parse_key(user_id, "--user"), item_ids, request_ts)
     except RecfeastError as exc:
         _fail(exc)
     click.echo(_compact_json(feats.to_json()))
+    if feats.nothing_found:
+        click.echo(f"error: nothing found for user {user_id} or items {items} in the {client.online_store} online "
+                   f"store of {client.store.repo_path} (project {client.store.project!r}): the store is empty, was "
+                   "never loaded, or these ids do not exist. Load it with `recfeast materialize` (same "
+                   "--online-store).", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -199,7 +217,11 @@ def schedule(data_dir, repo_path, online_stores, embeddings_every, aggregates_ev
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def jobs(repo_path, limit, as_json):
     """List recent runs of the scheduled jobs and of `recfeast materialize` (start, end, status, rows,
-    detail; passwords redacted). Runs whose process is gone are shown, and recorded, as interrupted."""
+    detail; passwords redacted).
+
+    Status: waiting (for the tables lock), running (since it took the lock), ok, failed, skipped
+    (another run of the job held its lock), interrupted (the scheduler was stopped, or its process is
+    gone: shown, and recorded, as interrupted), cancelled (the scheduler was stopped while the run waited)."""
     from recfeast.materialize.schedule import recent_runs
 
     try:
@@ -208,6 +230,10 @@ def jobs(repo_path, limit, as_json):
         _fail(exc)
     if as_json:
         click.echo(json.dumps(runs, indent=2))
+        return
+    if not runs:
+        click.echo(f"no runs yet in {config.repo_path(repo_path)}: `recfeast materialize` and `recfeast schedule` "
+                   "record theirs here")
         return
     click.echo(f"{'id':>5}  {'job':<12}{'started (UTC)':<27}{'ended (UTC)':<27}{'status':<9}{'rows':>8}  detail")
     for r in runs:
@@ -621,6 +647,10 @@ main.add_command(_keys_group)
 from recfeast import cli_stream  # noqa: E402  (new commands attach below, after main exists)
 
 main.add_command(cli_stream.ingest_worker), main.add_command(cli_stream.status)
+from recfeast.cli_datasets import datasets as _datasets  # noqa: E402
+
+main.add_command(_datasets)
+main.add_command(__import__("recfeast.cli_reset", fromlist=["reset"]).reset)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -40,3 +40,8 @@ class StoreError(RecfeastError):
 
 class FeatureLookupError(RecfeastError):
     """An online lookup was asked for something malformed (e.g. no items)."""
+
+
+class EmptyResultWarning(RuntimeWarning):
+    """An online read found no value at all for any entity asked (warned, not raised): the online
+    store is empty, was never loaded (``recfeast materialize``), or is another project's."""

@@ -77,6 +77,14 @@ def repo_config(repo: Path, online_store: str | None = None, project: str | None
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings (project, registry, ...), got {type(raw).__name__}")
+    # Reads keep serving the last loaded values while a view is being materialized (Feast 0.67
+    # refuses them otherwise, also after a load that crashed). Set here rather than in the yaml: Feast's
+    # own CLI serves no reads and would log a misleading notice about it (recfeast.feast_compat).
+    registry = raw.get("registry")
+    if isinstance(registry, str):
+        registry = raw["registry"] = {"path": registry}
+    if isinstance(registry, dict):
+        registry.setdefault("serve_features_while_materializing", True)
     kind = config.online_store(online_store)
     if kind == "redis":
         raw["online_store"] = {"type": "redis",
@@ -108,6 +116,9 @@ def feature_store(repo: Path | None = None, online_store: str | None = None, pro
     """A ``feast.FeatureStore`` for ``repo`` (default :func:`recfeast.config.repo_path`)."""
     from feast import FeatureStore
 
+    from recfeast import feast_compat
+
+    feast_compat.install()
     repo = config.repo_path(repo)
     return FeatureStore(repo_path=str(repo), config=repo_config(repo, online_store, project))
 

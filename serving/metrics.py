@@ -20,6 +20,7 @@ record at each scrape, so they cover loads and pushes made by other processes an
 
 from __future__ import annotations
 
+STAGES = ("features", "retrieve", "rank", "embed_query")
 BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
@@ -42,6 +43,16 @@ class Metrics:
                                 registry=self.registry)
         self.internal_errors = Counter("recfeast_internal_errors", "Requests answered 500 (unexpected errors)",
                                        registry=self.registry)
+        # Labelled collectors export no sample until a label set is first used; create the known ones
+        # now so that dashboards and rate() see 0 from the start instead of "no data".
+        for result in ("hit", "miss"):
+            self.cache.labels(result)
+        for stage in STAGES:
+            self.stage.labels(stage)
+
+    def init_store(self, store: str) -> None:
+        """Export ``recfeast_store_errors_total{store=...}`` at 0 for the served store kind."""
+        self.store_errors.labels(store)
 
     def watch_freshness(self, report_fn) -> None:
         """Expose the freshness gauges and histogram; ``report_fn()`` returns

@@ -57,6 +57,7 @@ class RankingFeatures:
     def __init__(self, arrays: dict, kinds: dict, status: pd.DataFrame, feature_service: str, request_ts: int,
                  ints: dict):
         self.arrays, self.kinds, self.status = arrays, kinds, status
+        self._stored_views: list[str] = []   # views read from the store (set by OnlineFeatureClient)
         self.feature_service, self.request_ts = feature_service, request_ts
         self._ints = ints  # Int64 column -> (exact int64 values, null mask)
 
@@ -82,6 +83,13 @@ class RankingFeatures:
             else:
                 cols[name] = arr
         return pd.DataFrame(cols)
+
+    @property
+    def nothing_found(self) -> bool:
+        """True when no stored feature view had a value for any row (the user and every item missing):
+        the online store is empty, never loaded, or holds another project."""
+        stored = [c for c in self.status.columns if c in self._stored_views] if self._stored_views else list(self.status.columns)
+        return bool(len(self.status)) and not (self.status[stored] == FOUND).to_numpy().any()
 
     def model_ids(self) -> dict[str, list[str]]:
         """Distinct model identities in the ``*_model`` string columns, e.g. ``{"text_model": [...]}``."""
@@ -328,7 +336,19 @@ class OnlineFeatureClient:
                  "user_id": np.zeros(len(item_ids), np.int64)}
         keys = {"item_id": uniq, "user_id": [] if user_id is None else [user_id]}
         rows = self.reader.read(keys, self.views)
-        return self._assemble(rows, index, user_id, item_ids, ts)
+        feats = self._assemble(rows, index, user_id, item_ids, ts)
+        feats._stored_views = [v.name for v in self.views]
+        if feats.nothing_found:
+            import warnings
+
+            from recfeast.errors import EmptyResultWarning
+
+            warnings.warn(EmptyResultWarning(
+                f"no feature value found in the {self.online_store} online store of {self.store.repo_path} "
+                f"(project {self.store.project!r}) for the user or any item asked: is the store empty or never "
+                "loaded? Run `recfeast materialize` (or `recfeast schedule`) first, with the same --online-store."),
+                stacklevel=2)
+        return feats
 
     def _assemble(self, rows: dict, index: dict, user_id, item_ids, ts) -> RankingFeatures:
         n = len(item_ids)

@@ -1,7 +1,9 @@
 """The whole of MovieLens-100k through `recfeast materialize`, into SQLite and Redis, then `recfeast lookup`."""
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,17 +13,31 @@ from click.testing import CliRunner
 from recfeast.cli import main
 from recfeast import store
 from recfeast.materialize import online
-from tests.conftest import DATA_DIR, drop_online, latest_rows, make_repo, unique_project
+from tests.conftest import DATA_DIR, ROOT, drop_online, latest_rows, make_repo, unique_project
 
 pytestmark = pytest.mark.slow
+
+
+#: embeddings of the full catalog kept between test sessions, keyed like every embedding cache by
+#: (model identity, sha256 of the input): a later session re-encodes nothing that did not change.
+#: RECFEAST_TEST_FRESH_EMBEDDINGS=1 encodes everything again (the slice tests always encode).
+SHARED_CACHE = Path(os.environ.get("RECFEAST_TEST_EMBEDDING_CACHE", ROOT / ".pytest_cache" / "recfeast_embedding_cache"))
 
 
 @pytest.fixture(scope="module")
 def full_repo(tmp_path_factory, data_dir):
     repo = make_repo(tmp_path_factory.mktemp("full") / "feature_repo", "movielens")
+    cache = repo / "data" / "embedding_cache"
+    if SHARED_CACHE.is_dir() and not os.environ.get("RECFEAST_TEST_FRESH_EMBEDDINGS"):
+        shutil.copytree(SHARED_CACHE, cache)
     result = CliRunner().invoke(main, ["materialize", "--data-dir", str(data_dir), "--repo-path", str(repo),
                                        "--online-store", "sqlite", "--quiet"])
     assert result.exit_code == 0, result.output
+    SHARED_CACHE.mkdir(parents=True, exist_ok=True)
+    for f in cache.glob("*.parquet"):       # atomic per file: a concurrent session reads whole files
+        tmp = SHARED_CACHE / f".{f.name}.tmp"
+        shutil.copy(f, tmp)
+        os.replace(tmp, SHARED_CACHE / f.name)
     return repo, result.output
 
 

@@ -57,6 +57,7 @@ def test_empty_and_undecodable_csv(tmp_path):
         read_catalog(tmp_path, spec)
 
 
+@pytest.mark.slow   # builds a ResNet-18 (torchvision) to load the bad weights into
 def test_bad_yaml_and_bad_weights(tmp_path):
     from recfeast.encoders import ImageEncoder
     from recfeast.store import repo_config

@@ -10,6 +10,7 @@ from recfeast.spec import load_spec
 from tests.conftest import SPECS, plain_spec
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_full_movielens_counts(catalog):
     assert len(catalog.items) == 1682
     assert len(catalog.users) == 943
@@ -21,6 +22,7 @@ def test_full_movielens_counts(catalog):
     assert set(counts) == {"items/low_enrichment_confidence", "items/empty_description"}
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_wrong_tmdb_match_is_dropped(catalog):
     mask = catalog.items.set_index("item_id").loc[72]
     assert mask.title == "Mask, The (1994)"
@@ -30,6 +32,7 @@ def test_wrong_tmdb_match_is_dropped(catalog):
     assert toy.description.startswith("Led by Woody") and toy.image_path.endswith("posters/1.jpg")
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_types_and_order(catalog):
     ev = catalog.events
     assert str(ev.event_timestamp.dtype) == "datetime64[ns, UTC]"
@@ -40,6 +43,7 @@ def test_types_and_order(catalog):
     assert catalog.items.set_index("item_id").loc[50].genres == ["Action", "Adventure", "Romance", "Sci-Fi", "War"]
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_injected_bad_rows_are_quarantined_with_reason(small_data):
     root, facts = small_data
     data = clean(read_catalog(root, load_spec(SPECS["slice"])))
@@ -77,6 +81,7 @@ def test_missing_column_names_file_and_field(tmp_path):
         read_catalog(tmp_path, plain_spec("items.csv", "users.csv", "events.csv"))
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_malformed_movielens_line(tmp_path, data_dir):
     import shutil
 

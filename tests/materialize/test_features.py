@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from recfeast.materialize import features as F
 from recfeast.spec import load_spec, parse_spec
@@ -82,6 +83,7 @@ def test_histories_end_of_day_and_cap():
     assert u1.event_timestamp.dt.strftime("%m-%d %H").tolist() == ["01-02 00", "01-06 00"]
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_item_text_and_profile(catalog):
     spec = load_spec("feature_repo/catalog.yaml")
     text = F.item_text(catalog.items.set_index("item_id").loc[[72]].reset_index())[0]
@@ -92,6 +94,7 @@ def test_item_text_and_profile(catalog):
     assert prof.set_index("user_id").loc[1, "age_bucket"] == "18-24"
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_real_behavior_never_sees_the_future(catalog):
     spec = load_spec("feature_repo/catalog.yaml")
     t = F.build_user_behavior(catalog.events, catalog.items, spec, {"genre": {"kept": ["Drama"]}})

@@ -122,12 +122,12 @@ def test_pushed_state_is_exact_with_late_same_instant_and_repeated_events(ingest
     assert row.realtime_model == f"{ing.encoder.model_id}|{ing.items.model_id}"
 
     again = ing.ingest([ev(a, T0), ev(b, T0 + 10 * MIN), ev(c, T0 + 50 * MIN), ev(d, day2), ev(e, day2)])
-    assert (again.accepted, again.duplicates, again.users_updated) == (0, 5, 1)   # re-pushed, same state
+    assert (again.accepted, again.duplicates, again.users_updated, again.users_repushed) == (0, 5, 0, 1)  # same state
     other = user + 1       # logged but never pushed (a push that failed): a resend repairs it
     assert ing.ingest([{**ev(a, T0), "user_id": other}], push=False).accepted == 1
     assert ing.read_online([other]).last_event_ts.iat[0] is None
     retry = ing.ingest([{**ev(a, T0), "user_id": other}])
-    assert (retry.accepted, retry.duplicates, retry.users_updated) == (0, 1, 1)
+    assert (retry.accepted, retry.duplicates, retry.users_updated, retry.users_repushed) == (0, 1, 0, 1)
     assert ing.read_online([other]).last_event_ts.iat[0] == T0
     assert ing.log.count() == 6
     mismatches, worst = compare(ing.read_online([user, other]), ing.batch_frame())

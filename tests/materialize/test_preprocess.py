@@ -29,6 +29,7 @@ def test_bad_method_and_empty():
     assert empty["fitted_on"] == 0 and apply_normalizer([np.nan, 3.0], empty).tolist() == [0.0, 3.0]
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_select_columns_real_genres(catalog):
     from recfeast.entities import genre_matrix
 

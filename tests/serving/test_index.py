@@ -8,6 +8,8 @@ import pytest
 from recfeast.errors import DataError, ModelError
 from recfeast.serving.index import ItemIndex, latest_item_rows
 
+pytestmark = pytest.mark.slow   # the main job on a slice (encoders)
+
 
 @pytest.fixture
 def table(small_run, tmp_path):

@@ -18,6 +18,7 @@ def test_good_keys():
     assert [_as_key(v, "k") for v in (7, np.int64(8), 9.0, -3)] == [7, 8, 9, -3]
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_client_validates_before_reading(small_run):
     from recfeast.serving.sdk import OnlineFeatureClient
 

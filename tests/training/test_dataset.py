@@ -9,6 +9,8 @@ import pytest
 from recfeast.errors import DataError, StoreError
 from recfeast.training.dataset import get_training_set, load_training_set, save_training_set
 
+pytestmark = pytest.mark.slow   # Feast apply and point-in-time joins
+
 DEFS = '''
 from datetime import timedelta
 from pathlib import Path

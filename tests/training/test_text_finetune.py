@@ -52,6 +52,7 @@ def test_threshold_and_micro_f1():
     assert micro_f1(probs, labels, 0.5) == 0.0
 
 
+@pytest.mark.slow   # full data set or the main job
 def test_genre_task_has_no_genre_names_and_splits_by_date(catalog):
     gt = genre_task(catalog.items)
     assert gt.labels.shape == (len(catalog.items), 18) and gt.labels.dtype == np.float32
