@@ -119,7 +119,7 @@ def _encode_images(cfg: JobConfig, spec, items: pd.DataFrame, out_dir: Path, cac
     ids, paths = items["item_id"].to_numpy(), items["image_path"].tolist()
     errors: dict[int, tuple[str, str]] = {i: ("image_missing", "no image path") for i, p in enumerate(paths) if p is None}
     # a templated path whose file does not exist is missing, not a failed decode: never sent to the encoder
-    errors.update({i: ("image_missing", f"{Path(p).name}: no such file") for i, p in enumerate(paths)
+    errors.update({i: ("image_missing", f"{p}: no such file") for i, p in enumerate(paths)
                    if p is not None and not Path(p).is_file()})
     has = [i for i, p in enumerate(paths) if i not in errors]
     hashes = [_file_hash(p) for p in paths]

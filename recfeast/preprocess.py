@@ -78,7 +78,8 @@ def select_columns(frame: pd.DataFrame, max_dominant_share: float = 0.995) -> tu
         share = counts.iloc[0] / n if n else 1.0
         if counts.size <= 1 or share > max_dominant_share:
             what = "constant" if counts.size <= 1 else "near-constant"
-            dropped[col] = (f"{what}: value {counts.index[0]!r} in {share:.2%} of {n} rows "
+            top = counts.index[0].item() if hasattr(counts.index[0], "item") else counts.index[0]
+            dropped[col] = (f"{what}: value {top!r} in {share:.2%} of {n} rows "
                             f"(threshold {max_dominant_share:.1%})")
         else:
             kept.append(col)

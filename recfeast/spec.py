@@ -277,6 +277,8 @@ class EventsSpec(_Model):
     default_type: str | None = None             # type of rows whose type_field is empty/absent
     timestamp: TimestampSpec = TimestampSpec()
     types: dict[str, EventTypeSpec] = Field(min_length=1)
+    #: what makes two events one: recfeast's names or the source's own (keys, type field, time field, value
+    #: field); "none": every row is an event (repeat purchases)
     duplicates: list[str] | Literal["none"] = ["user_id", "item_id", "action", "value", "event_timestamp"]
 
     @field_validator("types")
@@ -296,7 +298,8 @@ class EventsSpec(_Model):
             known = {"user_id", "item_id", "action", "value", "event_timestamp"}
             bad = [c for c in self.duplicates if c not in known]
             if bad:
-                raise ValueError(f"duplicates {bad}: expected some of {sorted(known)} or 'none'")
+                raise ValueError(f"duplicates {bad}: expected some of {sorted(known)} (or the source's own names of "
+                                 "the user and item keys, the type field, the time field and the value fields), or 'none'")
         return self
 
 
@@ -357,6 +360,31 @@ class CatalogSpec(_Model):
     features: FeaturesSpec = FeaturesSpec()
     split: SplitSpec = SplitSpec()
     freshness: dict[str, dict[str, Any]] = Field(default_factory=dict)   # view -> {max_lag: "2h"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _duplicate_names(cls, raw):
+        """``events.duplicates`` may name the source's own columns (the user and item keys, the type
+        field, the time field, a value field): map them to recfeast's names."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("events"), dict):
+            return raw
+        ev = raw["events"]
+        dup = ev.get("duplicates")
+        if not isinstance(dup, list):
+            return raw
+        names = {}
+        for part, default in (("user", "user_id"), ("item", "item_id")):
+            key = raw.get(part, {}).get("key") if isinstance(raw.get(part), dict) else None
+            names[key or default] = f"{part}_id"
+        names[ev.get("type_field", "action")] = "action"
+        ts = ev.get("timestamp")
+        names[(ts or {}).get("field", "event_timestamp") if isinstance(ts, dict) else "event_timestamp"] = "event_timestamp"
+        for t in (ev.get("types") or {}).values():
+            if isinstance(t, dict) and isinstance(t.get("value"), dict):
+                names[t["value"].get("field", "value")] = "value"
+        raw = dict(raw)
+        raw["events"] = {**ev, "duplicates": list(dict.fromkeys(names.get(c, c) for c in dup))}
+        return raw
 
     @model_validator(mode="after")
     def _check(self):

@@ -96,7 +96,7 @@ def test_spec_file_errors(tmp_path):
 def test_missing_column_names_the_file_the_field_and_the_columns(tmp_path):
     _write_books(tmp_path)
     spec = parse_spec(_spec(items={**_spec()["items"], "numeric": [{"field": "weight"}]}))
-    with pytest.raises(DataError, match=r"books.csv: items field\(s\) \['weight'\] not found .* the file has "
+    with pytest.raises(DataError, match=r"books.csv: items field\(s\) \['weight'\] named in the catalog spec are not in the file .* the file has "
                                         r"columns \['book_id', 'title', 'tags', 'pages'\]"):
         read_catalog(tmp_path, spec)
 
@@ -123,6 +123,9 @@ def test_string_ids_half_stars_implicit_events_and_duplicates(tmp_path):
     assert ev.user_id.map(type).eq(str).all() and ev.item_id.dtype == np.int64   # strings stay strings
     assert data.items.set_index("item_id").tags.to_dict() == {1: ["sci-fi", "classic"], 2: ["romance", "classic"], 3: []}
     assert data.items.set_index("item_id").text[1] == "Dune. sci-fi, classic."
+    # duplicates may name the source's own columns (reader, book_id, kind, ts, stars)
+    spec_src = parse_spec(_spec(events={**_spec()["events"], "duplicates": ["reader", "book_id", "kind", "ts"]}))
+    assert spec_src.events.duplicates == ["user_id", "item_id", "action", "event_timestamp"]
     # same-day repeat purchases are legitimate when the spec says duplicates: none
     spec2 = parse_spec(_spec(events={**_spec()["events"], "duplicates": "none"}))
     data2 = clean(read_catalog(tmp_path, spec2))

@@ -66,9 +66,10 @@ def read_source(data_dir: Path, src: SourceSpec, needed: list[str], table: str) 
         missing = [f for f in needed if f not in src.constants and src.columns.get(f, f) not in df.columns]
         if missing:
             wanted = {f: src.columns.get(f, f) for f in missing}
-            raise DataError(f"{path}: {table} field(s) {missing} not found (looked for column(s) "
-                            f"{list(wanted.values())}); the file has columns {list(df.columns)[:30]}. "
-                            f"Map them under {table}.source.columns in the catalog spec")
+            raise DataError(f"{path}: {table} field(s) {missing} named in the catalog spec are not in the file (looked "
+                            f"for column(s) {list(wanted.values())}); the file has columns {list(df.columns)[:30]}. "
+                            f"Fix the name in the spec's {table} section, or map it under {table}.source.columns "
+                            "({field: file column})")
         keep = [c for c in df.columns if c in rename or c in needed]
         df = df[keep].rename(columns=rename).reset_index(drop=True)
         for field, value in src.constants.items():

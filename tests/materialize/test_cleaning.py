@@ -77,7 +77,7 @@ def test_missing_column_names_file_and_field(tmp_path):
     pd.DataFrame({"item_id": [1]}).to_csv(tmp_path / "items.csv", index=False)
     pd.DataFrame({"user_id": [1]}).to_csv(tmp_path / "users.csv", index=False)
     pd.DataFrame({"user_id": [1]}).to_csv(tmp_path / "events.csv", index=False)
-    with pytest.raises(DataError, match=r"items.csv: items field\(s\) \['title', 'image_path'\] not found"):
+    with pytest.raises(DataError, match=r"items.csv: items field\(s\) \['title', 'image_path'\] named in the catalog spec are not in the file"):
         read_catalog(tmp_path, plain_spec("items.csv", "users.csv", "events.csv"))
 
 
