@@ -338,6 +338,9 @@ def replay_check_cmd(data_dir, repo_path, online_store, days, batch_size, no_bac
               help="Override the spec's threshold for valued positives (e.g. ratings >= 4).")
 @click.option("--negatives", default=2, show_default=True, type=click.IntRange(min=1),
               help="Sampled negatives per positive.")
+@click.option("--embedding-dropout", default=0.0, show_default=True, type=click.FloatRange(0, 0.95),
+              help="Drop each projected embedding per example in training: 0.5 stops content vectors from "
+                   "memorising items on sparse catalogs (BENCHMARKS.md, H&M).")
 @click.option("--groups", default="behavior,text,image,sequence", show_default=True,
               help="Feature groups of the model (behavior is always on).")
 @click.option("--max-epochs", default=30, show_default=True, type=click.IntRange(min=1))
@@ -350,14 +353,15 @@ def replay_check_cmd(data_dir, repo_path, online_store, days, batch_size, no_bac
               help="Also join feature values created after each example's time (backfills, late corrections). "
                    "Off by default: such values leak the future into training.")
 @click.option("--seed", default=0, show_default=True)
-def train(data_dir, repo_path, out_dir, val_start, test_start, positive_min_value, negatives, groups, max_epochs,
-          eval_users, eval_negatives, no_ablation, allow_later, seed):
+def train(data_dir, repo_path, out_dir, val_start, test_start, positive_min_value, negatives, embedding_dropout, groups,
+          max_epochs, eval_users, eval_negatives, no_ablation, allow_later, seed):
     """Build a point-in-time training set, train the ranking model, print test metrics and the ablation."""
     from recfeast.training.config import TrainConfig
     from recfeast.training.task import train as run_train
 
     cfg = TrainConfig(repo=repo_path, data_dir=data_dir, out_dir=out_dir, val_start=val_start,
                       test_start=test_start, positive_min_value=positive_min_value, negatives_per_positive=negatives,
+                      embedding_dropout=embedding_dropout,
                       groups=tuple(g.strip() for g in groups.split(",") if g.strip()), max_epochs=max_epochs,
                       eval_max_users=eval_users or None, eval_negatives=eval_negatives, ablation=not no_ablation, allow_values_created_later=allow_later,
                       seed=seed)
