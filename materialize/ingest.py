@@ -277,7 +277,7 @@ class Ingestor:
             added = self.log.append(events.drop(columns="index")) if len(events) else events
             res.accepted, res.duplicates = len(added), res.duplicates + len(events) - len(added)
             res.seconds = round(time.perf_counter() - t0, 6)
-            return res
+            return res, [], None
         with self._lock, _repo_lock(self.repo):
             added = self.log.append(events.drop(columns="index")) if len(events) else events
             res.accepted = len(added)

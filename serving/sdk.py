@@ -258,13 +258,13 @@ class OnlineFeatureClient:
     def _history_view(self):
         """The online view holding a user's recent items (``user_realtime:last_item_ids``, pushed
         by the ingest path; int64 catalogs only), or None when the spec or registry has none."""
-        from recfeast.layout import view_layout
+        from recfeast.layout import projection_layout
         from recfeast.views import view
 
         if self.spec is None or view(self.spec, "user_realtime") is None:
             return None
         try:
-            return view_layout(self.store, "user_realtime", ["last_item_ids"])
+            return projection_layout(self.store, "user_realtime", ["last_item_ids"])
         except StoreError:
             return None
 

@@ -70,7 +70,7 @@ def test_full_run_summary(full_repo):
     assert summary["quarantine"] == {"items/empty_description": 8, "items/image_missing": 8,
                                      "items/low_enrichment_confidence": 45}
     sel = json.loads((repo / "data" / "tables" / "feature_selection.json").read_text())
-    assert list(sel["dropped"]) == ["unknown"] and len(sel["kept"]) == 18
+    assert list(sel["genre"]["dropped"]) == ["unknown"] and len(sel["genre"]["kept"]) == 18
 
 
 def test_all_items_and_users_online_sqlite_and_redis(full_repo):
@@ -99,7 +99,7 @@ def test_lookup_cli_prints_real_vectors(full_repo):
         assert rec["days_since_last_event"] == pytest.approx((893000000 - rec["last_rating_ts"]) / 86400)
         assert all(v == "found" for v in rec["status"].values())
     bad = CliRunner().invoke(main, ["lookup", "--user", "196", "--items", "24x", "--repo-path", str(repo)])
-    assert bad.exit_code == 2 and "expected comma-separated integers" in bad.output
+    assert bad.exit_code == 2 and "expected an integer (this catalog's item ids are int64)" in bad.output
 
 
 @pytest.mark.parametrize("kind,batch_size", [("sqlite", 20), ("redis", 5)])

@@ -131,7 +131,7 @@ def test_freshness_thresholds_from_the_catalog_spec(tmp_path):
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_freshness_record_on_both_stores(tmp_path, kind):
     repo = make_repo(tmp_path / "repo")
-    (repo / "catalog.yaml").write_text("freshness:\n  user_realtime: {max_lag: 1h}\n  item_content: {max_lag: 1h}\n")
+    _set_freshness(repo, {"user_realtime": {"max_lag": "1h"}, "item_content": {"max_lag": "1h"}})
     fs = store.feature_store(repo, kind, unique_project())
     rec = FreshnessRecord(fs)
     now = time.time()
@@ -256,7 +256,7 @@ def test_status_and_metrics_show_event_time_lag_per_view(small_run, tmp_path):
     src, _, _ = small_run
     repo = make_repo(tmp_path / "repo")
     shutil.copytree(src / "data" / "tables", repo / "data" / "tables")
-    (repo / "catalog.yaml").write_text("freshness:\n  item_content: {max_lag: 1d}\n  user_behavior: {max_lag: 100000d}\n")
+    _set_freshness(repo, {"item_content": {"max_lag": "1d"}, "user_behavior": {"max_lag": "100000d"}})
     project = unique_project()
     fs = store.feature_store(repo, "sqlite", project)
     store.apply(fs)
@@ -281,3 +281,13 @@ def test_status_and_metrics_show_event_time_lag_per_view(small_run, tmp_path):
     lag = float(next(line.split()[-1] for line in text.splitlines()
                      if line.startswith('recfeast_feature_lag_seconds{view="item_content"}')))
     assert lag > (pd.Timestamp("2026-01-01", tz="UTC") - pd.Timestamp(table.event_timestamp.max())).total_seconds()
+
+
+def _set_freshness(repo, freshness: dict) -> None:
+    """Set the ``freshness:`` thresholds of the repository's catalog spec (the rest of the spec kept)."""
+    import yaml
+
+    path = repo / "catalog.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec["freshness"] = freshness
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
