@@ -65,7 +65,7 @@ def test_answers(api, small_data):
     s = client.post("/search", json={"query": "galactic empire", "user_id": user, "k": 4}).json()
     assert len(s["items"]) == 4 and s["versions"]["query_encoder"] == svc.index.model_id
     h = client.get("/health")
-    assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["index"]["items"] == len(svc.index)
+    assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["index"]["items"] == len(svc.index), (h.json()["detail"], h.json().get("freshness"))
     import pyarrow.parquet as pq
 
     tables = Path(svc.client.store.repo_path) / "data" / "tables"

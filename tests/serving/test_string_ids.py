@@ -228,7 +228,10 @@ def test_recommend_and_search_with_string_ids(shop_services):
         svc.recommend(7)
     found = svc.search("warm wool scarf", user_id=USERS[1], k=3)
     assert found["user_id"] == USERS[1] and all(i["item_id"] in ITEMS for i in found["items"])
-    http = TestClient(create_app(svc), raise_server_exceptions=False)
+    from recfeast.serving.security import ApiSettings
+
+    http = TestClient(create_app(svc, settings=ApiSettings(allow_anonymous=True, rate_per_s=0)),
+                      raise_server_exceptions=False)   # local development mode: no key
     r = http.post("/recommend", json={"user_id": USERS[0], "k": 4})
     assert r.status_code == 200 and r.json()["items"] == items
     assert http.get("/recommend", params={"user_id": USERS[0], "k": 4}).json()["items"] == items
