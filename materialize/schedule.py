@@ -192,7 +192,8 @@ def recorded_run(repo: Path, job: str, lock_tables: bool = True):
         with _ACTIVE_LOCK:
             _ACTIVE[rec.id] = (repo, "waiting" if lock_tables else "running")
         try:
-            with job_lock(repo, "tables", wait=True) if lock_tables else contextlib.nullcontext(True):
+            with job_lock(repo, "tables", wait=True, on_wait=lambda pid: _say_waiting(repo, job, pid)) \
+                    if lock_tables else contextlib.nullcontext(True):
                 if _STOPPING.is_set():   # the scheduler was stopped while this run waited
                     _set_status(db, rec.id, repo, "cancelled", ended_at=_now(),
                                 detail="the scheduler was stopped while this run waited for the tables lock")
@@ -208,6 +209,13 @@ def recorded_run(repo: Path, job: str, lock_tables: bool = True):
             _set_status(db, rec.id, repo, "failed", ended_at=_now(), detail=detail, rows=rec.rows)
             raise
         _set_status(db, rec.id, repo, "ok", ended_at=_now(), rows=rec.rows, detail=rec.detail)
+
+
+def _say_waiting(repo: Path, job: str, pid) -> None:
+    import sys
+
+    print(f"recfeast: {job} is waiting for the tables lock of {repo} (held by pid {pid}: another materialize, a "
+          "scheduled job or a model promotion); it starts when the lock is released", file=sys.stderr, flush=True)
 
 
 def close_active_runs(reason: str) -> int:

@@ -406,6 +406,9 @@ def register(repo: Path, kind: str, artefact: Path, metrics: dict | None = None,
     else:
         tmp.mkdir()
         shutil.copy(artefact, tmp / "model.pt")
+        manifest = artefact.with_name(artefact.name + ".json")   # a ranking checkpoint's manifest (tensors' sha256)
+        if manifest.is_file():
+            shutil.copy(manifest, tmp / "model.pt.json")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     stored = dest if artefact.is_dir() else dest / "model.pt"

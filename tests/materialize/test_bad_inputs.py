@@ -99,6 +99,6 @@ def test_job_on_minimal_canonical_input(tmp_path, data_dir):
     assert content.avg_rating.max() <= 5.0  # the click's value is not a rating
     assert not [c for c in content.columns if c.endswith("_flags")]  # no categorical field: no flag vectors
     f = OnlineFeatureClient(repo, "sqlite", project=project).get_features(3, [1, 2, 3])
-    assert f.status.user_profile.tolist() == ["found"] * 3  # user 3 has no events
+    assert "user_profile" not in f.status.columns   # the spec declares no user field: no profile view
     assert f.status.item_text_embedding.tolist() == ["found"] * 3  # item 3 has no events nor date
     assert f.status.item_image_embedding.tolist() == ["found", "missing", "missing"]

@@ -164,7 +164,8 @@ def test_store_down_is_503_and_counted(small_run, small_model, text_encoder, key
     r = http.post("/recommend", json={"user_id": 1})
     assert r.status_code == 503 and "online store unavailable" in r.json()["error"]
     assert http.get("/health").status_code == 503
-    assert 'recfeast_store_errors_total{store="redis"} 1.0' in http.get("/metrics").text
+    text = http.get("/metrics").text
+    assert 'recfeast_store_errors_total{store="redis"} 1.0' in text, [x for x in text.splitlines() if "store_errors" in x]
     assert http.post("/search", json={"query": "x"}).status_code == 422  # no encoder loaded: said so
 
 
