@@ -103,11 +103,17 @@ def replay_check(data_dir, repo=None, online_store: str | None = None, project: 
     if batch_size < 1 or days <= 0:
         raise ConfigError(f"batch_size={batch_size}, days={days}: expected batch_size >= 1 and days > 0")
     t0 = time.perf_counter()
-    events = clean(read_catalog(config.data_dir(data_dir))).events
-    events = events[events["action"] == "rate"]
+    from recfeast.spec import load_spec, spec_path
+
+    spec = load_spec(spec_path(config.repo_path(repo)))   # the repository's own catalog spec
+    if spec.string_ids:
+        raise ConfigError(f"catalog {spec.name!r} has string ids: the real-time path (and so the replay check) "
+                          "keys users and items by int64")
+    events = clean(read_catalog(config.data_dir(data_dir), spec), spec=spec).events
+    # the declared types with a value carry it; the others ingest as implicit (value 1)
     records = pd.DataFrame({
-        "user_id": events["user_id"].astype(int), "item_id": events["item_id"].astype(int), "action": "rate",
-        "value": events["value"].astype(float),
+        "user_id": events["user_id"].astype(int), "item_id": events["item_id"].astype(int),
+        "action": events["action"].astype(str), "value": events["value"].fillna(1.0).astype(float),
         "event_timestamp": events["event_timestamp"].astype("datetime64[ns, UTC]").astype("int64") // 10**9,
     })
     cutoff = int((events["event_timestamp"].max() - pd.Timedelta(days=days)).timestamp())
