@@ -252,9 +252,10 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray, exclude: np.ndarray | 
 def recall_ndcg(ranks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-event ``(recall@k, ndcg@k)`` with one relevant item: ``1[rank < k]`` and
     ``1/log2(rank + 2)`` when rank < k else 0 (Järvelin & Kekäläinen 2002; the ideal DCG is 1)."""
-    ranks = np.asarray(ranks, dtype=np.float64)
-    hit = ranks < k
-    return hit.astype(np.float64), np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
+    from recfeast.training.evaluate import per_user_gains   # the one definition of the ranking metrics
+
+    ndcg, hit = per_user_gains(np.asarray(ranks, dtype=np.float64), k)
+    return hit, ndcg
 
 
 def cluster_bootstrap(a: np.ndarray, b: np.ndarray, groups: np.ndarray, n: int = 2000, seed: int = 0) -> dict:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from recfeast import entities as F
+from recfeast.training.evaluate import per_user_gains
 
 
 @dataclass
@@ -144,9 +145,12 @@ def next_item_metrics(emb: np.ndarray, item_ids: np.ndarray, pairs: pd.DataFrame
         scores[seen] = -np.inf
         scores[pos[q]] = -np.inf
         target = scores[pos[t]]
-        rank = int((scores > target).sum())
-        hit.append(float(rank < k))
-        ndcg.append(1.0 / np.log2(rank + 2) if rank < k else 0.0)
+        # ties count half, as everywhere (training/evaluate.py)
+        others = np.delete(scores, pos[t])
+        rank = float((others > target).sum() + 0.5 * (others == target).sum())
+        g_ndcg, g_hit = per_user_gains(np.array([rank]), k)
+        hit.append(float(g_hit[0]))
+        ndcg.append(float(g_ndcg[0]))
     n = len(hit)
     return {f"recall@{k}": float(np.mean(hit)) if n else 0.0, f"ndcg@{k}": float(np.mean(ndcg)) if n else 0.0,
             "pairs": n, "per_pair_ndcg": np.asarray(ndcg), "per_pair_hit": np.asarray(hit)}
