@@ -96,7 +96,10 @@ def fit_model(cfg: TrainConfig, spec: FeatureSpec, train: dict, y_train: np.ndar
     return model.eval(), history
 
 
-def _plots(out: Path, histories: dict, ablation: pd.DataFrame, k: int) -> None:
+def _plots(out: Path, histories: dict, ablation: pd.DataFrame, k: int, intervals: dict | None = None) -> None:
+    """``training_curves.png`` (train and validation loss per variant, the kept epoch marked) and
+    ``ablation.png`` (test AUC, NDCG@k, HR@k per variant from 0, with 95% bootstrap intervals of the
+    ranking metrics over users when ``intervals`` = ``{variant: {metric: (low, high)}}``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,23 +108,33 @@ def _plots(out: Path, histories: dict, ablation: pd.DataFrame, k: int) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     for name, hist in histories.items():
         ep = [h["epoch"] for h in hist]
-        ax[0].plot(ep, [h["train_loss"] for h in hist], label=name)
-        ax[1].plot(ep, [h["val_loss"] for h in hist], label=name)
-    for a, t in zip(ax, ("train BCE", "validation log loss")):
-        a.set_xlabel("epoch"), a.set_title(t), a.grid(alpha=0.3)
-    ax[1].legend(fontsize=8)
+        line = ax[0].plot(ep, [h["train_loss"] for h in hist], label=name)[0]
+        ax[1].plot(ep, [h["val_loss"] for h in hist], label=name, color=line.get_color())
+        if hist:   # the epoch whose weights were kept: the lowest validation loss
+            best = min(hist, key=lambda h: h["val_loss"])
+            ax[1].plot([best["epoch"]], [best["val_loss"]], marker="o", color=line.get_color(), markersize=6)
+    from matplotlib.ticker import MaxNLocator
+
+    for a, t in zip(ax, ("train BCE", "validation log loss (dot: kept epoch)")):
+        a.set_xlabel("epoch"), a.set_title(t), a.grid(alpha=0.3), a.legend(fontsize=8)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(out / "training_curves.png", dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(1, 3, figsize=(13, 4))
     for a, col in zip(ax, ("auc", f"ndcg@{k}", f"hr@{k}")):
-        a.bar(ablation["variant"], ablation[col], color="#4477aa")
-        a.set_title(f"test {col}")
+        vals = pd.to_numeric(ablation[col], errors="coerce").fillna(0.0).to_numpy()
+        err = None
+        if intervals and col != "auc":
+            lo = [vals[i] - intervals.get(v, {}).get(col, (vals[i], vals[i]))[0] for i, v in enumerate(ablation["variant"])]
+            hi = [intervals.get(v, {}).get(col, (vals[i], vals[i]))[1] - vals[i] for i, v in enumerate(ablation["variant"])]
+            err = [np.maximum(lo, 0), np.maximum(hi, 0)]
+        a.bar(range(len(vals)), vals, color="#4477aa", yerr=err, capsize=3, ecolor="#333333")
+        a.set_title(f"test {col}" + (" (95% CI over users)" if err is not None else ""))
         a.set_xticks(range(len(ablation)), ablation["variant"], rotation=35, ha="right", fontsize=8)
-        lo = ablation[col].min()
-        a.set_ylim(max(0, lo - 0.05), min(1, ablation[col].max() + 0.03))
-        for i, v in enumerate(ablation[col]):
-            a.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+        a.set_ylim(0, min(1.0, float(vals.max()) * 1.15 + 0.02))
+        for i, v in enumerate(vals):
+            a.text(i, v / 2, f"{v:.3f}", ha="center", va="center", fontsize=8, color="white")
     fig.tight_layout()
     fig.savefig(out / "ablation.png", dpi=120)
     plt.close(fig)
@@ -259,7 +272,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
     cols = ["variant", "auc", "log_loss", f"ndcg@{cfg.k}", f"hr@{cfg.k}", "users", "epochs"]
     table = ablation[cols].to_markdown(index=False, floatfmt=".4f")
     (out / "ablation.md").write_text(f"# Ranking ablation (test period from {cfg.test_start})\n\nProtocol: {protocol}\n\n{table}\n")
-    _plots(out, histories, ablation, cfg.k)
+    pop_gains = per_user_gains(positive_ranks(cset.anchor.to_numpy(), cset.label.to_numpy() == 1, pop_rank)[1], cfg.k)
+    intervals = {}
+    for name, (nd, hit) in [("most popular (as of time)", pop_gains), *per_user.items()]:
+        cis = {m: paired_bootstrap(g, np.zeros_like(g), seed=cfg.seed)["ci95"] for m, g in
+               ((f"ndcg@{cfg.k}", nd), (f"hr@{cfg.k}", hit))}
+        intervals[name] = cis
+    _plots(out, histories, ablation, cfg.k, intervals)
     lift = metrics["lift_over_behavior_only"]
     lift_text = "" if lift is None else (
         f"\nlift of 'all' over 'behavior only': AUC {lift['auc']:+.4f}; " + "; ".join(

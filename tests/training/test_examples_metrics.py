@@ -171,3 +171,18 @@ def test_roles_not_names_pick_the_inputs():
     out = spec.transform(frame)
     match = (share * flags).sum(1)
     np.testing.assert_allclose(out["dense"][:, 4], (match - match.mean()) / match.std(), rtol=1e-4, atol=1e-5)
+
+
+def test_plots_mark_the_kept_epoch_and_draw_intervals(tmp_path):
+    """The ablation plot starts its bars at 0 and draws the ranking metrics' intervals; the curves
+    mark the kept epoch (lowest validation loss) per variant."""
+    import matplotlib.image as mpimg
+
+    from recfeast.training.task import _plots
+
+    hist = {"a": [{"epoch": 1, "train_loss": 0.6, "val_loss": 0.5}, {"epoch": 2, "train_loss": 0.5, "val_loss": 0.45}]}
+    abl = pd.DataFrame({"variant": ["a"], "auc": [0.8], "ndcg@10": [0.5], "hr@10": [0.7]})
+    _plots(tmp_path, hist, abl, 10, {"a": {"ndcg@10": [0.45, 0.55], "hr@10": [0.6, 0.8]}})
+    for name in ("training_curves.png", "ablation.png"):
+        img = mpimg.imread(tmp_path / name)
+        assert img.shape[0] > 300 and img.shape[1] > 1000 and img.std() > 0.05, name
