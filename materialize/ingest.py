@@ -322,11 +322,13 @@ class Ingestor:
             on_store_error: called with the (redacted) error text the first time the store fails.
 
         Returns:
-            ``{"accepted", "duplicates", "rejected", "users_updated", "pushed": [labels],
+            ``{"accepted", "duplicates", "rejected", "users_updated" (users with new events, plus the ones
+            pushed by the final retry), "users_repushed" (users re-pushed with no new event), "pushed": [labels],
             "pushed_at_end": [labels], "waiting": [labels], "waiting_users": n, "store_error": str|None,
             "first_rejections": [{"source", "reason"}] (20 at most)}``.
         """
-        out = {"accepted": 0, "duplicates": 0, "rejected": 0, "users_updated": 0, "pushed": [], "pushed_at_end": [],
+        out = {"accepted": 0, "duplicates": 0, "rejected": 0, "users_updated": 0, "users_repushed": 0,
+               "pushed": [], "pushed_at_end": [],
                "waiting": [], "waiting_users": 0, "store_error": None, "first_rejections": []}
         store_up, waiting_users = True, set()
         for label, records, sources in batches:
@@ -335,6 +337,7 @@ class Ingestor:
             out["duplicates"] += res.duplicates
             out["rejected"] += len(res.rejected)
             out["users_updated"] += res.users_updated
+            out["users_repushed"] += res.users_repushed
             for r in res.rejected:
                 if len(out["first_rejections"]) < 20:
                     out["first_rejections"].append({"source": sources[r["index"]] if sources else r["index"],
