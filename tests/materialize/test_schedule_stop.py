@@ -19,7 +19,7 @@ def _start(repo, job_seconds: float, grace: float):
         import time
         from recfeast.materialize import schedule
 
-        def slow_job(data_dir, repo, stores):
+        def slow_job(data_dir, repo, stores, **engine):   # engine=, ray_address= (the batch engine)
             time.sleep({job_seconds})
             return 1, "slept"
 
