@@ -81,8 +81,8 @@ class JobSummary:
             lines.append(f"  {name:<26}{t.get('rows', 0):>9}{t.get('new_or_changed', 0):>13}{t.get('unchanged', 0):>11}"
                          + online_col)
         if loaded:
-            lines.append("  (loaded online: entities written by this load, each table's latest row per key; "
-                         "user_realtime is pushed by the ingest path)")
+            lines.append("  (loaded online: entities written by this load, each table's latest row per key"
+                         + ("; user_realtime is pushed by the ingest path)" if "user_realtime" in self.tables else ")"))
         lines.append("quarantined (table/rule: rows)")
         lines += [f"  {k:<40}{v:>7}" for k, v in self.quarantine.items()] or ["  none"]
         sel = "; ".join(f"{name} {len(v['kept'])} kept" + (f", dropped {', '.join(map(str, list(v['dropped'])[:5]))}"
@@ -306,12 +306,12 @@ def _run_locked(cfg: JobConfig) -> JobSummary:
         if "embeddings" in cfg.parts:
             if text_emb is not None:
                 tables["item_text_embedding"] = pd.DataFrame({
-                    "item_id": ids, "event_timestamp": avail, "text_embedding": list(text_emb),
+                    "item_id": ids, "event_timestamp": pd.to_datetime(avail, utc=True), "text_embedding": list(text_emb),
                     "text_model": text_enc.model_id, "content_hash": [_sha(t) for t in texts]})
             if "item_image_embedding" in views:
                 ok = ~np.isnan(img_emb).any(axis=1)
                 tables["item_image_embedding"] = pd.DataFrame({
-                    "item_id": ids[ok], "event_timestamp": avail[ok], "image_embedding": list(img_emb[ok]),
+                    "item_id": ids[ok], "event_timestamp": pd.to_datetime(avail[ok], utc=True), "image_embedding": list(img_emb[ok]),
                     "image_model": summary.models["image"], "content_hash": np.asarray(img_hashes, dtype=object)[ok]})
         if "aggregates" in cfg.parts:
             tables["item_content"], stats = F.build_item_content(items, events, spec, vocabs)

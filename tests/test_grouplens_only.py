@@ -18,7 +18,7 @@ def test_main_job_on_grouplens_files_only(tmp_path, data_dir):
     gl.mkdir()
     for name in ("u.data", "u.item", "u.user", "u.genre", "u.occupation"):
         shutil.copy(data_dir / name, gl / name)
-    repo = make_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo", "movielens")
     project = unique_project()
     summary = run(JobConfig(data_dir=gl, repo=repo, online_store="sqlite", project=project, progress=False))
     t = summary.tables

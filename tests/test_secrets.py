@@ -82,15 +82,15 @@ def test_run_records_are_private_redacted_and_dead_runs_interrupted(tmp_path):
     from recfeast.materialize import schedule
 
     repo = make_repo(tmp_path / "repo")
-    code = ("import time; from recfeast.materialize.schedule import record_run\n"
-            f"with record_run({str(repo)!r}, 'materialize'):\n    print('in', flush=True); time.sleep(60)")
+    code = ("import time; from recfeast.materialize.schedule import recorded_run\n"
+            f"with recorded_run({str(repo)!r}, 'materialize'):\n    print('in', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout.readline().strip() == "in"
     assert schedule.recent_runs(repo, 1)[0]["status"] == "running"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     with pytest.raises(ConfigError):   # a failed run records its (redacted) error
-        with schedule.record_run(repo, "materialize"):
+        with schedule.recorded_run(repo, "materialize"):
             config.redis_connection_string(f"{PW}@127.0.0.1:6379")
     failed, killed = schedule.recent_runs(repo, 2)
     assert killed["status"] == "interrupted" and f"pid {proc.pid}" in killed["detail"]
