@@ -196,3 +196,11 @@ def write_spec(spec, path: Path) -> Path:
     path = path / "catalog.yaml" if path.is_dir() else path
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=False)))
     return path
+
+
+def slice_split_dates(small_data) -> tuple[str, str]:
+    """``(val_start, test_start)`` for the test slice: its events' 60% and 80% time quantiles (dates),
+    so every split has examples whatever days the slice's ratings fall on."""
+    events = pd.read_csv(small_data[0] / "events.csv", dtype=str)
+    t = pd.to_datetime(pd.to_numeric(events.event_timestamp, errors="coerce").dropna(), unit="s", utc=True)
+    return tuple(t.quantile(q).strftime("%Y-%m-%d") for q in (0.6, 0.8))

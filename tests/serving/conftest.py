@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from unittest import mock
 
-import pandas as pd
 import pytest
 
-from tests.conftest import drop_online
+from tests.conftest import drop_online, slice_split_dates
 
 
 @pytest.fixture(scope="session")
@@ -31,9 +30,7 @@ def small_model(small_run, small_data, tmp_path_factory):
     from recfeast.training import TrainConfig, train
 
     repo, _, project = small_run
-    events = pd.read_csv(small_data[0] / "events.csv", dtype=str)
-    t = pd.to_datetime(pd.to_numeric(events.event_timestamp, errors="coerce").dropna(), unit="s", utc=True)
-    val_start, test_start = (t.quantile(q).strftime("%Y-%m-%d") for q in (0.6, 0.8))
+    val_start, test_start = slice_split_dates(small_data)
     out = tmp_path_factory.mktemp("small_model")
     with mock.patch.dict(os.environ, {"RECFEAST_PROJECT": project}):
         train(TrainConfig(repo=str(repo), data_dir=str(small_data[0]), out_dir=str(out), val_start=val_start,

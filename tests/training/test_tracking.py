@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from recfeast import mlflow_store
 from recfeast.training import tracking
+from tests.conftest import slice_split_dates
 
 
 def _scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -112,9 +113,7 @@ def test_two_train_runs_compare_in_mlflow_and_tensorboard(small_run, small_data,
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("RECFEAST_TRACKING", "1")
     repo, _, project = small_run
-    events = pd.read_csv(small_data[0] / "events.csv", dtype=str)
-    t = pd.to_datetime(pd.to_numeric(events.event_timestamp, errors="coerce").dropna(), unit="s", utc=True)
-    val_start, test_start = (t.quantile(q).strftime("%Y-%m-%d") for q in (0.6, 0.8))
+    val_start, test_start = slice_split_dates(small_data)
     outs = {}
     for epochs, groups in ((2, "behavior,text"), (3, "behavior,sequence")):
         out = tmp_path / f"runs/e{epochs}"
@@ -178,9 +177,7 @@ def test_train_finishes_when_the_tracking_server_is_down(small_run, small_data, 
 
     repo, _, project = small_run
     monkeypatch.setenv("RECFEAST_TRACKING", "1")
-    events = pd.read_csv(small_data[0] / "events.csv", dtype=str)
-    t = pd.to_datetime(pd.to_numeric(events.event_timestamp, errors="coerce").dropna(), unit="s", utc=True)
-    val_start, test_start = (t.quantile(q).strftime("%Y-%m-%d") for q in (0.6, 0.8))
+    val_start, test_start = slice_split_dates(small_data)
     out = tmp_path / "run"
     res = CliRunner().invoke(main, [
         "train", "--data-dir", str(small_data[0]), "--repo-path", str(repo), "--out-dir", str(out),

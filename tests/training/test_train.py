@@ -10,15 +10,14 @@ from click.testing import CliRunner
 from recfeast.cli import main
 from recfeast.training.dataset import load_training_set
 from recfeast.ranking.checkpoint import load_checkpoint
+from tests.conftest import slice_split_dates
 
 pytestmark = pytest.mark.slow
 
 
 def test_train_end_to_end_on_slice(small_run, small_data, tmp_path):
     repo, _, project = small_run
-    events = pd.read_csv(small_data[0] / "events.csv", dtype=str)
-    t = pd.to_datetime(pd.to_numeric(events.event_timestamp, errors="coerce").dropna(), unit="s", utc=True)
-    val_start, test_start = (t.quantile(q).strftime("%Y-%m-%d") for q in (0.6, 0.8))
+    val_start, test_start = slice_split_dates(small_data)
     out = tmp_path / "run"
     res = CliRunner().invoke(main, [
         "train", "--data-dir", str(small_data[0]), "--repo-path", str(repo), "--out-dir", str(out),
