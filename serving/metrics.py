@@ -28,8 +28,14 @@ class Metrics:
     """The API's collectors; :meth:`render` gives the text exposition format for ``/metrics``."""
 
     def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Histogram, values
 
+        # Importing Feast (``feast.metrics``, pulled in by ``feast.FeatureStore``) sets
+        # PROMETHEUS_MULTIPROC_DIR for its Gunicorn feature server, which switches every
+        # prometheus_client metric created later to file-backed values shared by name: a new
+        # Metrics would then start from an older one's counts and write under /tmp. The API runs
+        # in one process and exports this registry only, so its values stay in process memory.
+        values.ValueClass = values.MutexValue
         self.registry = CollectorRegistry()
         self.request = Histogram("recfeast_request_seconds", "HTTP request latency", ["endpoint", "code"],
                                  buckets=BUCKETS, registry=self.registry)
