@@ -1,40 +1,92 @@
-"""Text embeddings: recfeast TextEncoder vs sentence-transformers encode(), same model, texts, threads.
+"""Text embeddings: recfeast TextEncoder (float32 and bf16) vs sentence-transformers encode(), same
+model, texts, batch size and threads.
 
-Run: .venv/bin/python bench/bench_text.py --data-dir ../shared/data/movielens-100k
+The three paths run interleaved in each round (so a change in the machine's load hits all three), the
+items/s of each is the median over ``--rounds`` rounds, and the load average is recorded per round.
+Agreement: min and mean cosine of each path's embedding to sentence-transformers' float32 one.
+The GEMM ceiling (a 2048x2048 float32 and bfloat16 matmul on the same threads) is measured in the same
+run, so items/s can be read against what the cores can do.
+
+Run: .venv/bin/python -m bench.bench_text --data-dir ../shared/data/movielens-100k
 """
 
 import argparse
+import os
+import statistics
+import time
 
 import numpy as np
+
+
+def _gemm_gflops(dtype, n: int = 2048, repeat: int = 5) -> float:
+    import torch
+
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--limit", type=int, default=0, help="first N texts only (0: all)")
     args = ap.parse_args()
 
-    from bench.common import save, timed
+    import torch
+    from bench.common import save
     from recfeast.adapters import read_catalog
     from recfeast.cleaning import clean
     from recfeast.encoders import TextEncoder
+    from recfeast.encoders.text import cpu_has_bf16
     from recfeast.entities import item_text
     from sentence_transformers import SentenceTransformer
 
     texts = item_text(clean(read_catalog(args.data_dir)).items)
-    ours = TextEncoder()
-    st = SentenceTransformer(str(ours.path), device="cpu")
-    ours.encode(texts[:64]), st.encode(texts[:64])  # warm-up
-    t_ours = timed(lambda: ours.encode(texts, args.batch_size), args.repeat)
-    t_st = timed(lambda: st.encode(texts, batch_size=args.batch_size, normalize_embeddings=True), args.repeat)
-    diff = float(np.abs(ours.encode(texts[:200]) - st.encode(texts[:200], normalize_embeddings=True)).max())
-    save("text", {
+    texts = texts[: args.limit] if args.limit else texts
+    paths = {"recfeast_fp32": TextEncoder()}
+    if cpu_has_bf16():
+        paths["recfeast_bf16"] = TextEncoder(precision="bf16")
+    st = SentenceTransformer(str(paths["recfeast_fp32"].path), device="cpu")
+    encode = {name: (lambda enc=enc: enc.encode(texts, args.batch_size)) for name, enc in paths.items()}
+    encode["sentence_transformers"] = lambda: st.encode(texts, batch_size=args.batch_size,
+                                                       normalize_embeddings=True)
+    for enc in paths.values():
+        enc.encode(texts[:64])
+    st.encode(texts[:64])
+
+    rates = {name: [] for name in encode}
+    loads, emb = [], {}
+    for r in range(args.rounds):
+        loads.append(round(os.getloadavg()[0], 2))
+        for name, fn in encode.items():
+            t = time.perf_counter()
+            emb[name] = np.asarray(fn(), dtype=np.float32)
+            rates[name].append(len(texts) / (time.perf_counter() - t))
+            print(f"round {r} {name}: {rates[name][-1]:.1f} items/s (load {os.getloadavg()[0]:.2f})", flush=True)
+    anchor = emb["sentence_transformers"]
+    result = {
         "what": "item texts of MovieLens-100k (title. genres. overview tagline), all-MiniLM-L6-v2",
-        "n_texts": len(texts), "batch_size": args.batch_size,
-        "recfeast_items_per_s": len(texts) / t_ours, "sentence_transformers_items_per_s": len(texts) / t_st,
-        "ratio_recfeast_over_st": t_st / t_ours, "max_abs_diff_200": diff,
-    })
+        "n_texts": len(texts), "batch_size": args.batch_size, "rounds": args.rounds,
+        "torch_threads": torch.get_num_threads(), "load_avg_1min_per_round": loads,
+        "gemm_gflops": {"fp32": _gemm_gflops(torch.float32),
+                        "bf16": _gemm_gflops(torch.bfloat16) if cpu_has_bf16() else None},
+        "paths": {},
+    }
+    for name in encode:
+        cos = (emb[name] * anchor).sum(1)
+        med = statistics.median(rates[name])
+        result["paths"][name] = {
+            "items_per_s_median": med, "items_per_s_rounds": rates[name],
+            "ratio_over_sentence_transformers": med / statistics.median(rates["sentence_transformers"]),
+            "min_cosine_to_st_fp32": float(cos.min()), "mean_cosine_to_st_fp32": float(cos.mean())}
+    save("text", result)
 
 
 if __name__ == "__main__":
