@@ -37,6 +37,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--limit", type=int, default=0, help="first N texts only (0: all)")
+    ap.add_argument("--no-next-item", action="store_true",
+                    help="skip the next-item Recall/NDCG@10 comparison of bf16 against fp32")
     args = ap.parse_args()
 
     import torch
@@ -48,8 +50,10 @@ def main():
     from recfeast.entities import item_text
     from sentence_transformers import SentenceTransformer
 
-    texts = item_text(clean(read_catalog(args.data_dir)).items)
-    texts = texts[: args.limit] if args.limit else texts
+    cat = clean(read_catalog(args.data_dir))
+    if args.limit:
+        cat.items = cat.items.head(args.limit).reset_index(drop=True)
+    texts = item_text(cat.items)
     paths = {"recfeast_fp32": TextEncoder()}
     if cpu_has_bf16():
         paths["recfeast_bf16"] = TextEncoder(precision="bf16")
@@ -86,6 +90,17 @@ def main():
             "items_per_s_median": med, "items_per_s_rounds": rates[name],
             "ratio_over_sentence_transformers": med / statistics.median(rates["sentence_transformers"]),
             "min_cosine_to_st_fp32": float(cos.min()), "mean_cosine_to_st_fp32": float(cos.mean())}
+    if "recfeast_bf16" in emb and not args.no_next_item:
+        # Next-item retrieval with each set of item embeddings (co-rating pairs, test from 1998-03-29):
+        # does bf16 change what the embeddings are used for? Paired bootstrap interval of the difference.
+        from bench.bench_quantized import _retrieval
+        from recfeast.training.text_data import corating_pairs, split_pairs
+
+        test = split_pairs(corating_pairs(cat.events), "1998-03-01", "1998-03-29")["test"]
+        result["next_item_bf16_vs_fp32"] = _retrieval(emb["recfeast_fp32"], emb["recfeast_bf16"],
+                                                      cat.items["item_id"].to_numpy(), test, cat.events,
+                                                      name="bf16")
+        print("next item", result["next_item_bf16_vs_fp32"], flush=True)
     save("text", result)
 
 

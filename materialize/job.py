@@ -113,9 +113,12 @@ def _encode_images(cfg: JobConfig, spec, items: pd.DataFrame, out_dir: Path, cac
     """Poster embeddings ``(n_items, dim)`` float32 (NaN rows: no usable image, quarantined), the
     input hashes and the model identity; posters whose bytes were embedded before by the same model
     come from the embedding cache."""
+    from recfeast.config import encoder_precision
     from recfeast.encoders import ImageEncoder
 
-    img_enc = ImageEncoder(cfg.image_backbone or spec.items.image.encoder, cfg.image_weights)
+    make_encoder = partial(ImageEncoder, cfg.image_backbone or spec.items.image.encoder, cfg.image_weights,
+                           precision=encoder_precision("image"))
+    img_enc = make_encoder()
     ids, paths = items["item_id"].to_numpy(), items["image_path"].tolist()
     errors: dict[int, tuple[str, str]] = {i: ("image_missing", "no image path") for i, p in enumerate(paths) if p is None}
     # a templated path whose file does not exist is missing, not a failed decode: never sent to the encoder
@@ -126,7 +129,7 @@ def _encode_images(cfg: JobConfig, spec, items: pd.DataFrame, out_dir: Path, cac
 
     def encode_images(pos):   # positions within ``has``
         res = (eng or engines.LocalEngine()).encode(
-            partial(ImageEncoder, cfg.image_backbone or spec.items.image.encoder, cfg.image_weights), [paths[has[i]] for i in pos],
+            make_encoder, [paths[has[i]] for i in pos],
             cfg.image_batch_size, local=img_enc, model_id=img_enc.model_id, progress=cfg.progress)
         errors.update({has[pos[j]]: e for j, e in res.errors.items()})
         return res.embeddings

@@ -120,16 +120,19 @@ def _redis_url_to_feast(url: str) -> str:
         parts.append("ssl=true")
     parts += [f"{k}={v}" for k, v in parse_qsl(u.query)]
     return ",".join(parts)
-def text_precision(value: str | None = None) -> str:
-    """Return the text encoder's precision: ``value``, else ``$RECFEAST_TEXT_PRECISION``, else ``"fp32"``
-    (``bf16``: :mod:`recfeast.encoders.text`). The one place the main job and the query path read it.
+def encoder_precision(kind: str, value: str | None = None) -> str:
+    """Return the precision of the ``kind`` encoder (``text`` or ``image``): ``value``, else
+    ``$RECFEAST_TEXT_PRECISION`` / ``$RECFEAST_IMAGE_PRECISION``, else ``"fp32"`` (``bf16``: see
+    :mod:`recfeast.encoders.text` and :mod:`recfeast.encoders.image`). The one place the main job and
+    the query path read it.
 
     Raises:
         ConfigError: not ``fp32`` or ``bf16``.
     """
-    p = (value or os.environ.get("RECFEAST_TEXT_PRECISION") or "fp32").strip().lower()
+    var = f"RECFEAST_{kind.upper()}_PRECISION"
+    p = (value or os.environ.get(var) or "fp32").strip().lower()
     if p not in ("fp32", "bf16"):
-        raise ConfigError(f"RECFEAST_TEXT_PRECISION={p!r}: expected fp32 or bf16")
+        raise ConfigError(f"{var}={p!r}: expected fp32 or bf16")
     return p
 
 

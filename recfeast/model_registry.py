@@ -459,14 +459,14 @@ def _pick(repo: Path, kind: str, model_id: str | None) -> dict | None:
 
 def text_encoder(repo: Path, model_id: str | None = None):
     """The text encoder to materialize with: ``model_id``'s (``"default"``: the packaged model), else
-    production's, else the default; at :func:`recfeast.config.text_precision`."""
-    from recfeast.config import text_precision
+    production's, else the default; at :func:`recfeast.config.encoder_precision`."""
+    from recfeast.config import encoder_precision
     from recfeast.encoders.text import TextEncoder
 
     e = _pick(repo, "text", model_id)
     if e is None:
-        return TextEncoder(precision=text_precision())
-    return TextEncoder(artefact_path(repo, e), name=e.get("name"), precision=text_precision())
+        return TextEncoder(precision=encoder_precision("text"))
+    return TextEncoder(artefact_path(repo, e), name=e.get("name"), precision=encoder_precision("text"))
 
 
 def sequence_encoder(repo: Path, input_dim: int, max_len: int, model_id: str | None = None):

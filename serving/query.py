@@ -58,10 +58,10 @@ class QueryEmbedder:
                  workers: int = 1, max_batch: int = 32, max_wait_ms: float = 2.0, on_cache=None,
                  max_chars: int = MAX_QUERY_CHARS):
         if encoder is None:
-            from recfeast.config import text_precision
+            from recfeast.config import encoder_precision
             from recfeast.encoders import TextEncoder
 
-            encoder = TextEncoder(precision=text_precision())
+            encoder = TextEncoder(precision=encoder_precision("text"))
         if expected_model_id is not None and encoder.model_id != expected_model_id:
             raise ModelError(f"query encoder {encoder.model_id} differs from the model of the served item text "
                              f"embeddings {expected_model_id}: queries and items would be in different spaces; "

@@ -1,7 +1,17 @@
-"""Image encoder: globally average-pooled CNN features from an ImageNet-pretrained backbone."""
+"""Image encoder: globally average-pooled CNN features from an ImageNet-pretrained backbone.
+
+Speed (BENCHMARKS.md, "Encoders"): images are decoded and transformed by ``decode_workers`` threads
+while the model runs on the previous batch (PIL's decode and resize release the GIL); the model runs
+in channels-last memory format (oneDNN's native layout for convolutions, same float32 results up to
+summation order). ``precision="bf16"`` runs the forward pass under ``torch.autocast(bfloat16)`` on CPUs
+with ``avx512_bf16`` or ``amx_bf16``; like the text encoder's, it is its own model identity, chosen with
+``$RECFEAST_IMAGE_PRECISION`` (:func:`recfeast.config.encoder_precision`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -10,6 +20,7 @@ import numpy as np
 
 from recfeast.errors import ModelError
 from recfeast.encoders.identity import model_identity
+from recfeast.encoders.text import PRECISIONS, cpu_has_bf16
 
 #: backbone -> pooled feature dimension
 BACKBONES = {"efficientnet-lite0": 1280, "resnet18": 512, "resnet50": 2048}
@@ -85,13 +96,19 @@ class ImageEncoder:
         weights_path: a local ``state_dict`` file; required for ResNets on machines without
             torchvision's cached weights.
         device: torch device string; default ``cpu``.
+        precision: ``fp32`` (default) or ``bf16`` (see the module docstring; its own identity).
+        decode_workers: threads decoding and transforming images ahead of the model (0: decode in
+            the calling thread, one batch at a time).
+        channels_last: run the model in channels-last memory format (default True).
 
     Raises:
-        ModelError: unknown backbone, or no weights can be found locally.
+        ModelError: unknown backbone or precision, no weights can be found locally, or ``bf16`` on a
+            CPU without bfloat16 instructions.
     """
 
     def __init__(self, backbone: str = "efficientnet-lite0", weights_path: str | Path | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", precision: str = "fp32", decode_workers: int = 2,
+                 channels_last: bool = True):
         import torch
         from torchvision import transforms
 
@@ -102,17 +119,25 @@ class ImageEncoder:
             model, mean, std = self._load_lite0(weights_path), _LITE_MEAN, _LITE_STD
         else:
             model, mean, std = self._load_resnet(backbone, weights_path), _IMAGENET_MEAN, _IMAGENET_STD
+        if precision not in PRECISIONS:
+            raise ModelError(f"image encoder precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
+            raise ModelError("precision bf16 needs a CPU with avx512_bf16 or amx_bf16 (see /proc/cpuinfo); "
+                             "use fp32")
+        self.precision, self.decode_workers, self.channels_last = precision, max(0, int(decode_workers)), channels_last
         self.model = model.to(self.device).eval()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.transform = transforms.Compose([
             transforms.Resize(256, interpolation=transforms.InterpolationMode.BILINEAR),
             transforms.CenterCrop(224),
             transforms.ToTensor(),
             transforms.Normalize(mean, std),
         ])
-        self.model_id = model_identity(
-            backbone, self.model.state_dict(),
-            {"pooling": "global_avg", "resize": 256, "crop": 224, "mean": mean, "std": std, "normalize": True},
-        )
+        config = {"pooling": "global_avg", "resize": 256, "crop": 224, "mean": mean, "std": std, "normalize": True}
+        if precision != "fp32":  # the float32 identity stays what it always was
+            config["precision"] = precision
+        self.model_id = model_identity(backbone, self.model.state_dict(), config)
 
     @staticmethod
     def _load_lite0(weights_path):
@@ -185,21 +210,41 @@ class ImageEncoder:
         paths = list(paths)
         out = np.full((len(paths), self.dim), np.nan, dtype=np.float32)
         errors: dict[int, tuple[str, str]] = {}
-        with torch.inference_mode():
-            for start in tqdm(range(0, len(paths), batch_size), desc="image batches",
-                              disable=not show_progress_bar):
-                tensors, idx = [], []
-                for i in range(start, min(start + batch_size, len(paths))):
-                    tensor, err = self._load(paths[i])
-                    if err:
-                        errors[i] = err
-                    else:
-                        tensors.append(tensor)
-                        idx.append(i)
-                if not tensors:
-                    continue
-                emb = self._features(torch.stack(tensors).to(self.device))
-                if normalize:
-                    emb = torch.nn.functional.normalize(emb, p=2, dim=1)
-                out[idx] = emb.float().cpu().numpy()
+        starts = list(range(0, len(paths), batch_size))
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                    else contextlib.nullcontext())
+        pool = ThreadPoolExecutor(self.decode_workers) if self.decode_workers else None
+
+        def submit(start):   # the batch's decoded images: futures (threads) or values (inline)
+            batch = paths[start:start + batch_size]
+            return [pool.submit(self._load, p) for p in batch] if pool else [self._load(p) for p in batch]
+
+        try:
+            pending = submit(starts[0]) if starts else []
+            with torch.inference_mode():
+                for n, start in enumerate(tqdm(starts, desc="image batches", disable=not show_progress_bar)):
+                    loaded = [f.result() for f in pending] if pool else pending
+                    if n + 1 < len(starts):   # decode the next batch while the model runs on this one
+                        pending = submit(starts[n + 1])
+                    tensors, idx = [], []
+                    for i, (tensor, err) in enumerate(loaded, start):
+                        if err:
+                            errors[i] = err
+                        else:
+                            tensors.append(tensor)
+                            idx.append(i)
+                    if not tensors:
+                        continue
+                    x = torch.stack(tensors).to(self.device)
+                    if self.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with autocast:
+                        emb = self._features(x)
+                    emb = emb.float()
+                    if normalize:
+                        emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+                    out[idx] = emb.cpu().numpy()
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
         return ImageEncoding(out, errors)

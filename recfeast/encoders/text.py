@@ -5,7 +5,7 @@ bfloat16 with float32 accumulation through oneDNN; LayerNorm, softmax and the po
 on CPUs with ``avx512_bf16`` or ``amx_bf16`` (or a GPU). Measured on MovieLens item texts
 (BENCHMARKS.md, "Encoders"): min cosine 0.99997 to the float32 model, 1.2-1.7x its items/s. It is
 its own model identity (``precision`` enters the identity's config), so its embeddings never mix
-with float32 ones. Chosen with ``$RECFEAST_TEXT_PRECISION`` (:func:`recfeast.config.text_precision`),
+with float32 ones. Chosen with ``$RECFEAST_TEXT_PRECISION`` (:func:`recfeast.config.encoder_precision`),
 read by the main job's encoder (:func:`recfeast.model_registry.text_encoder`) and the query path.
 """
 

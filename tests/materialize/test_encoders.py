@@ -76,6 +76,33 @@ def test_image_shapes_failures_and_self_similarity(image_encoder, data_dir, tmp_
     assert np.diag(sims).min() > 0.9999 and (sims - 2 * np.eye(4)).max() < 0.95
 
 
+def test_image_decode_threads_channels_last_and_bf16_agree_with_the_plain_path(image_encoder, data_dir, tmp_path):
+    """The fast options keep the failures, order and float32 values of the plain path (decode in the
+    calling thread, NCHW); bf16 is its own identity within cosine 0.99."""
+    from recfeast.encoders.text import cpu_has_bf16
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    paths = [data_dir / "posters" / f"{i}.jpg" for i in range(1, 12)] + [None, bad]
+    plain = ImageEncoder(decode_workers=0, channels_last=False)
+    assert plain.model_id == image_encoder.model_id   # the options are not part of the identity
+    ref = plain.encode(paths, batch_size=4)
+    fast = image_encoder.encode(paths, batch_size=4)   # 2 decode threads, channels-last (defaults)
+    assert fast.errors == ref.errors and sorted(ref.errors) == [11, 12]
+    np.testing.assert_allclose(fast.embeddings[:11], ref.embeddings[:11], atol=1e-5)
+    assert np.isnan(fast.embeddings[11:]).all()
+    with pytest.raises(ModelError, match="precision"):
+        ImageEncoder(precision="fp16")
+    if not cpu_has_bf16():
+        pytest.skip("no avx512_bf16/amx_bf16 on this CPU")
+    bf = ImageEncoder(precision="bf16")
+    assert bf.model_id != plain.model_id and bf.model_id.startswith("efficientnet-lite0@sha256:")
+    out = bf.encode(paths, batch_size=4)
+    assert out.embeddings.dtype == np.float32 and out.errors == ref.errors
+    np.testing.assert_allclose(np.linalg.norm(out.embeddings[:11], axis=1), 1.0, rtol=1e-5)
+    assert (out.embeddings[:11] * ref.embeddings[:11]).sum(1).min() >= 0.99
+
+
 def test_image_model_id_and_missing_resnet_weights(image_encoder, monkeypatch, tmp_path):
     assert image_encoder.model_id.startswith("efficientnet-lite0@sha256:")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # a machine without torchvision's cached weights

@@ -8,15 +8,17 @@ from recfeast import config
 from recfeast.errors import ConfigError
 
 
-def test_text_precision_setting(monkeypatch):
-    monkeypatch.delenv("RECFEAST_TEXT_PRECISION", raising=False)
-    assert config.text_precision() == "fp32"
-    monkeypatch.setenv("RECFEAST_TEXT_PRECISION", "BF16")
-    assert config.text_precision() == "bf16"
-    assert config.text_precision("fp32") == "fp32"
-    monkeypatch.setenv("RECFEAST_TEXT_PRECISION", "fp16")
-    with pytest.raises(ConfigError, match="fp16"):
-        config.text_precision()
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_encoder_precision_setting(monkeypatch, kind):
+    var = f"RECFEAST_{kind.upper()}_PRECISION"
+    monkeypatch.delenv(var, raising=False)
+    assert config.encoder_precision(kind) == "fp32"
+    monkeypatch.setenv(var, "BF16")
+    assert config.encoder_precision(kind) == "bf16"
+    assert config.encoder_precision(kind, "fp32") == "fp32"
+    monkeypatch.setenv(var, "fp16")
+    with pytest.raises(ConfigError, match=f"{var}='fp16'"):
+        config.encoder_precision(kind)
 
 
 @pytest.mark.slow
