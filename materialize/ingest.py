@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recfeast import config
+from recfeast import config, layout
 from recfeast.errors import StoreError
 from recfeast.eventlog import is_streamed, log_path, open_event_log
 from recfeast.jsonsafe import dumps
@@ -466,16 +466,15 @@ class Ingestor:
         return delays
 
     def _forget_redis_times(self, user_ids: list[int]) -> None:
-        from feast.infra.online_stores.helpers import _redis_key
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
+        """Drop the stored event time of the real-time view for ``user_ids`` (keys from the core's
+        online layout, :mod:`recfeast.layout`, the one the reader and the batch writer use)."""
         cfg = self.store.config
+        v = cfg.entity_key_serialization_version
+        keys = layout.entity_keys("user_id", np.asarray(user_ids, dtype=np.int64), v)
         client = self.store._get_provider().online_store._get_client(cfg.online_store)
         with client.pipeline(transaction=False) as pipe:
-            for u in user_ids:
-                key = EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=int(u))])
-                pipe.hdel(_redis_key(cfg.project, key, cfg.entity_key_serialization_version), f"_ts:{VIEW}")
+            for key in keys:
+                pipe.hdel(layout.redis_key(key, cfg.project), f"_ts:{VIEW}")
             pipe.execute()
 
     def push_streamed(self, user_ids, owner: str, lock_ttl_ms: int = 30_000, force: bool = False) -> int:
