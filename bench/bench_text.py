@@ -75,10 +75,24 @@ def main():
             rates[name].append(len(texts) / (time.perf_counter() - t))
             print(f"round {r} {name}: {rates[name][-1]:.1f} items/s (load {os.getloadavg()[0]:.2f})", flush=True)
     anchor = emb["sentence_transformers"]
+    # Work per pass, to read items/s against the GEMM ceiling: tokens the model runs on (recfeast's
+    # length-sorted batches padded to each batch's longest) times the linear layers' FLOPs per token
+    # (per layer 2*(4*d*d + 2*d*f) for d=384, f=1536: 3.54 MFLOP; x6 layers = 21.2 MFLOP; attention
+    # scores add 4*L*d per token per layer, counted too).
+    enc0 = paths["recfeast_fp32"]
+    lengths = np.sort([len(x) for x in enc0.tokenizer(texts, truncation=True, max_length=enc0.max_length)["input_ids"]])[::-1]
+    cfg = enc0.model.config
+    d, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    flops = 0.0
+    for start in range(0, len(texts), args.batch_size):
+        padded = int(lengths[start:start + args.batch_size].max())
+        n_b = len(lengths[start:start + args.batch_size])
+        flops += n_b * padded * layers * (2 * (4 * d * d + 2 * d * f) + 4 * padded * d)
     result = {
         "what": "item texts of MovieLens-100k (title. genres. overview tagline), all-MiniLM-L6-v2",
         "n_texts": len(texts), "batch_size": args.batch_size, "rounds": args.rounds,
         "torch_threads": torch.get_num_threads(), "load_avg_1min_per_round": loads,
+        "tokens_per_text_mean": float(lengths.mean()), "gflop_per_pass": flops / 1e9,
         "gemm_gflops": {"fp32": _gemm_gflops(torch.float32),
                         "bf16": _gemm_gflops(torch.bfloat16) if cpu_has_bf16() else None},
         "paths": {},
@@ -89,6 +103,7 @@ def main():
         result["paths"][name] = {
             "items_per_s_median": med, "items_per_s_rounds": rates[name],
             "ratio_over_sentence_transformers": med / statistics.median(rates["sentence_transformers"]),
+            "achieved_gflops": flops / 1e9 * med / len(texts),
             "min_cosine_to_st_fp32": float(cos.min()), "mean_cosine_to_st_fp32": float(cos.mean())}
     if "recfeast_bf16" in emb and not args.no_next_item:
         # Next-item retrieval with each set of item embeddings (co-rating pairs, test from 1998-03-29):
