@@ -66,6 +66,47 @@ def vector_array(matrix: np.ndarray) -> pa.Array:
     return arr
 
 
+def vector_series(matrix: np.ndarray, present: np.ndarray | None = None, index=None, name=None) -> pd.Series:
+    """``(n, d)`` float32 matrix -> a Series of ``pd.ArrowDtype(fixed_size_list<float32>[d])``, the
+    compact form of a vector column: one buffer, no Python object per row. A C-contiguous float32
+    matrix is wrapped without a copy (keep it unchanged afterwards); rows whose ``present`` is False
+    become null (their values should be zeros: :func:`vector_view` hands the buffer back as it is)."""
+    m = np.ascontiguousarray(matrix, dtype=np.float32)
+    n, d = m.shape
+    mask = None if present is None or bool(np.all(present)) else pa.array(~np.asarray(present, bool))
+    arr = pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1)), d, mask=mask)
+    return pd.Series(pd.arrays.ArrowExtensionArray(arr), index=index, name=name, copy=False)
+
+
+def is_vector_series(values) -> bool:
+    """True for a Series of Arrow ``fixed_size_list`` of floats (see :func:`vector_series`)."""
+    dtype = getattr(values, "dtype", None)
+    return (isinstance(dtype, pd.ArrowDtype) and pa.types.is_fixed_size_list(dtype.pyarrow_dtype)
+            and pa.types.is_floating(dtype.pyarrow_dtype.value_type))
+
+
+def vector_view(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A Series of :func:`vector_series` -> ``((n, d) float32, (n,) bool present)``, zeros where a
+    row is null. No copy for one float32 chunk whose null rows hold zeros (what :func:`vector_series`,
+    slices and Arrow's ``take`` give): the matrix is then a read-only view of the Arrow buffer.
+
+    Raises:
+        TypeError: ``values`` is not such a Series.
+    """
+    if not is_vector_series(values):
+        raise TypeError(f"expected a fixed_size_list<float> Arrow column, got {getattr(values, 'dtype', type(values))}")
+    d = values.dtype.pyarrow_dtype.list_size
+    chunked = values.array.__arrow_array__()
+    arr = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)
+    n = len(arr)
+    child = arr.values.slice(arr.offset * d, n * d)
+    matrix = child.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, d)
+    present = np.ones(n, bool) if arr.null_count == 0 else arr.is_valid().to_numpy(zero_copy_only=False)
+    if not present.all() and matrix[~present].any():
+        matrix = np.where(present[:, None], matrix, np.float32(0))
+    return matrix, present
+
+
 def _is_missing(v) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v))
 
@@ -149,7 +190,7 @@ def _vector_matrix(s: pd.Series) -> np.ndarray:
 
 def to_arrow(df: pd.DataFrame, vector_cols=()) -> pa.Table:
     """DataFrame -> Arrow table; ``vector_cols`` hold ``(d,)`` float arrays of one width and become
-    ``list<float32>`` (NaN rows: null); other list columns (tags, variable length, ``[]``) become
+    ``list<float32>`` (NaN rows: null), as do columns of :func:`vector_series`; other list columns (tags, variable length, ``[]``) become
     Arrow lists of their element type; tz-aware timestamps become ``timestamp[us, UTC]``.
 
     Raises:
@@ -160,7 +201,9 @@ def to_arrow(df: pd.DataFrame, vector_cols=()) -> pa.Table:
     for col in df.columns:
         s = df[col]
         is_list = s.dtype == object and any(isinstance(v, (list, tuple, np.ndarray)) for v in s)
-        if col in vector_cols:
+        if is_vector_series(s):   # Parquet readers refuse null fixed_size_list rows (pyarrow 25): plain lists
+            arrays.append(pa.chunked_array(s.array.__arrow_array__()).cast(pa.list_(pa.float32())))
+        elif col in vector_cols:
             arrays.append(vector_array(_vector_matrix(s)))
         elif is_list:
             check_list_column(s)

@@ -13,8 +13,10 @@ Guarantees (each has a test on hand-made tables in ``tests/training/test_dataset
   (:func:`recfeast.io.write_feature_table`: the time of the last event behind it), so history stays
   visible. The explicit opt-out is ``allow_values_created_later=True``. Duplicates at one event
   time resolve to the latest created (among the visible ones);
-- list features of any form (``[]``, variable length, string arrays such as tags) come back as
-  lists; numeric ones as float32 arrays;
+- vectors (float lists of one length: every embedding) come back as ``(n, d)`` float32 buffers
+  (``fixed_size_list<float32>`` columns, no Python object per row; missing or ``[]``: null), built
+  chunk by chunk so that memory holds the set plus one chunk's join; other lists of any form
+  (``[]``, variable length, string arrays such as tags) come back as lists;
 - the set records what it was built from (feature service, features, model identities, time
   range, row counts) in its Parquet metadata and a JSON file beside it.
 """
@@ -32,6 +34,8 @@ import pandas as pd
 from recfeast.errors import DataError, StoreError
 
 ROW_TAG = "__recfeast_row"
+#: entity rows per ``get_historical_features`` call: bounds the join's and Feast's transient memory
+CHUNK_ROWS = 20_000
 REQUIRED = ("event_timestamp",)
 
 
@@ -49,6 +53,7 @@ class TrainingSetInfo:
     null_share: dict[str, float] = field(default_factory=dict)
     allow_values_created_later: bool = False
     seconds: float = 0.0
+    vectors: dict[str, int] = field(default_factory=dict)   # fixed-width float32 vector column -> dim
 
     @property
     def reproducible(self) -> bool:
@@ -70,8 +75,13 @@ def _feature_list(store, features):
 
 def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1", *,
                      allow_values_created_later: bool = False,
-                     allow_mixed_models: bool = False) -> tuple[pd.DataFrame, TrainingSetInfo]:
+                     allow_mixed_models: bool = False, chunk_rows: int = CHUNK_ROWS,
+                     progress=None) -> tuple[pd.DataFrame, TrainingSetInfo]:
     """Join features to ``entity_df`` as of each row's ``event_timestamp``.
+
+    The rows go to Feast in chunks of ``chunk_rows``, and each chunk's vectors are copied straight
+    from Arrow into one ``(n, dim)`` float32 matrix per column: memory holds the finished set plus one
+    chunk's join, never a Python object per vector (what Feast's ``to_df`` would build).
 
     Args:
         store: a ``feast.FeatureStore`` (DuckDB offline store).
@@ -82,10 +92,16 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1", *,
         allow_values_created_later: also join values whose ``created_timestamp`` is after the
             entity row's time (backfills, late corrections): a leak of the future, off by default.
         allow_mixed_models: accept rows whose embeddings come from two versions of one encoder.
+        chunk_rows: entity rows per ``get_historical_features`` call (bounds the join's memory).
+        progress: called as ``progress(rows_done, rows_total)`` after each chunk.
 
     Returns:
-        ``(frame, info)``: the input rows in input order with one column per feature (vectors as
-        float32 arrays), and their :class:`TrainingSetInfo`.
+        ``(frame, info)``: the input rows in input order with one column per feature, and their
+        :class:`TrainingSetInfo`. A float list feature whose values have one length ``d`` (every
+        embedding) is a column of ``pd.ArrowDtype(fixed_size_list<float32>[d])`` backed by one
+        ``(n, d)`` float32 buffer (:func:`recfeast.io.vector_view` gives it back without a copy;
+        an empty list counts as missing, null); other lists (strings such as tags, integers, floats
+        of varying length) are Python lists or float32 arrays.
 
     Raises:
         DataError: ``entity_df`` lacks ``event_timestamp`` or has naive timestamps.
@@ -96,6 +112,11 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1", *,
     """
     import time
 
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from recfeast import io
+
     for col in REQUIRED:
         if col not in entity_df.columns:
             raise DataError(f"entity_df has no {col!r} column (columns: {list(entity_df.columns)})")
@@ -104,27 +125,49 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1", *,
     feats, service_name, names = _feature_list(store, features)
     df = entity_df.reset_index(drop=True).copy()
     df[ROW_TAG] = np.arange(len(df), dtype=np.int64)
+    n = len(df)
     t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            job = store.get_historical_features(entity_df=df, features=feats,
-                                                filter_by_created_timestamp=not allow_values_created_later)
-            out = job.to_df()
-    except Exception as exc:
-        raise StoreError(f"get_historical_features failed: {exc}") from exc
-    tags = out[ROW_TAG].to_numpy() if ROW_TAG in out.columns else np.array([], np.int64)
-    if len(out) != len(df) or not np.array_equal(np.sort(tags), df[ROW_TAG].to_numpy()):
-        raise StoreError(f"point-in-time join returned {len(out)} rows for {len(df)} entity rows "
-                         f"({len(set(tags))} distinct): rows were dropped or duplicated")
-    out = out.sort_values(ROW_TAG, kind="stable").drop(columns=ROW_TAG).reset_index(drop=True)
-    out = out[list(entity_df.columns) + [c for c in out.columns if c not in entity_df.columns]]
-    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
+    tables, vectors = [], {}
+    for start in range(0, max(n, 1), max(int(chunk_rows), 1)):
+        part = df.iloc[start:start + chunk_rows].copy()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                job = store.get_historical_features(entity_df=part, features=feats,
+                                                    filter_by_created_timestamp=not allow_values_created_later)
+                table = job.to_arrow()
+        except Exception as exc:
+            raise StoreError(f"get_historical_features failed: {exc}") from exc
+        del job
+        tags = (table.column(ROW_TAG).to_numpy() if ROW_TAG in table.column_names else np.array([], np.int64))
+        expected = part[ROW_TAG].to_numpy()
+        if len(tags) != len(part) or not np.array_equal(np.sort(tags), expected):
+            raise StoreError(f"point-in-time join returned {len(tags)} rows for {len(part)} entity rows "
+                             f"({len(set(tags.tolist()))} distinct): rows were dropped or duplicated")
+        if not np.array_equal(tags, expected):
+            table = table.take(pa.array(np.argsort(tags, kind="stable")))
+        for col in table.column_names:
+            typ = table.schema.field(col).type
+            if col in vectors or (col not in entity_df.columns and _float_list(typ)):
+                vectors.setdefault(col, _VectorColumn(col, n)).add(start, table.column(col))
+        table = table.drop_columns([c for c in table.column_names if c in vectors or c == ROW_TAG])
+        tables.append(table)
+        del table
+        if progress is not None:
+            progress(min(start + chunk_rows, n), n)
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    del tables
+    out = table.to_pandas()
+    del table
     for col in out.columns:
         s = out[col]
         if s.dtype == object and any(isinstance(v, (list, np.ndarray)) for v in s):
             strings = any(isinstance(x, str) for v in s if isinstance(v, (list, np.ndarray)) for x in v)
             out[col] = [_list_value(v, strings) for v in s]
+    for col, vec in vectors.items():
+        out[col] = vec.series(out.index)
+    out = out[list(entity_df.columns) + [c for c in out.columns if c not in entity_df.columns]]
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
     feature_cols = [n.split(":", 1)[1] for n in names]
     info = TrainingSetInfo(
         feature_service=service_name, features=names,
@@ -135,6 +178,7 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1", *,
         positives=int(out["label"].sum()) if "label" in out.columns else None,
         null_share={c: float(out[c].isna().mean()) for c in feature_cols if c in out.columns},
         allow_values_created_later=allow_values_created_later, seconds=round(time.perf_counter() - t0, 2),
+        vectors={c: int(out[c].dtype.pyarrow_dtype.list_size) for c in out.columns if io.is_vector_series(out[c])},
     )
     mixed = {c: ids for c, ids in info.model_ids.items() if len(ids) > 1}
     text_ids = set(info.model_ids.get("text_model", []))
@@ -148,6 +192,66 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1", *,
     return out, info
 
 
+def _float_list(typ) -> bool:
+    import pyarrow as pa
+
+    return (pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ)) \
+        and pa.types.is_floating(typ.value_type)
+
+
+class _VectorColumn:
+    """One float list feature gathered chunk by chunk into an ``(n, d)`` float32 matrix (zeros and
+    ``present`` False where null or empty); falls back to per-row float32 arrays when the lengths vary."""
+
+    def __init__(self, name: str, n: int):
+        self.name, self.n = name, n
+        self.dim: int | None = None
+        self.matrix: np.ndarray | None = None
+        self.present = np.zeros(n, bool)
+        self.rows: list | None = None   # ragged fallback: one value per row
+
+    def add(self, start: int, column) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        if pa.types.is_fixed_size_list(arr.type):
+            arr = arr.cast(pa.list_(arr.type.value_type))
+        lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
+        widths = np.unique(lengths[lengths > 0])
+        if self.rows is None and (len(widths) > 1 or (len(widths) and self.dim not in (None, int(widths[0])))):
+            self._to_rows()
+        if self.rows is not None:
+            self.rows[start:start + len(arr)] = [_list_value(v, False) for v in arr.to_pylist()]
+            return
+        if not len(widths):
+            return
+        if self.dim is None:
+            self.dim = int(widths[0])
+            self.matrix = np.zeros((self.n, self.dim), np.float32)
+        ok = lengths == self.dim
+        flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False).reshape(-1, self.dim)
+        if ok.all():
+            self.matrix[start:start + len(arr)] = flat
+        else:
+            self.matrix[start + np.flatnonzero(ok)] = flat
+        self.present[start:start + len(arr)] = ok
+
+    def _to_rows(self) -> None:
+        self.rows = [self.matrix[i].copy() if self.matrix is not None and p else None
+                     for i, p in enumerate(self.present)]
+        self.matrix = None
+
+    def series(self, index) -> pd.Series:
+        from recfeast import io
+
+        if self.rows is not None:
+            return pd.Series(self.rows, index=index, dtype=object)
+        if self.matrix is None:   # only nulls and empty lists: no width to give the column
+            return pd.Series([None] * self.n, index=index, dtype=object)
+        return io.vector_series(self.matrix, self.present, index=index)
+
+
 def _list_value(v, strings: bool):
     """A joined list value: a column of strings (tags) -> list of str, of numbers -> float32 array
     (``[]`` kept either way); anything that is not a list -> None."""
@@ -158,7 +262,11 @@ def _list_value(v, strings: bool):
 
 def save_training_set(frame: pd.DataFrame, info: TrainingSetInfo, path: Path) -> None:
     """Write the set as Parquet (vectors as ``list<float32>``, ``info`` in the schema metadata under
-    ``recfeast``) and ``info`` as ``<path>.json``; both atomically."""
+    ``recfeast``) and ``info`` as ``<path>.json``; both atomically.
+
+    Vector columns are written as plain ``list<float32>`` rather than fixed-size lists: pyarrow 25
+    cannot read back a Parquet ``fixed_size_list`` column holding a null row. :func:`load_training_set`
+    restores the fixed width from ``info.vectors``."""
     import pyarrow.parquet as pq
 
     from recfeast import io
@@ -175,10 +283,34 @@ def save_training_set(frame: pd.DataFrame, info: TrainingSetInfo, path: Path) ->
     io.write_json(Path(str(path) + ".json"), asdict(info))
 
 
+def save_entity_rows(entity_df: pd.DataFrame, info: TrainingSetInfo, path: Path) -> None:
+    """Write what a training set was built from, the light way to keep it: the entity rows (keys,
+    ``event_timestamp``, labels, split) as Parquet with ``info`` in the schema metadata under
+    ``recfeast`` (a few MB where the joined set with its vectors takes about 8 KB a row).
+    ``get_training_set(store, rows, info["feature_service"], allow_values_created_later=...)``
+    rebuilds the same set as long as the tables keep their history (values created later stay hidden)."""
+    import pyarrow.parquet as pq
+
+    from recfeast import io
+
+    table = io.to_arrow(entity_df.reset_index(drop=True))
+    meta = json.dumps(asdict(info), default=str)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"recfeast": meta.encode()})
+    io.atomic_write_bytes(Path(path), lambda p: pq.write_table(table, p))
+
+
 def load_training_set(path: Path) -> tuple[pd.DataFrame, dict]:
-    """Read a set written by :func:`save_training_set`: ``(frame, info dict)``."""
+    """Read a set written by :func:`save_training_set` (or the entity rows of :func:`save_entity_rows`):
+    ``(frame, info dict)``, the vector columns
+    of ``info["vectors"]`` as ``fixed_size_list<float32>`` columns as :func:`get_training_set` returns them."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     info = json.loads((table.schema.metadata or {}).get(b"recfeast", b"{}"))
-    return table.to_pandas(), info
+    vec = [c for c in (info.get("vectors") or {}) if c in table.column_names]
+    frame = table.drop_columns(vec).to_pandas()
+    for col in vec:
+        column = _VectorColumn(col, table.num_rows)
+        column.add(0, table.column(col))
+        frame[col] = column.series(frame.index)
+    return frame[table.column_names], info

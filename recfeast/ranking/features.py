@@ -27,6 +27,7 @@ from typing import Mapping
 
 import numpy as np
 
+from recfeast import io
 from recfeast.errors import ConfigError, DataError
 
 GROUPS = ("behavior", "text", "image", "sequence")
@@ -41,11 +42,20 @@ def _column(frame, col: str):
 def vectors(values, dim: int, strict: bool = False, name: str = "") -> tuple[np.ndarray, np.ndarray]:
     """A vector column -> ``((n, dim) float32 with zeros for missing, (n,) bool present)``.
 
-    ``values``: a ``(n, dim)`` float array (NaN rows = missing), or a sequence of arrays/lists/None.
+    ``values``: a ``(n, dim)`` float array (NaN rows = missing), a Series of Arrow
+    ``fixed_size_list<float32>`` (:func:`recfeast.io.vector_series`, what training sets hold: returned
+    without a copy, as a read-only view), or a sequence of arrays/lists/None.
 
     Raises:
         DataError: with ``strict``, a vector whose length is not ``dim`` (another encoder's embedding).
     """
+    if io.is_vector_series(values):
+        width = values.dtype.pyarrow_dtype.list_size
+        if width != dim:
+            if strict and len(values):
+                raise DataError(f"column {name!r}: vectors of length {width}, the model expects {dim}")
+            return np.zeros((len(values), dim), np.float32), np.zeros(len(values), bool)
+        return io.vector_view(values)
     if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype != object:
         if values.shape[1] != dim:
             if strict and len(values):
@@ -68,6 +78,8 @@ def vectors(values, dim: int, strict: bool = False, name: str = "") -> tuple[np.
 
 
 def _dim(values) -> int:
+    if io.is_vector_series(values):
+        return values.dtype.pyarrow_dtype.list_size if values.notna().any() else 0
     if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype != object:
         return values.shape[1]
     return next((len(v) for v in values if isinstance(v, (np.ndarray, list, tuple))), 0)
