@@ -13,9 +13,10 @@ Guarantees (each has a test on hand-made tables in ``tests/training/test_dataset
   (:func:`recfeast.io.write_feature_table`: the time of the last event behind it), so history stays
   visible. The explicit opt-out is ``allow_values_created_later=True``. Duplicates at one event
   time resolve to the latest created (among the visible ones);
-- vectors (float lists of one length: every embedding) come back as ``(n, d)`` float32 buffers
-  (``fixed_size_list<float32>`` columns, no Python object per row; missing or ``[]``: null), built
-  chunk by chunk so that memory holds the set plus one chunk's join; other lists of any form
+- vectors (float lists of one length: every embedding) come back as float32 buffers, each distinct
+  vector once (dictionary-encoded ``fixed_size_list<float32>`` columns: no Python object per row, an
+  item's embedding not repeated on each of its rows; missing or ``[]``: null), built chunk by chunk
+  so that memory holds the set plus one chunk's join; other lists of any form
   (``[]``, variable length, string arrays such as tags) come back as lists;
 - the set records what it was built from (feature service, features, model identities, time
   range, row counts) in its Parquet metadata and a JSON file beside it.
@@ -35,7 +36,7 @@ from recfeast.errors import DataError, StoreError
 
 ROW_TAG = "__recfeast_row"
 #: entity rows per ``get_historical_features`` call: bounds the join's and Feast's transient memory
-CHUNK_ROWS = 20_000
+CHUNK_ROWS = 10_000
 REQUIRED = ("event_timestamp",)
 
 
@@ -79,9 +80,10 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1", *,
                      progress=None) -> tuple[pd.DataFrame, TrainingSetInfo]:
     """Join features to ``entity_df`` as of each row's ``event_timestamp``.
 
-    The rows go to Feast in chunks of ``chunk_rows``, and each chunk's vectors are copied straight
-    from Arrow into one ``(n, dim)`` float32 matrix per column: memory holds the finished set plus one
-    chunk's join, never a Python object per vector (what Feast's ``to_df`` would build).
+    The rows go to Feast in chunks of ``chunk_rows``, and each chunk's vectors go straight from Arrow
+    into one float32 table of distinct vectors per column: memory holds the finished set plus one
+    chunk's join, never a Python object per vector (what Feast's ``to_df`` builds) and never the same
+    item embedding once per row.
 
     Args:
         store: a ``feast.FeatureStore`` (DuckDB offline store).
@@ -98,10 +100,12 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1", *,
     Returns:
         ``(frame, info)``: the input rows in input order with one column per feature, and their
         :class:`TrainingSetInfo`. A float list feature whose values have one length ``d`` (every
-        embedding) is a column of ``pd.ArrowDtype(fixed_size_list<float32>[d])`` backed by one
-        ``(n, d)`` float32 buffer (:func:`recfeast.io.vector_view` gives it back without a copy;
-        an empty list counts as missing, null); other lists (strings such as tags, integers, floats
-        of varying length) are Python lists or float32 arrays.
+        embedding) is a column of ``pd.ArrowDtype(dictionary<int32, fixed_size_list<float32>[d]>)``:
+        each distinct vector stored once in a ``(u, d)`` float32 table, each row an int32 index into
+        it (null where missing; an empty list counts as missing). :func:`recfeast.io.vector_rows`
+        gives ``(table, rows)`` without a copy, :func:`recfeast.io.vector_view` the ``(n, d)`` matrix.
+        Other lists (strings such as tags, integers, floats of varying length) are Python lists or
+        float32 arrays.
 
     Raises:
         DataError: ``entity_df`` lacks ``event_timestamp`` or has naive timestamps.
@@ -153,6 +157,7 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1", *,
         table = table.drop_columns([c for c in table.column_names if c in vectors or c == ROW_TAG])
         tables.append(table)
         del table
+        _release_memory()
         if progress is not None:
             progress(min(start + chunk_rows, n), n)
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
@@ -178,7 +183,7 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1", *,
         positives=int(out["label"].sum()) if "label" in out.columns else None,
         null_share={c: float(out[c].isna().mean()) for c in feature_cols if c in out.columns},
         allow_values_created_later=allow_values_created_later, seconds=round(time.perf_counter() - t0, 2),
-        vectors={c: int(out[c].dtype.pyarrow_dtype.list_size) for c in out.columns if io.is_vector_series(out[c])},
+        vectors={c: io.vector_width(out[c]) for c in out.columns if io.is_vector_series(out[c])},
     )
     mixed = {c: ids for c, ids in info.model_ids.items() if len(ids) > 1}
     text_ids = set(info.model_ids.get("text_model", []))
@@ -192,6 +197,20 @@ def get_training_set(store, entity_df: pd.DataFrame, features="ranking_v1", *,
     return out, info
 
 
+def _release_memory() -> None:
+    """Hand the memory a chunk's join freed back to the system (Arrow's pool and, on glibc, the C
+    heap, which otherwise keeps the pages of Feast's per-row pandas objects)."""
+    import ctypes
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc
+        pass
+
+
 def _float_list(typ) -> bool:
     import pyarrow as pa
 
@@ -199,22 +218,48 @@ def _float_list(typ) -> bool:
         and pa.types.is_floating(typ.value_type)
 
 
+def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, inverse)`` of the distinct rows of a float32 matrix: ``rows[first][inverse] == rows``.
+    Rows are keyed by two random projections (fast), the grouping is checked element by element, and
+    on any doubt (a collision, NaN) the rows are compared as bytes instead."""
+    n, d = rows.shape
+    proj = np.random.default_rng(20261201).standard_normal((d, 2)).astype(np.float32)
+    p = rows @ proj
+    key = p[:, 0].astype(np.complex64) + 1j * p[:, 1]
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    same = np.isfinite(p).all() and all(
+        bool((rows[s:s + 4096] == rows[first[inverse[s:s + 4096]]]).all()) for s in range(0, n, 4096))
+    if not same:
+        v = np.ascontiguousarray(rows).view(np.dtype((np.void, d * rows.itemsize))).reshape(-1)
+        _, first, inverse = np.unique(v, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+    return first, inverse
+
+
 class _VectorColumn:
-    """One float list feature gathered chunk by chunk into an ``(n, d)`` float32 matrix (zeros and
-    ``present`` False where null or empty); falls back to per-row float32 arrays when the lengths vary."""
+    """One float list feature gathered chunk by chunk, each distinct vector stored once: a ``(u, d)``
+    float32 table and an ``(n,)`` int32 row -> table index (-1 where null or empty). A training set
+    repeats vectors heavily (an item's embedding on every row of that item, a user's sequence
+    embedding on the positive and its negatives), so the table is a fraction of the ``(n, d)`` matrix.
+    Falls back to per-row float32 arrays when the lengths vary."""
 
     def __init__(self, name: str, n: int):
         self.name, self.n = name, n
         self.dim: int | None = None
-        self.matrix: np.ndarray | None = None
-        self.present = np.zeros(n, bool)
-        self.rows: list | None = None   # ragged fallback: one value per row
+        self.index = np.full(n, -1, np.int32)
+        self.blocks: list[np.ndarray] = []
+        self.count = 0
+        self.keys: dict[bytes, int] = {}   # blake2b-128 digest of a vector's bytes -> table row
+        self.rows: list | None = None      # ragged fallback: one value per row
 
     def add(self, start: int, column) -> None:
         import pyarrow as pa
         import pyarrow.compute as pc
 
         arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.dictionary_decode()
         if pa.types.is_fixed_size_list(arr.type):
             arr = arr.cast(pa.list_(arr.type.value_type))
         lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
@@ -226,30 +271,48 @@ class _VectorColumn:
             return
         if not len(widths):
             return
-        if self.dim is None:
-            self.dim = int(widths[0])
-            self.matrix = np.zeros((self.n, self.dim), np.float32)
-        ok = lengths == self.dim
-        flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False).reshape(-1, self.dim)
-        if ok.all():
-            self.matrix[start:start + len(arr)] = flat
-        else:
-            self.matrix[start + np.flatnonzero(ok)] = flat
-        self.present[start:start + len(arr)] = ok
+        self.dim = int(widths[0])
+        ok = np.flatnonzero(lengths == self.dim)
+        flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        self._put(start + ok, flat.reshape(-1, self.dim))
+
+    def _put(self, positions: np.ndarray, rows: np.ndarray) -> None:
+        import hashlib
+
+        first, inverse = _distinct_rows(rows)
+        ids = np.empty(len(first), np.int32)
+        new = []
+        for j, f in enumerate(first):
+            key = hashlib.blake2b(rows[f].tobytes(), digest_size=16).digest()
+            at = self.keys.get(key)
+            if at is None:
+                at = self.keys[key] = self.count + len(new)
+                new.append(f)
+            ids[j] = at
+        if new:
+            self.blocks.append(rows[np.asarray(new)])
+            self.count += len(new)
+        self.index[positions] = ids[inverse]
+
+    def table(self) -> np.ndarray:
+        """The distinct vectors, ``(u, d)`` float32."""
+        if len(self.blocks) > 1:
+            self.blocks = [np.concatenate(self.blocks)]
+        return self.blocks[0] if self.blocks else np.zeros((0, self.dim or 0), np.float32)
 
     def _to_rows(self) -> None:
-        self.rows = [self.matrix[i].copy() if self.matrix is not None and p else None
-                     for i, p in enumerate(self.present)]
-        self.matrix = None
+        table = self.table()
+        self.rows = [table[i].copy() if i >= 0 else None for i in self.index]
+        self.blocks, self.keys = [], {}
 
     def series(self, index) -> pd.Series:
         from recfeast import io
 
         if self.rows is not None:
             return pd.Series(self.rows, index=index, dtype=object)
-        if self.matrix is None:   # only nulls and empty lists: no width to give the column
+        if self.dim is None:   # only nulls and empty lists: no width to give the column
             return pd.Series([None] * self.n, index=index, dtype=object)
-        return io.vector_series(self.matrix, self.present, index=index)
+        return io.indexed_vector_series(self.table(), self.index, index=index)
 
 
 def _list_value(v, strings: bool):

@@ -266,7 +266,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     for name, groups in variants.items():
         log(f"4-6. model '{name}' (groups: {', '.join(groups)}): fitting the transform on {len(split['train'])} rows")
         spec = FeatureSpec.fit(split["train"], groups, roles)
-        arrays = {s: spec.transform(f) for s, f in split.items()}
+        arrays = {s: spec.transform(f, indexed=True) for s, f in split.items()}
         log(f"    inputs: dense {arrays['train']['dense'].shape[1]}, "
             + ", ".join(f"{c} {spec.dims[c]}" for c in spec.vectors) + f"; training up to {cfg.max_epochs} epochs "
             f"(peak RSS {peak_rss_gb():.2f} GB)")
@@ -275,7 +275,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                                 on_epoch=lambda row, name=name: tracking.current().log_epoch(name, row["epoch"], row))
         p_test = _predict(model, arrays["test"])
         y_test = split["test"].label.to_numpy()
-        cand_scores = _predict(model, spec.transform(cset))
+        cand_scores = _predict(model, spec.transform(cset, indexed=True))
         rm = rank_metrics(cset.anchor.to_numpy(), cset.label.to_numpy() == 1, cand_scores, cfg.k)
         per_user[name] = per_user_gains(positive_ranks(cset.anchor.to_numpy(), cset.label.to_numpy() == 1,
                                                        cand_scores)[1], cfg.k)

@@ -82,8 +82,11 @@ def test_every_row_once_in_order_with_shared_user_and_time(store):
     assert out.item_id.tolist() == entity.item_id.tolist() and out.label.tolist() == entity.label.tolist()
     assert out.user_id.tolist() == entity.user_id.tolist()
     assert out.score.tolist()[:7] == [20] * 7  # day-3 value, visible on day 4 in event time
-    # vectors: one (n, 2) float32 buffer, no Python object per row
-    assert out.vec.dtype == pd.ArrowDtype(pa.list_(pa.float32(), 2)) and info.vectors == {"vec": 2}
+    # vectors: each distinct one stored once in a float32 table, rows point at it; no Python object per row
+    assert io.vector_width(out.vec) == 2 and info.vectors == {"vec": 2}
+    table, rows = io.vector_rows(out.vec)
+    assert table.dtype == np.float32 and sorted(table.tolist()) == [[1, 2], [3, 4]]
+    assert rows.tolist()[6] == -1 and table[rows[:3]].tolist() == [[3, 4], [1, 2], [3, 4]]
     vec, present = io.vector_view(out.vec)
     assert vec.dtype == np.float32 and vec.shape == (9, 2)
     assert vec[:3].tolist() == [[3, 4], [1, 2], [3, 4]]
@@ -139,7 +142,7 @@ def test_provenance_and_parquet_roundtrip(store, tmp_path):
     back, meta = load_training_set(tmp_path / "set.parquet")
     assert meta["features"] == info.features and meta["model_ids"] == info.model_ids and meta["vectors"] == {"vec": 2}
     assert pq.read_schema(tmp_path / "set.parquet").field("vec").type == pa.list_(pa.float32())
-    assert back.vec.dtype == pd.ArrowDtype(pa.list_(pa.float32(), 2)) and list(back.columns) == list(out.columns)
+    assert back.vec.dtype == out.vec.dtype and list(back.columns) == list(out.columns)
     vec, present = io.vector_view(back.vec)   # the null row (item 999) survives the round trip
     assert vec.dtype == np.float32 and vec.tolist() == [[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]]
     assert present.tolist() == [True, True, False]
