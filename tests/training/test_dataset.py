@@ -149,6 +149,12 @@ def test_provenance_and_parquet_roundtrip(store, tmp_path):
     pd.testing.assert_series_equal(back.score, out.score)
     assert back.label.tolist() == [1, 0, 0]
     assert (tmp_path / "set.parquet.json").is_file()
+    # written a row group at a time (bounded memory), read back the same
+    save_training_set(out, info, tmp_path / "groups.parquet", rows_per_group=2)
+    assert pq.ParquetFile(tmp_path / "groups.parquet").num_row_groups == 2
+    again, _ = load_training_set(tmp_path / "groups.parquet")
+    pd.testing.assert_frame_equal(again.drop(columns="vec"), back.drop(columns="vec"))
+    assert io.vector_view(again.vec)[0].tolist() == vec.tolist() and io.vector_view(again.vec)[1].tolist() == present.tolist()
 
 
 def test_naive_timestamps_rejected(store):
