@@ -66,6 +66,119 @@ def vector_array(matrix: np.ndarray) -> pa.Array:
     return arr
 
 
+def vector_series(matrix: np.ndarray, present: np.ndarray | None = None, index=None, name=None) -> pd.Series:
+    """``(n, d)`` float32 matrix -> a Series of ``pd.ArrowDtype(fixed_size_list<float32>[d])``, the
+    compact form of a vector column: one buffer, no Python object per row. A C-contiguous float32
+    matrix is wrapped without a copy (keep it unchanged afterwards); rows whose ``present`` is False
+    become null (their values should be zeros: :func:`vector_view` hands the buffer back as it is)."""
+    m = np.ascontiguousarray(matrix, dtype=np.float32)
+    n, d = m.shape
+    mask = None if present is None or bool(np.all(present)) else pa.array(~np.asarray(present, bool))
+    arr = pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1)), d, mask=mask)
+    return pd.Series(pd.arrays.ArrowExtensionArray(arr), index=index, name=name, copy=False)
+
+
+def indexed_vector_series(table: np.ndarray, rows: np.ndarray, index=None, name=None) -> pd.Series:
+    """Vectors stored once per distinct value: a Series of ``pd.ArrowDtype(dictionary<int32,
+    fixed_size_list<float32>[d]>)`` whose row ``i`` is ``table[rows[i]]`` (null where ``rows[i] < 0``).
+    ``table``: ``(u, d)`` float32, wrapped without a copy when C-contiguous; ``rows``: ``(n,)`` int."""
+    t = np.ascontiguousarray(table, dtype=np.float32)
+    r = np.asarray(rows, np.int32)
+    dictionary = pa.FixedSizeListArray.from_arrays(pa.array(t.reshape(-1)), t.shape[1])
+    indices = pa.array(np.where(r < 0, 0, r).astype(np.int32), mask=(r < 0) if (r < 0).any() else None)
+    arr = pa.DictionaryArray.from_arrays(indices, dictionary)
+    return pd.Series(pd.arrays.ArrowExtensionArray(arr), index=index, name=name, copy=False)
+
+
+def _vector_type(values):
+    dtype = getattr(values, "dtype", None)
+    if not isinstance(dtype, pd.ArrowDtype):
+        return None
+    typ = dtype.pyarrow_dtype
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    return typ if pa.types.is_fixed_size_list(typ) and pa.types.is_floating(typ.value_type) else None
+
+
+def is_vector_series(values) -> bool:
+    """True for a Series of Arrow ``fixed_size_list`` of floats, plain (:func:`vector_series`) or
+    dictionary-encoded (:func:`indexed_vector_series`)."""
+    return _vector_type(values) is not None
+
+
+def vector_width(values) -> int:
+    """The ``d`` of a :func:`is_vector_series` Series.
+
+    Raises:
+        TypeError: ``values`` is not such a Series.
+    """
+    typ = _vector_type(values)
+    if typ is None:
+        raise TypeError(f"expected a fixed_size_list<float> Arrow column, got {getattr(values, 'dtype', type(values))}")
+    return typ.list_size
+
+
+def _one_array(values):
+    chunked = values.array.__arrow_array__()
+    if chunked.num_chunks == 1:
+        return chunked.chunk(0)
+    if pa.types.is_dictionary(chunked.type):   # chunks with their own dictionaries: unify, else decode
+        try:
+            chunked = chunked.unify_dictionaries()
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+            chunked = pa.chunked_array([c.dictionary_decode() for c in chunked.chunks], chunked.type.value_type)
+    return chunked.combine_chunks()
+
+
+def _fsl_matrix(arr) -> np.ndarray:
+    d = arr.type.list_size
+    child = arr.values.slice(arr.offset * d, len(arr) * d)
+    return child.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(arr), d)
+
+
+def vector_rows(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A :func:`is_vector_series` Series -> ``(table (u, d) float32, rows (n,) int64)``: row ``i`` is
+    ``table[rows[i]]``, missing where ``rows[i] < 0``. For a dictionary-encoded Series the table is
+    its dictionary (a read-only view, no copy); for a plain one it is the ``(n, d)`` buffer itself.
+
+    Raises:
+        TypeError: ``values`` is not such a Series.
+    """
+    vector_width(values)
+    arr = _one_array(values)
+    if pa.types.is_dictionary(arr.type):
+        rows = arr.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        return _fsl_matrix(arr.dictionary), rows
+    rows = np.arange(len(arr), dtype=np.int64)
+    if arr.null_count:
+        rows[~arr.is_valid().to_numpy(zero_copy_only=False)] = -1
+    return _fsl_matrix(arr), rows
+
+
+def vector_view(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A :func:`is_vector_series` Series -> ``((n, d) float32, (n,) bool present)``, zeros where a
+    row is null. For a plain Series in one float32 chunk whose null rows hold zeros (what
+    :func:`vector_series`, slices and Arrow's ``take`` give) no copy: the matrix is then a read-only
+    view of the Arrow buffer. A dictionary-encoded Series is expanded (a new ``(n, d)`` array).
+
+    Raises:
+        TypeError: ``values`` is not such a Series.
+    """
+    vector_width(values)
+    arr = _one_array(values)
+    if pa.types.is_dictionary(arr.type):
+        table, rows = vector_rows(values)
+        present = rows >= 0
+        matrix = table[np.where(present, rows, 0)] if len(table) else np.zeros((len(rows), table.shape[1]), np.float32)
+        matrix[~present] = 0
+        return matrix, present
+    matrix = _fsl_matrix(arr)
+    present = np.ones(len(arr), bool) if arr.null_count == 0 else arr.is_valid().to_numpy(zero_copy_only=False)
+    if not present.all() and matrix[~present].any():
+        matrix = np.where(present[:, None], matrix, np.float32(0))
+    return matrix, present
+
+
 def _is_missing(v) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v))
 
@@ -149,7 +262,7 @@ def _vector_matrix(s: pd.Series) -> np.ndarray:
 
 def to_arrow(df: pd.DataFrame, vector_cols=()) -> pa.Table:
     """DataFrame -> Arrow table; ``vector_cols`` hold ``(d,)`` float arrays of one width and become
-    ``list<float32>`` (NaN rows: null); other list columns (tags, variable length, ``[]``) become
+    ``list<float32>`` (NaN rows: null), as do columns of :func:`vector_series`; other list columns (tags, variable length, ``[]``) become
     Arrow lists of their element type; tz-aware timestamps become ``timestamp[us, UTC]``.
 
     Raises:
@@ -160,7 +273,11 @@ def to_arrow(df: pd.DataFrame, vector_cols=()) -> pa.Table:
     for col in df.columns:
         s = df[col]
         is_list = s.dtype == object and any(isinstance(v, (list, tuple, np.ndarray)) for v in s)
-        if col in vector_cols:
+        if is_vector_series(s):   # Parquet readers refuse null fixed_size_list rows (pyarrow 25): plain lists
+            arr = _one_array(s)
+            arr = arr.dictionary_decode() if pa.types.is_dictionary(arr.type) else arr
+            arrays.append(arr.cast(pa.list_(pa.float32())))
+        elif col in vector_cols:
             arrays.append(vector_array(_vector_matrix(s)))
         elif is_list:
             check_list_column(s)

@@ -86,6 +86,7 @@ class TrainConfig:
     k: int = 10                             # cut-off of NDCG@K / HR@K
     ablation: bool = True                   # also train behaviour-only, +text, +image, +sequence
     out_dir: str = "runs/ranking"           # checkpoint, metrics JSON, tables, plots
+    keep_training_set: bool = False         # also write the joined set (vectors included) as training_set.parquet
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":

@@ -6,7 +6,9 @@ Reads top to bottom as numbered steps (see :func:`train`). ``recfeast train`` ca
 from __future__ import annotations
 
 import json
+import resource
 import time
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -47,7 +49,9 @@ def _predict(model: RankingModel, arrays: dict[str, np.ndarray], batch: int = 81
     model.eval()
     n = len(arrays["dense"])
     out = np.empty(n, np.float32)
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        # the vector inputs are read-only views of the training set's Arrow buffers; the model only reads them
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         for s in range(0, n, batch):
             idx = slice(s, s + batch)
             out[idx] = torch.sigmoid(model({k: torch.from_numpy(v[idx]) for k, v in arrays.items()})).numpy()
@@ -94,6 +98,24 @@ def fit_model(cfg: TrainConfig, spec: FeatureSpec, train: dict, y_train: np.ndar
     if best_state is not None:  # None only when validation loss was never finite
         model.load_state_dict(best_state)
     return model.eval(), history
+
+
+def split_rows(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The ``train`` / ``val`` / ``test`` rows of a training set. Examples are ordered by time, so each
+    split is one run of rows and comes back as a slice: a view of the set's buffers, not a copy
+    (a split whose rows are scattered is gathered into a copy)."""
+    split = frame["split"].to_numpy()
+    out = {}
+    for name in ("train", "val", "test"):
+        idx = np.flatnonzero(split == name)
+        contiguous = len(idx) == 0 or idx[-1] - idx[0] + 1 == len(idx)
+        out[name] = frame.iloc[idx[0]:idx[-1] + 1] if contiguous and len(idx) else frame.iloc[idx]
+    return out
+
+
+def peak_rss_gb() -> float:
+    """This process' peak resident memory so far, GB (10^9 bytes; Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 def _plots(out: Path, histories: dict, ablation: pd.DataFrame, k: int, intervals: dict | None = None) -> None:
@@ -159,7 +181,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from recfeast.store import feature_store
     from recfeast.training.config import data_split_dates, split_dates
     from recfeast.views import field_roles
-    from recfeast.training.dataset import get_training_set, save_training_set
+    from recfeast.training.dataset import get_training_set, save_entity_rows, save_training_set
+    from recfeast.io import write_json
     from recfeast.training.examples import labelled_examples, sample_unrated
 
     cfg.validate()
@@ -175,6 +198,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     roles = field_roles(catalog_spec)
     from recfeast.eventlog import with_logged_events
 
+    log(f"1. examples: reading events from {config.data_dir(cfg.data_dir)}")
     data = clean(read_catalog(config.data_dir(cfg.data_dir), catalog_spec))
     # the events the feature tables are built from: the raw files plus the ingested event log
     events = with_logged_events(data.events, data.items, repo, data.quarantine) if catalog_spec.realtime else data.events
@@ -189,16 +213,30 @@ def train(cfg: TrainConfig, log=print) -> dict:
         + ", ".join(f"{s} {n}" for s, n in examples.split.value_counts().items()) + f"; split at {t1.date()} / {t2.date()}")
 
     # 2. point-in-time training set -------------------------------------------------------------
+    def progress(step, what):
+        t0 = time.perf_counter()
+
+        def report(done, total):
+            log(f"{step}. {what}: {done}/{total} rows joined ({time.perf_counter() - t0:.0f} s, peak RSS {peak_rss_gb():.2f} GB)")
+        return report
+
     tset, info = get_training_set(store, examples, cfg.feature_service,
-                                  allow_values_created_later=cfg.allow_values_created_later)
+                                  allow_values_created_later=cfg.allow_values_created_later,
+                                  progress=progress(2, "training set"))
     if info.null_share and min(info.null_share.values()) == 1.0:
         from recfeast.errors import DataError
         raise DataError(
             "every feature is null for every example: the tables have no value available (created) before the "
             f"examples' times (up to {info.time_range[1]}); rebuild them with `recfeast materialize` (created_timestamp "
             "is then each value's availability time), or, knowingly leaking, --allow-values-created-later")
-    save_training_set(tset, info, out / "training_set.parquet")
-    log(f"2. training set: {info.rows} rows, {len(info.features)} features, {info.seconds:.1f} s; models {info.model_ids}")
+    # what a feature store user keeps of a training set: its entity rows (keys, times, labels) and
+    # provenance; the service rebuilds the joined set from them (values created later stay hidden).
+    # The joined set itself (~8 KB a row with the vectors) only when asked.
+    save_entity_rows(examples, info, out / "training_entities.parquet")
+    if cfg.keep_training_set:
+        save_training_set(tset, info, out / "training_set.parquet")
+    log(f"2. training set: {info.rows} rows, {len(info.features)} features, vectors {info.vectors}, "
+        f"{info.seconds:.1f} s; models {info.model_ids}")
 
     # 3. ranking candidates: first test positive per user vs cfg.eval_negatives never-rated items --
     test_pos = examples[(examples.split == "test") & (examples.label == 1)].groupby("user_id").head(1)
@@ -213,11 +251,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
         raise ConfigError(f"no test-period user has {cfg.eval_negatives} never-touched catalog items to rank against: "
                           "lower eval_negatives (--eval-negatives) or move test_start")
     cset, _ = get_training_set(store, cands, cfg.feature_service,
-                               allow_values_created_later=cfg.allow_values_created_later)
+                               allow_values_created_later=cfg.allow_values_created_later,
+                               progress=progress(3, "ranking candidates"))
     log(f"3. ranking candidates: {cands.anchor.nunique()} users x {cfg.eval_negatives + 1} items")
 
     # 4-6. fit transform, train, evaluate (for every variant of the ablation) --------------------
-    split = {s: tset[tset.split == s].reset_index(drop=True) for s in ("train", "val", "test")}
+    split = split_rows(tset)
     present = [g for g in ("text", "image", "sequence") if any(f.group == g for f in roles.values())]
     groups_all = tuple(g for g in cfg.groups if g == "behavior" or g in present)
     variants = {"behavior only": ("behavior",), **{f"+ {g}": ("behavior", g) for g in present}, "all": groups_all}
@@ -225,21 +264,27 @@ def train(cfg: TrainConfig, log=print) -> dict:
         variants = {"all": groups_all}
     results, histories, models, per_user = [], {}, {}, {}
     for name, groups in variants.items():
-        log(f"4-6. model '{name}' (groups: {', '.join(groups)})")
+        log(f"4-6. model '{name}' (groups: {', '.join(groups)}): fitting the transform on {len(split['train'])} rows")
         spec = FeatureSpec.fit(split["train"], groups, roles)
-        arrays = {s: spec.transform(f) for s, f in split.items()}
+        arrays = {s: spec.transform(f, indexed=True) for s, f in split.items()}
+        log(f"    inputs: dense {arrays['train']['dense'].shape[1]}, "
+            + ", ".join(f"{c} {spec.dims[c]}" for c in spec.vectors) + f"; training up to {cfg.max_epochs} epochs "
+            f"(peak RSS {peak_rss_gb():.2f} GB)")
         model, hist = fit_model(replace(cfg, groups=groups), spec, arrays["train"], split["train"].label.to_numpy(),
                                 arrays["val"], split["val"].label.to_numpy(), log=log,
                                 on_epoch=lambda row, name=name: tracking.current().log_epoch(name, row["epoch"], row))
         p_test = _predict(model, arrays["test"])
         y_test = split["test"].label.to_numpy()
-        cand_scores = _predict(model, spec.transform(cset))
+        cand_scores = _predict(model, spec.transform(cset, indexed=True))
         rm = rank_metrics(cset.anchor.to_numpy(), cset.label.to_numpy() == 1, cand_scores, cfg.k)
         per_user[name] = per_user_gains(positive_ranks(cset.anchor.to_numpy(), cset.label.to_numpy() == 1,
                                                        cand_scores)[1], cfg.k)
         results.append({"variant": name, "groups": list(groups), "auc": auc(y_test, p_test),
                         "log_loss": log_loss(y_test, p_test), **rm, "epochs": len(hist)})
         histories[name], models[name] = hist, (model, spec)
+        del arrays
+        log(f"    '{name}': test AUC {results[-1]['auc']:.4f}, NDCG@{cfg.k} {rm[f'ndcg@{cfg.k}']:.4f} "
+            f"after {len(hist)} epochs")
     pop_test = pd.to_numeric(split["test"].popularity, errors="coerce").fillna(0).to_numpy()
     pop_rank = pd.to_numeric(cset.popularity, errors="coerce").fillna(0).to_numpy()
     results.insert(0, {"variant": "most popular (as of time)", "groups": [], "auc": auc(split["test"].label.to_numpy(), pop_test),
@@ -262,12 +307,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
             f"ndcg@{cfg.k}": paired_bootstrap(per_user["all"][0], per_user["behavior only"][0], seed=cfg.seed),
             f"hr@{cfg.k}": paired_bootstrap(per_user["all"][1], per_user["behavior only"][1], seed=cfg.seed)},
         "ablation": results, "history": histories, "seconds": round(time.perf_counter() - t_start, 1),
+        "peak_rss_gb": round(peak_rss_gb(), 3),
     }
     normalization = json.loads((config.tables_dir(repo) / "normalization.json").read_text())
     selection = json.loads((config.tables_dir(repo) / "feature_selection.json").read_text())
     save_checkpoint(out / "ranking_model.pt", model, cfg, spec, info.features, normalization, best,
                     model_ids=info.model_ids, feature_selection=selection)
-    from recfeast.io import write_json
     write_json(out / "metrics.json", metrics)
     cols = ["variant", "auc", "log_loss", f"ndcg@{cfg.k}", f"hr@{cfg.k}", "users", "epochs"]
     table = ablation[cols].to_markdown(index=False, floatfmt=".4f")
@@ -288,7 +333,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
     tracking.current().log_result(
         {"test": best, "ablation": results, "lift_over_behavior_only": metrics["lift_over_behavior_only"]},
         [out / n for n in ("training_curves.png", "ablation.png", "ablation.md", "metrics.json")],
-        tracking.lineage(info, out / "training_set.parquet"), hparam_metrics=("test/",))
+        tracking.lineage(info, out / "training_set.parquet" if cfg.keep_training_set else None,
+                         entities=out / "training_entities.parquet"), hparam_metrics=("test/",))
     log(f"\nProtocol: {protocol}\n\n{table}\n{lift_text}\n\nsaved to {out}: ranking_model.pt, metrics.json, ablation.md, "
-        "training_curves.png, ablation.png, training_set.parquet")
+        "training_curves.png, ablation.png, training_entities.parquet"
+        + (", training_set.parquet" if cfg.keep_training_set else "")
+        + f"\npeak memory: {peak_rss_gb():.2f} GB resident; {metrics['seconds']:.0f} s")
     return metrics

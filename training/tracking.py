@@ -96,11 +96,13 @@ def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def lineage(info, training_set: str | os.PathLike | None = None) -> dict[str, str]:
+def lineage(info, training_set: str | os.PathLike | None = None,
+            entities: str | os.PathLike | None = None) -> dict[str, str]:
     """Tags naming what a ranking run was trained on, from a :class:`~recfeast.training.dataset.TrainingSetInfo`:
     ``recfeast.feature_service``, ``recfeast.model.<table column>`` (embedding model identities, comma
     separated), ``recfeast.training_set.*`` (rows, rows per split, time range, features, reproducible,
-    path and the file's sha256)."""
+    the kept set's path and sha256 when ``training_set`` names a file, and ``entities.path`` /
+    ``entities.sha256``: the entity rows it was joined from, which rebuild it)."""
     import hashlib
 
     d = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)
@@ -112,13 +114,14 @@ def lineage(info, training_set: str | os.PathLike | None = None) -> dict[str, st
             "recfeast.training_set.reproducible": str(d.get("reproducible"))}
     for col, ids in (d.get("model_ids") or {}).items():
         tags[f"recfeast.model.{col}"] = ",".join(map(str, ids))
-    if training_set is not None and Path(training_set).is_file():
-        h = hashlib.sha256()
-        with open(training_set, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        tags["recfeast.training_set.path"] = str(Path(training_set).resolve())
-        tags["recfeast.training_set.sha256"] = h.hexdigest()
+    for prefix, path in (("recfeast.training_set", training_set), ("recfeast.training_set.entities", entities)):
+        if path is not None and Path(path).is_file():
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            tags[f"{prefix}.path"] = str(Path(path).resolve())
+            tags[f"{prefix}.sha256"] = h.hexdigest()
     return tags
 
 

@@ -27,6 +27,7 @@ from typing import Mapping
 
 import numpy as np
 
+from recfeast import io
 from recfeast.errors import ConfigError, DataError
 
 GROUPS = ("behavior", "text", "image", "sequence")
@@ -41,11 +42,20 @@ def _column(frame, col: str):
 def vectors(values, dim: int, strict: bool = False, name: str = "") -> tuple[np.ndarray, np.ndarray]:
     """A vector column -> ``((n, dim) float32 with zeros for missing, (n,) bool present)``.
 
-    ``values``: a ``(n, dim)`` float array (NaN rows = missing), or a sequence of arrays/lists/None.
+    ``values``: a ``(n, dim)`` float array (NaN rows = missing), a Series of Arrow
+    ``fixed_size_list<float32>`` (:func:`recfeast.io.vector_series`: returned without a copy, as a
+    read-only view; dictionary-encoded as in training sets: expanded), or a sequence of arrays/lists/None.
 
     Raises:
         DataError: with ``strict``, a vector whose length is not ``dim`` (another encoder's embedding).
     """
+    if io.is_vector_series(values):
+        width = io.vector_width(values)
+        if width != dim:
+            if strict and len(values):
+                raise DataError(f"column {name!r}: vectors of length {width}, the model expects {dim}")
+            return np.zeros((len(values), dim), np.float32), np.zeros(len(values), bool)
+        return io.vector_view(values)
     if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype != object:
         if values.shape[1] != dim:
             if strict and len(values):
@@ -67,7 +77,52 @@ def vectors(values, dim: int, strict: bool = False, name: str = "") -> tuple[np.
     return out, present
 
 
+class IndexedRows:
+    """``(n, dim)`` float32 model input stored once per distinct row: row ``i`` is ``table[index[i]]``.
+
+    What :meth:`FeatureSpec.transform` gives with ``indexed=True`` for a training set's vector
+    columns, which repeat each item's embedding on every row of that item: the training loop gathers
+    one batch at a time (``rows[idx]``, ``rows[a:b]`` -> a new float32 ndarray) and never holds the
+    whole ``(n, dim)`` matrix. ``np.asarray(rows)`` builds it. ``shape``, ``dtype``, ``len`` as an array's.
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, table: np.ndarray, index: np.ndarray):
+        self.table, self.index = table, index
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.index), self.table.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.table[self.index[key]]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self.table[self.index]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def _indexed(values, dim: int, name: str) -> "tuple[IndexedRows, np.ndarray] | None":
+    """A dictionary-encoded vector column -> ``(IndexedRows, (n,) bool present)`` (a zero row for the
+    missing ones); None for any other column (or when no row repeats)."""
+    if not io.is_vector_series(values) or io.vector_width(values) != dim:
+        return None
+    table, rows = io.vector_rows(values)
+    if len(table) >= len(rows):   # nothing repeats: the plain matrix is as small
+        return None
+    present = rows >= 0
+    table = np.concatenate([table, np.zeros((1, dim), np.float32)])
+    return IndexedRows(table, np.where(present, rows, len(table) - 1)), present
+
+
 def _dim(values) -> int:
+    if io.is_vector_series(values):
+        return io.vector_width(values) if values.notna().any() else 0
     if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype != object:
         return values.shape[1]
     return next((len(v) for v in values if isinstance(v, (np.ndarray, list, tuple))), 0)
@@ -171,12 +226,13 @@ class FeatureSpec:
             names.append("image_present")
         return names
 
-    def transform(self, frame) -> dict[str, np.ndarray]:
+    def transform(self, frame, indexed: bool = False) -> dict[str, np.ndarray]:
         """Columns -> ``{"dense": (n, d_dense) float32, "<vector column>": (n, dim) float32, ...}``.
 
         ``frame``: a DataFrame or a mapping of columns (1-d arrays; vectors as ``(n, dim)`` arrays or
         sequences of arrays). Dense = standardised scalars (missing -> 0) + missing indicators +
-        one-hots (+ image present).
+        one-hots (+ image present). With ``indexed``, a vector column stored once per distinct value
+        (a training set's) comes back as :class:`IndexedRows` instead of an ``(n, dim)`` copy.
 
         Raises:
             DataError: a column the model needs is absent, or a vector has another width.
@@ -199,8 +255,11 @@ class FeatureSpec:
         out: dict[str, np.ndarray] = {}
         image_present = None
         for c, g in self.vectors.items():
-            vec, present = vectors(frame[c], self.dims[c], strict=True, name=c)
-            out[c] = vec
+            lazy = _indexed(frame[c], self.dims[c], c) if indexed else None
+            if lazy is not None:
+                out[c], present = lazy
+            else:
+                out[c], present = vectors(frame[c], self.dims[c], strict=True, name=c)
             if g == "image":
                 image_present = present
         if "image" in self.groups and any(g == "image" for g in self.vectors.values()):

@@ -4,8 +4,11 @@ from datetime import timedelta
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from recfeast import io
 from recfeast.errors import DataError, StoreError
 from recfeast.training.dataset import get_training_set, load_training_set, save_training_set
 
@@ -79,9 +82,24 @@ def test_every_row_once_in_order_with_shared_user_and_time(store):
     assert out.item_id.tolist() == entity.item_id.tolist() and out.label.tolist() == entity.label.tolist()
     assert out.user_id.tolist() == entity.user_id.tolist()
     assert out.score.tolist()[:7] == [20] * 7  # day-3 value, visible on day 4 in event time
-    assert [None if v is None else v.tolist() for v in out.vec[:3]] == [[3, 4], [1, 2], [3, 4]]
-    assert out.vec.iat[6] is None and out.vec_model.isna().iat[6]  # unknown item: null, row kept
+    # vectors: each distinct one stored once in a float32 table, rows point at it; no Python object per row
+    assert io.vector_width(out.vec) == 2 and info.vectors == {"vec": 2}
+    table, rows = io.vector_rows(out.vec)
+    assert table.dtype == np.float32 and sorted(table.tolist()) == [[1, 2], [3, 4]]
+    assert rows.tolist()[6] == -1 and table[rows[:3]].tolist() == [[3, 4], [1, 2], [3, 4]]
+    vec, present = io.vector_view(out.vec)
+    assert vec.dtype == np.float32 and vec.shape == (9, 2)
+    assert vec[:3].tolist() == [[3, 4], [1, 2], [3, 4]]
+    assert out.vec.isna().iat[6] and not present[6] and vec[6].tolist() == [0, 0]  # unknown item: null, row kept
+    assert out.vec_model.isna().iat[6] and present.tolist() == [True] * 6 + [False, True, True]
     assert out.score.iat[7] == 7 and pd.isna(out.score.iat[8])  # user 3 has no value: null, kept
+    # in chunks of 2 rows (5 joins), the same rows in the same order, with the same values
+    done = []
+    chunked, cinfo = get_training_set(store, entity, "svc", allow_mixed_models=True, allow_values_created_later=True,
+                                      chunk_rows=2, progress=lambda i, n: done.append((i, n)))
+    assert done == [(2, 9), (4, 9), (6, 9), (8, 9), (9, 9)] and cinfo.rows == 9
+    pd.testing.assert_frame_equal(chunked, out)
+    assert io.vector_view(chunked.vec)[0].tolist() == vec.tolist()
 
 
 def test_never_later_than_row_and_ttl_gives_null(store):
@@ -110,20 +128,33 @@ def test_values_created_later_are_hidden_by_default(store):
 
 
 def test_provenance_and_parquet_roundtrip(store, tmp_path):
-    entity = pd.DataFrame({"user_id": [1, 2], "item_id": [100, 200], "event_timestamp": [ts("2020-01-04"), ts("2020-01-06")],
-                           "label": [1, 0], "split": ["train", "test"]})
+    entity = pd.DataFrame({"user_id": [1, 2, 1], "item_id": [100, 200, 999],
+                           "event_timestamp": [ts("2020-01-04"), ts("2020-01-06"), ts("2020-01-06")],
+                           "label": [1, 0, 0], "split": ["train", "test", "test"]})
     out, info = get_training_set(store, entity, "svc", allow_mixed_models=True)
     assert info.feature_service == "svc" and info.features == ["user_score:score", "item_vec:vec", "item_vec:vec_model"]
     assert info.model_ids == {"vec_model": ["m@1", "m@2"]}
     with pytest.raises(StoreError, match="mixes embedding spaces"):   # two versions of one encoder
         get_training_set(store, entity, "svc")
-    assert info.rows == 2 and info.rows_by_split == {"train": 1, "test": 1} and info.positives == 1
+    assert info.rows == 3 and info.rows_by_split == {"train": 1, "test": 2} and info.positives == 1
     assert info.time_range == (str(ts("2020-01-04")), str(ts("2020-01-06")))
     save_training_set(out, info, tmp_path / "set.parquet")
     back, meta = load_training_set(tmp_path / "set.parquet")
-    assert meta["features"] == info.features and meta["model_ids"] == info.model_ids
-    assert back.vec.iat[1].dtype == np.float32 and back.vec.iat[1].tolist() == [3.0, 4.0]
+    assert meta["features"] == info.features and meta["model_ids"] == info.model_ids and meta["vectors"] == {"vec": 2}
+    assert pq.read_schema(tmp_path / "set.parquet").field("vec").type == pa.list_(pa.float32())
+    assert back.vec.dtype == out.vec.dtype and list(back.columns) == list(out.columns)
+    vec, present = io.vector_view(back.vec)   # the null row (item 999) survives the round trip
+    assert vec.dtype == np.float32 and vec.tolist() == [[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]]
+    assert present.tolist() == [True, True, False]
+    pd.testing.assert_series_equal(back.score, out.score)
+    assert back.label.tolist() == [1, 0, 0]
     assert (tmp_path / "set.parquet.json").is_file()
+    # written a row group at a time (bounded memory), read back the same
+    save_training_set(out, info, tmp_path / "groups.parquet", rows_per_group=2)
+    assert pq.ParquetFile(tmp_path / "groups.parquet").num_row_groups == 2
+    again, _ = load_training_set(tmp_path / "groups.parquet")
+    pd.testing.assert_frame_equal(again.drop(columns="vec"), back.drop(columns="vec"))
+    assert io.vector_view(again.vec)[0].tolist() == vec.tolist() and io.vector_view(again.vec)[1].tolist() == present.tolist()
 
 
 def test_naive_timestamps_rejected(store):

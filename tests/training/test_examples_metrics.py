@@ -186,3 +186,53 @@ def test_plots_mark_the_kept_epoch_and_draw_intervals(tmp_path):
     for name in ("training_curves.png", "ablation.png"):
         img = mpimg.imread(tmp_path / name)
         assert img.shape[0] > 300 and img.shape[1] > 1000 and img.std() > 0.05, name
+
+
+def test_vector_buffers_give_the_same_inputs_without_a_copy():
+    """A training set's vector columns are float32 Arrow buffers (no object per row): fit and transform
+    read them in place and give exactly the inputs of the per-row arrays; a split is a slice, still no copy."""
+    from recfeast.io import indexed_vector_series, vector_series
+    from recfeast.ranking.features import FeatureSpec, IndexedRows
+    from recfeast.training.task import split_rows
+
+    roles = field_roles(load_spec("examples/hm/catalog.yaml"))
+    rng = np.random.default_rng(2)
+    n = 60
+    flags = np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]
+    share = rng.dirichlet(np.ones(3), n).astype(np.float32)
+    present = np.ones(n, bool)
+    present[[3, 40]] = False   # two users without a share vector
+    share[~present] = 0
+    rows = pd.DataFrame({"purchase_count_7d": rng.integers(0, 5, n), "avg_price_total": rng.random(n),
+                         "club_member_status": rng.choice(["ACTIVE", "PRE-CREATE"], n),
+                         "colour_flags": list(flags), "colour_share": [v if p else None for v, p in zip(share, present)],
+                         "split": ["train"] * 40 + ["val"] * 10 + ["test"] * 10})
+    buffers = rows.assign(colour_flags=vector_series(flags), colour_share=vector_series(share, present))
+    assert str(buffers.colour_share.dtype) == "fixed_size_list<item: float>[3][pyarrow]"
+    spec_rows = FeatureSpec.fit(rows.iloc[:40], ("behavior",), roles)
+    parts = split_rows(buffers)
+    assert [len(p) for p in parts.values()] == [40, 10, 10]
+    spec = FeatureSpec.fit(parts["train"], ("behavior",), roles)
+    assert spec.to_dict() == spec_rows.to_dict() and spec.dims == {"colour_flags": 3, "colour_share": 3}
+    for name, frame in parts.items():
+        got, want = spec.transform(frame), spec_rows.transform(rows[rows.split == name])
+        assert set(got) == set(want) == {"dense", "colour_flags", "colour_share"}
+        for k in got:
+            assert got[k].dtype == np.float32 and got[k].shape == want[k].shape
+            np.testing.assert_array_equal(got[k], want[k])
+    test = spec.transform(parts["test"])
+    assert np.shares_memory(test["colour_flags"], flags) and np.shares_memory(test["colour_share"], share)
+    assert spec.transform(parts["train"])["colour_share"][[3]].tolist() == [[0.0, 0.0, 0.0]]
+    # stored once per distinct vector (3 one-hot flags for 60 rows): indexed inputs gather the same rows
+    table, inverse = np.unique(flags, axis=0, return_inverse=True)
+    indexed = buffers.assign(colour_flags=indexed_vector_series(table, inverse.reshape(-1)))
+    assert str(indexed.colour_flags.dtype).startswith("dictionary<values=fixed_size_list<item: float>[3]")
+    lazy = spec.transform(indexed, indexed=True)
+    assert isinstance(lazy["colour_flags"], IndexedRows) and lazy["colour_flags"].shape == (n, 3)
+    assert lazy["colour_flags"].table.shape == (4, 3)   # 3 distinct rows + the zero row for missing ones
+    want = spec_rows.transform(rows)
+    np.testing.assert_array_equal(lazy["colour_flags"][np.arange(n)], want["colour_flags"])
+    np.testing.assert_array_equal(lazy["colour_flags"][10:20], want["colour_flags"][10:20])
+    np.testing.assert_array_equal(np.asarray(lazy["colour_flags"]), want["colour_flags"])
+    np.testing.assert_array_equal(lazy["dense"], want["dense"])
+    assert lazy["colour_flags"][[0]].dtype == np.float32

@@ -120,7 +120,9 @@ def test_lists_of_every_form_are_joined(fs):
     out, _ = get_training_set(fs, entity, ["user_lists:tags", "user_lists:recent", "user_lists:vec"])
     assert out.tags.tolist()[:3] == [["drama", "noir"], [], None] and out.tags.iat[3] is None
     assert [None if v is None else v.tolist() for v in out.recent] == [[5, 6, 7], [], [9], None]
-    assert out.vec.iat[0].dtype == np.float32 and out.vec.iat[1].tolist() == [3, 4] and out.vec.iat[2] is None
+    vec, present = io.vector_view(out.vec)   # a float32 (n, 2) buffer; users 3 (None) and 4 (no row): null
+    assert vec.dtype == np.float32 and vec.tolist() == [[1, 2], [3, 4], [0, 0], [0, 0]]
+    assert present.tolist() == [True, True, False, False] and out.vec.isna().tolist() == [False, False, True, True]
 
 
 @pytest.mark.parametrize("col, value, message", [

@@ -144,7 +144,10 @@ def test_two_train_runs_compare_in_mlflow_and_tensorboard(small_run, small_data,
         assert r.data.metrics["ablation/most_popular_as_of_time/hr_at_10"] == pytest.approx(metrics["ablation"][0]["hr@10"])
         assert r.data.tags["recfeast.feature_service"] == "ranking_v1"
         assert r.data.tags["recfeast.model.text_model"].startswith("all-MiniLM-L6-v2@sha256:")
-        assert len(r.data.tags["recfeast.training_set.sha256"]) == 64
+        # the light default: the entity rows are kept (and hashed), the joined set is not written
+        assert len(r.data.tags["recfeast.training_set.entities.sha256"]) == 64
+        assert "recfeast.training_set.sha256" not in r.data.tags
+        assert not Path(r.data.tags["recfeast.out_dir"], "training_set.parquet").exists()
         assert sorted(a.path for a in c.list_artifacts(r.info.run_id)) == [
             "ablation.md", "ablation.png", "metrics.json", "training_curves.png"]
         local = Path(c.download_artifacts(r.info.run_id, "ablation.md", str(tmp_path / r.info.run_id)))

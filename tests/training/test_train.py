@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from recfeast.cli import main
+from recfeast.io import vector_view
 from recfeast.training.dataset import load_training_set
 from recfeast.ranking.checkpoint import load_checkpoint
 from tests.conftest import slice_split_dates
@@ -22,7 +23,7 @@ def test_train_end_to_end_on_slice(small_run, small_data, tmp_path):
     res = CliRunner().invoke(main, [
         "train", "--data-dir", str(small_data[0]), "--repo-path", str(repo), "--out-dir", str(out),
         "--val-start", val_start, "--test-start", test_start, "--max-epochs", "3", "--eval-users", "20",
-        "--eval-negatives", "9",
+        "--eval-negatives", "9", "--keep-training-set",
     ], env={"RECFEAST_PROJECT": project})
     assert res.exit_code == 0, res.output
     assert "Protocol:" in res.output and "most popular (as of time)" in res.output and "behavior only" in res.output
@@ -33,10 +34,20 @@ def test_train_end_to_end_on_slice(small_run, small_data, tmp_path):
         assert 0.0 <= r["auc"] <= 1.0 and 0.0 <= r["ndcg@10"] <= r["hr@10"] <= 1.0
         assert r["users"] == metrics["ablation"][0]["users"] and 5 <= r["users"] <= 20
     assert set(metrics["lift_over_behavior_only"]) == {"auc", "ndcg@10", "hr@10"}
-    for name in ("training_curves.png", "ablation.png", "ablation.md", "ranking_model.pt", "training_set.parquet"):
+    for name in ("training_curves.png", "ablation.png", "ablation.md", "ranking_model.pt", "training_set.parquet",
+                 "training_entities.parquet"):
         assert (out / name).stat().st_size > 0, name
     tset, info = load_training_set(out / "training_set.parquet")
     assert info["rows"] == len(tset) and info["feature_service"] == "ranking_v1"
+    # the embeddings are float32 (n, d) buffers: text and sequence in the 384-d text space
+    assert info["vectors"]["text_embedding"] == info["vectors"]["sequence_embedding"] == 384
+    for col, dim in info["vectors"].items():
+        matrix, present = vector_view(tset[col])
+        assert matrix.dtype == np.float32 and matrix.shape == (len(tset), dim) and present.any(), col
+    # the entity rows it was joined from, with the same provenance
+    rows, rows_info = load_training_set(out / "training_entities.parquet")
+    assert rows_info == info and len(rows) == len(tset)
+    assert rows[["user_id", "item_id", "label", "split"]].equals(tset[["user_id", "item_id", "label", "split"]])
     assert info["model_ids"]["text_model"][0].startswith("all-MiniLM-L6-v2@sha256:")
     assert (tset.groupby(["user_id", "event_timestamp"]).label.max() == 1).all()
     # every feature row is from the past of its example
