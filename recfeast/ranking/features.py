@@ -41,14 +41,15 @@ def _column(frame, col: str):
 def vectors(values, dim: int, strict: bool = False, name: str = "") -> tuple[np.ndarray, np.ndarray]:
     """A vector column -> ``((n, dim) float32 with zeros for missing, (n,) bool present)``.
 
-    ``values``: a ``(n, dim)`` float array (NaN rows = missing), or a sequence of arrays/lists/None.
+    ``values``: a ``(n, dim)`` float array (NaN rows = missing; ``(n, 0)``: no vector at all, e.g.
+    the user columns of an anonymous request), or a sequence of arrays/lists/None.
 
     Raises:
         DataError: with ``strict``, a vector whose length is not ``dim`` (another encoder's embedding).
     """
     if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype != object:
         if values.shape[1] != dim:
-            if strict and len(values):
+            if strict and len(values) and values.shape[1]:
                 raise DataError(f"column {name!r}: vectors of length {values.shape[1]}, the model expects {dim}")
             return np.zeros((len(values), dim), np.float32), np.zeros(len(values), bool)
         present = ~np.isnan(values).any(axis=1)
