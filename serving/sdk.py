@@ -153,8 +153,8 @@ class UserRows:
             if isinstance(col, tuple):   # Int64: (values, null mask)
                 return None if col[1][0] else int(col[0][0])
             v = col[0]
-            if isinstance(v, np.ndarray):
-                return None if not v.size or np.isnan(v).any() else v
+            if isinstance(v, np.ndarray):   # a copy: decoded vectors may be read-only views of the reply
+                return None if not v.size or np.isnan(v).any() else np.array(v, np.float32)
             if isinstance(v, (float, np.floating)):
                 return None if np.isnan(v) else float(v)
             return v
