@@ -14,8 +14,17 @@ are not touched; removed at the end), then:
    (random users, k=10) for D seconds; p50/p99, QPS, errors. Clients and server share the machine.
 3. query: ``QueryEmbedder`` over the real text encoder: miss (new text) vs hit (cached) latency for
    MovieLens titles, and throughput of 16 concurrent callers (batched) vs one caller.
+4. recommend: ``RecommendService.recommend`` in process on one thread (torch 1 thread, as ``recfeast
+   serve`` runs it), random users, k=10, 100 retrieved + 20 popular candidates, on each store of
+   ``--stores``; the anchor ``recommend_reference`` (the path before the columnar ranker: three
+   round trips, the DataFrame ranker) runs interleaved request by request in the same process.
+   Per path: p50/p99 and the per-request split into stages (features = the store reads with
+   decoding, retrieve, rank), and the round trips per request.
 
-Run: .venv/bin/python -m bench.bench_serving [--only features,http,query] [--duration 60] [--clients 8]
+``--http-reference`` adds the anchor over HTTP: the same server and clients with ``/recommend``
+answered by ``recommend_reference`` (run before the new path, in the same invocation).
+
+Run: .venv/bin/python -m bench.bench_serving [--only features,http,query,recommend] [--duration 60] [--clients 8]
 """
 
 from __future__ import annotations
@@ -123,7 +132,92 @@ def _wait_up(url: str, proc, timeout: float = 180) -> None:
     raise RuntimeError("server did not start")
 
 
-def bench_http(repo, checkpoint, duration: float, clients: int, port: int) -> dict:
+def bench_recommend(repo, checkpoint, store: str, n: int) -> dict:
+    """``recommend`` vs ``recommend_reference`` in process, one thread, interleaved (see the module doc)."""
+    import pandas as pd
+    import torch
+
+    from bench.common import percentiles_ms
+    from recfeast import config
+    from recfeast.serving.service import RecommendService, ServiceConfig
+
+    torch.set_num_threads(1)
+    project = PROJECT if store == "redis" else None
+    stages: dict[str, float] = {}
+
+    def observe(stage, seconds):
+        stages[stage] = stages.get(stage, 0.0) + seconds
+
+    svc = RecommendService.from_config(ServiceConfig(checkpoint=checkpoint, repo=repo, online_store=store, project=project,
+                                                     as_of=AS_OF, candidates=100, popular=20, refresh_every_s=0,
+                                                     load_query_encoder=False), observe=observe)
+    users = pd.read_parquet(config.tables_dir(repo) / "user_profile.parquet", columns=["user_id"]).user_id.unique()
+    rng = np.random.default_rng(1)
+    reqs = [int(u) for u in rng.choice(users, n + 20)]
+    trips = _count_round_trips(svc, reqs[0])
+    paths = {"recommend (columnar, user read once)": svc.recommend,
+             "recommend_reference (before: DataFrame ranker, user read twice)": svc.recommend_reference}
+    times = {k: [] for k in paths}
+    split = {k: {} for k in paths}
+    cands = {k: [] for k in paths}
+    same = 0
+    for j, u in enumerate(reqs):
+        answers = []
+        for name, fn in paths.items():
+            stages.clear()
+            t = time.perf_counter()
+            res = fn(u, 10)
+            dt = time.perf_counter() - t
+            answers.append([i["item_id"] for i in res["items"]])
+            if j >= 20:
+                times[name].append(dt)
+                cands[name].append(res["candidates"])
+                for stage, sec in stages.items():
+                    split[name].setdefault(stage, []).append(sec)
+        same += j >= 20 and answers[0] == answers[1]
+    out = {}
+    for name in paths:
+        out[name] = {**percentiles_ms(times[name]), "mean_candidates": float(np.mean(cands[name])),
+                     "stage_p50_ms": {k: 1000 * float(np.median(v)) for k, v in split[name].items()},
+                     "stage_mean_ms": {k: 1000 * float(np.mean(v)) for k, v in split[name].items()}}
+    new, ref = (out[k] for k in paths)
+    return {"store": store, "requests": n, "torch_threads": torch.get_num_threads(), "same_top10": same,
+            "round_trips": trips, "speedup_p50": ref["p50_ms"] / new["p50_ms"], "speedup_p99": ref["p99_ms"] / new["p99_ms"],
+            "latency": out}
+
+
+def _count_round_trips(svc, user) -> dict:
+    """Store reads of one request of each path, counted at the reader (one ``read`` is one Redis
+    pipeline or one SQLite statement): ``{path: [{join key: entities read}, ...]}``."""
+    reader = svc.client.reader
+    real, calls = reader.read, []
+
+    def counting(keys, views):
+        calls.append({jk: len(ids) for jk, ids in keys.items() if ids})
+        return real(keys, views)
+
+    reader.read = counting
+    try:
+        out = {}
+        for name, fn in (("recommend", svc.recommend), ("recommend_reference", svc.recommend_reference)):
+            calls.clear()
+            fn(user, 10)
+            out[name] = list(calls)
+        return out
+    finally:
+        del reader.read
+
+
+def _serve_reference(argv: list[str]) -> None:
+    """``recfeast serve`` with ``/recommend`` answered by ``recommend_reference`` (the HTTP anchor)."""
+    from recfeast.cli import main
+    from recfeast.serving.service import RecommendService
+
+    RecommendService.recommend = RecommendService.recommend_reference
+    main(argv, prog_name="recfeast")
+
+
+def bench_http(repo, checkpoint, duration: float, clients: int, port: int, reference: bool = False) -> dict:
     import httpx
     import pandas as pd
 
@@ -138,7 +232,9 @@ def bench_http(repo, checkpoint, duration: float, clients: int, port: int) -> di
     env = {**os.environ, "RECFEAST_PROJECT": PROJECT, "RECFEAST_API_KEYS": f"{key}=read+metrics"}
     cmd = [exe, "serve", "--repo-path", str(repo), "--online-store", "redis", "--model", str(checkpoint), "--port",
            str(port), "--as-of", str(AS_OF), "--no-search", "--rate-limit", "0"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = cmd if not reference else [sys.executable, "-m", "bench.bench_serving", "--serve-reference", *cmd[1:]]
+    proc = subprocess.Popen(run, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_up(url, proc)
@@ -179,7 +275,8 @@ def bench_http(repo, checkpoint, duration: float, clients: int, port: int) -> di
                 name, value = line.rsplit(" ", 1)
                 stage = name.split('stage="')[1].split('"')[0]
                 stages.setdefault(stage, {})["sum" if "_sum" in name else "count"] = float(value)
-        return {"command": " ".join(cmd[1:]), "clients": clients, "duration_s": wall, "requests": len(lat),
+        return {"command": " ".join(cmd[1:]), "path": "recommend_reference" if reference else "recommend",
+                "clients": clients, "duration_s": wall, "requests": len(lat),
                 "errors": len(errors), "error_samples": errors[:3], "qps": len(lat) / wall,
                 "latency": percentiles_ms(lat),
                 "server_stage_mean_ms": {k: 1000 * v["sum"] / v["count"] for k, v in stages.items() if v.get("count")}}
@@ -246,6 +343,8 @@ def bench_query(data_dir: Path | None, n: int) -> dict:
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-reference":
+        return _serve_reference(sys.argv[2:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", default=None)
     ap.add_argument("--model", default="runs/ranking/ranking_model.pt")
@@ -256,6 +355,9 @@ def main():
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--stores", default="sqlite,redis", help="online stores of the in-process recommend part")
+    ap.add_argument("--http-reference", action="store_true",
+                    help="also serve /recommend by the reference path (the anchor), before the new path")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -264,18 +366,25 @@ def main():
 
     repo = config.repo_path(args.repo)
     parts = set(args.only.split(","))
-    result = {"project": PROJECT, "as_of": AS_OF}
-    fs = _load_redis(repo) if parts & {"features", "http"} else None
+    result = {"project": PROJECT, "as_of": AS_OF, "load_before": os.getloadavg()}
+    stores = args.stores.split(",")
+    fs = _load_redis(repo) if parts & {"features", "http"} or ("recommend" in parts and "redis" in stores) else None
     try:
         if "features" in parts:
             result["features"] = bench_features(repo, args.n, 100)
+        if "recommend" in parts:
+            result["recommend"] = [bench_recommend(repo, Path(args.model).resolve(), st, args.n) for st in stores]
         if "http" in parts:
+            if args.http_reference:
+                result["http_reference"] = bench_http(repo, Path(args.model).resolve(), args.duration, args.clients,
+                                                      args.port, reference=True)
             result["http"] = bench_http(repo, Path(args.model).resolve(), args.duration, args.clients, args.port)
         if "query" in parts:
             result["query"] = bench_query(args.data_dir, args.queries)
     finally:
         if fs is not None:
             fs._get_provider().online_store.teardown(fs.config, fs.list_feature_views(), fs.list_entities())
+    result["load_after"] = os.getloadavg()
     save("serving", result)
 
 

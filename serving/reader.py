@@ -44,6 +44,13 @@ class RedisReader:
     A request must fail fast when Redis is gone: Feast's client retries 3 times with exponential
     backoff (8.5 s to refuse one read here), so a plain Redis gets its own pool with the same
     address and these limits; cluster and sentinel setups keep Feast's client.
+
+    On a plain Redis the pipeline is packed here, not by redis-py: the HMGET field list of a join
+    key is the same for every entity, so it is encoded once per request and each entity adds only
+    its key; the whole request goes out in one ``sendall`` and the replies are read back on the
+    same connection (hiredis parses them). The commands on the wire are the ones redis-py's
+    pipeline would send (one HMGET per entity, one round trip); only the Python packing, about half
+    of a 100-item read, is gone. Cluster and sentinel clients go through redis-py's pipeline.
     """
 
     kind = "redis"
@@ -62,7 +69,11 @@ class RedisReader:
             kw = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), retries), "socket_timeout": timeout_s,
                   "socket_connect_timeout": timeout_s}
             client = redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kw))
+            self._packed = True
+        else:
+            self._packed = False
         self.client = client
+        self.retries = retries
 
     def sentinel(self) -> dict | None:
         """The last online load's record (:mod:`recfeast.health`), None when the store has none.
@@ -86,15 +97,17 @@ class RedisReader:
         groups = {jk: [v for v in views if v.join_key == jk] for jk in keys}
         # a join key none of the views reads (items of a user-only service): no HMGET without fields
         keys = {jk: ids for jk, ids in keys.items() if groups[jk]}
-        plan = []
+        plan = [(jk, len(ids)) for jk, ids in keys.items()]
+        fields = {jk: [f for v in groups[jk] for f in (*v.fields, v.ts_field)] for jk in keys}
         try:
-            with self.client.pipeline(transaction=False) as pipe:
-                for jk, ids in keys.items():
-                    fields = [f for v in groups[jk] for f in (*v.fields, v.ts_field)]
-                    for i in ids:
-                        pipe.hmget(entity_key_bytes(jk, i, self.version) + self.project, fields)
-                    plan.append((jk, len(ids)))
-                replies = pipe.execute()
+            if self._packed:
+                replies = self._exchange(keys, fields)
+            else:
+                with self.client.pipeline(transaction=False) as pipe:
+                    for jk, ids in keys.items():
+                        for i in ids:
+                            pipe.hmget(entity_key_bytes(jk, i, self.version) + self.project, fields[jk])
+                    replies = pipe.execute()
         except Exception as exc:  # redis ConnectionError, TimeoutError, ResponseError
             raise StoreError(f"online read from redis failed: {exc}") from exc
         out, pos = {}, 0
@@ -113,6 +126,47 @@ class RedisReader:
                                                      for j in range(width)])
                 col += width + 1
         return out
+
+
+    def _exchange(self, keys: dict[str, list], fields: dict[str, list[bytes]]) -> list:
+        """One HMGET per entity of ``keys`` (join key -> ids) for ``fields`` (join key -> hash
+        fields), sent in one write and read back in order on one pooled connection; a connection
+        or timeout error is retried ``retries`` times on a fresh connection. Any failure drops the
+        connection (unread replies must not reach the next request).
+
+        Raises:
+            redis.ConnectionError / redis.TimeoutError / redis.ResponseError.
+        """
+        import redis
+
+        chunks, n = [], 0
+        for jk, ids in keys.items():
+            fl = fields[jk]
+            head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fl))
+            tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fl)
+            for i in ids:
+                key = entity_key_bytes(jk, i, self.version) + self.project
+                chunks.append(b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail))
+            n += len(ids)
+        payload = b"".join(chunks)
+        if not n:
+            return []
+        pool, attempt = self.client.connection_pool, 0
+        while True:
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command([payload])
+                return [conn.read_response() for _ in range(n)]
+            except (redis.ConnectionError, redis.TimeoutError):
+                conn.disconnect()
+                attempt += 1
+                if attempt > self.retries:
+                    raise
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
 
 
 def _proto_ts(raw: bytes | None) -> float:

@@ -159,44 +159,22 @@ def test_columnar_path_answers_as_the_reference_path(services, small_data):
         np.testing.assert_allclose(svc.ranker.score(once), svc.ranker.score_frame(both), rtol=0, atol=1e-5)
 
 
-def test_recommend_reads_the_user_once(services, small_data):
-    """Redis: a pipeline of one HMGET (every user view and the recent items), then one of one HMGET
+def test_recommend_reads_the_user_once(services, small_data, redis_round_trips):
+    """Redis: one write of one HMGET (every user view and the recent items), then one of one HMGET
     per candidate. SQLite: one statement for the user, one for the items."""
     svc = services["redis"]
-    real = svc.client.reader.client
-    executes = []
-
-    class CountingPipeline:  # wraps redis-py's real pipeline, counts what is sent
-        def __init__(self, pipe):
-            self.pipe, self.keys = pipe, []
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.pipe.reset()
-
-        def hmget(self, key, fields):
-            self.keys.append(key)
-            return self.pipe.hmget(key, fields)
-
-        def execute(self):
-            executes.append(self.keys)
-            return self.pipe.execute()
-
-    class CountingClient:
-        def pipeline(self, **kw):
-            return CountingPipeline(real.pipeline(**kw))
-
     user = small_data[1]["user_ids"][0]
-    svc.client.reader.client = CountingClient()
-    try:
-        res = svc.recommend(user, k=5)
-    finally:
-        svc.client.reader.client = real
-    assert len(executes) == 2 and len(executes[0]) == 1
-    assert len(executes[1]) == res["candidates"] == len(set(executes[1]))
-    assert executes[0][0] not in executes[1]          # the user is not read again
+    svc.recommend(user, k=5)
+    redis_round_trips.clear()
+    res = svc.recommend(user, k=5)
+    assert len(redis_round_trips) == 2
+    first, second = redis_round_trips
+    assert len(first) == 1 and first[0][0] == b"HMGET"
+    history = svc.client._history_view
+    user_fields = {f for v in svc.client.views if v.join_key == "user_id" for f in (*v.fields, v.ts_field)}
+    assert set(first[0][2:]) == user_fields | ({*history.fields, history.ts_field} if history else set())
+    assert len(second) == res["candidates"] == len({c[1] for c in second})
+    assert first[0][1] not in {c[1] for c in second}       # the user is not read again
 
     sq = services["sqlite"]
     statements = []
