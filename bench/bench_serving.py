@@ -132,16 +132,26 @@ def _wait_up(url: str, proc, timeout: float = 180) -> None:
     raise RuntimeError("server did not start")
 
 
-def bench_recommend(repo, checkpoint, store: str, n: int) -> dict:
-    """``recommend`` vs ``recommend_reference`` in process, one thread, interleaved (see the module doc)."""
+NEW, REF, BASE = ("recommend (columnar, user read once)",
+                  "recommend_reference (DataFrame ranker, user read twice, this tree's reader)",
+                  "recommend at the base tree (the code before this path, separate process)")
+
+
+def _time_paths(repo, checkpoint, store: str, n: int, methods: tuple[str, ...]) -> dict:
+    """Time ``RecommendService`` methods in this process, one thread, interleaved request by request.
+
+    Returns:
+        ``{method: {"times": [s], "stages": {stage: [s]}, "candidates": [int], "answers": [[ids]],
+        "round_trips": [{join key: entities}]}}``.
+    """
     import pandas as pd
     import torch
 
-    from bench.common import percentiles_ms
     from recfeast import config
     from recfeast.serving.service import RecommendService, ServiceConfig
 
     torch.set_num_threads(1)
+    repo, checkpoint = Path(repo), Path(checkpoint)
     project = PROJECT if store == "redis" else None
     stages: dict[str, float] = {}
 
@@ -154,56 +164,84 @@ def bench_recommend(repo, checkpoint, store: str, n: int) -> dict:
     users = pd.read_parquet(config.tables_dir(repo) / "user_profile.parquet", columns=["user_id"]).user_id.unique()
     rng = np.random.default_rng(1)
     reqs = [int(u) for u in rng.choice(users, n + 20)]
-    trips = _count_round_trips(svc, reqs[0])
-    paths = {"recommend (columnar, user read once)": svc.recommend,
-             "recommend_reference (before: DataFrame ranker, user read twice)": svc.recommend_reference}
-    times = {k: [] for k in paths}
-    split = {k: {} for k in paths}
-    cands = {k: [] for k in paths}
-    same = 0
+    out = {m: {"times": [], "stages": {}, "candidates": [], "answers": [],
+               "round_trips": _count_round_trips(svc, getattr(svc, m), reqs[0])} for m in methods}
     for j, u in enumerate(reqs):
-        answers = []
-        for name, fn in paths.items():
+        for m in methods:
             stages.clear()
             t = time.perf_counter()
-            res = fn(u, 10)
+            res = getattr(svc, m)(u, 10)
             dt = time.perf_counter() - t
-            answers.append([i["item_id"] for i in res["items"]])
-            if j >= 20:
-                times[name].append(dt)
-                cands[name].append(res["candidates"])
+            if j >= 20:   # warm-up
+                o = out[m]
+                o["times"].append(dt)
+                o["candidates"].append(res["candidates"])
+                o["answers"].append([i["item_id"] for i in res["items"]])
                 for stage, sec in stages.items():
-                    split[name].setdefault(stage, []).append(sec)
-        same += j >= 20 and answers[0] == answers[1]
+                    o["stages"].setdefault(stage, []).append(sec)
+    return out
+
+
+def _base_paths(base_tree: Path, repo, checkpoint, store: str, n: int) -> dict:
+    """:func:`_time_paths` of ``recommend`` with the recfeast of ``base_tree`` (a package folder
+    laid out as installed: ``recfeast/``, ``recfeast/serving/``...), in a subprocess that starts
+    without site hooks so the editable install of this tree does not shadow it."""
+    import json
+
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    here = str(Path(__file__).resolve().parents[1])
+    code = ("import sys, json, warnings\n"
+            "paths = json.loads(sys.argv[1]); sys.path[:0] = paths; warnings.filterwarnings('ignore')\n"
+            "import recfeast, bench.bench_serving as b\n"
+            "if not recfeast.__file__.startswith(paths[0]): raise SystemExit('recfeast from ' + recfeast.__file__)\n"
+            "print('@@' + json.dumps(b._time_paths(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), ('recommend',))))")
+    paths = [str(base_tree), here, *site]
+    env = {**os.environ, "PYTHONPATH": ""}
+    proc = subprocess.run([sys.executable, "-S", "-c", code, json.dumps(paths), str(repo), str(checkpoint), store, str(n)],
+                          capture_output=True, text=True, env=env, cwd=here)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("@@")), None)
+    if proc.returncode or line is None:
+        raise RuntimeError(f"base tree run failed: {proc.stderr[-2000:]}")
+    return json.loads(line[2:])["recommend"]
+
+
+def bench_recommend(repo, checkpoint, store: str, n: int, base_tree: Path | None = None) -> dict:
+    """``recommend`` vs ``recommend_reference`` in process, one thread, interleaved; with
+    ``base_tree`` also the ``recommend`` of the code before (see the module doc)."""
+    import torch
+
+    from bench.common import percentiles_ms
+
+    runs = {}
+    if base_tree is not None:
+        runs[BASE] = _base_paths(base_tree, repo, checkpoint, store, n)
+    both = _time_paths(repo, checkpoint, store, n, ("recommend", "recommend_reference"))
+    runs[NEW], runs[REF] = both["recommend"], both["recommend_reference"]
     out = {}
-    for name in paths:
-        out[name] = {**percentiles_ms(times[name]), "mean_candidates": float(np.mean(cands[name])),
-                     "stage_p50_ms": {k: 1000 * float(np.median(v)) for k, v in split[name].items()},
-                     "stage_mean_ms": {k: 1000 * float(np.mean(v)) for k, v in split[name].items()}}
-    new, ref = (out[k] for k in paths)
-    return {"store": store, "requests": n, "torch_threads": torch.get_num_threads(), "same_top10": same,
-            "round_trips": trips, "speedup_p50": ref["p50_ms"] / new["p50_ms"], "speedup_p99": ref["p99_ms"] / new["p99_ms"],
-            "latency": out}
+    for name, r in runs.items():
+        out[name] = {**percentiles_ms(r["times"]), "mean_candidates": float(np.mean(r["candidates"])),
+                     "round_trips": r["round_trips"], "same_top10_as_new": sum(a == b for a, b in zip(r["answers"], runs[NEW]["answers"])),
+                     "stage_p50_ms": {k: 1000 * float(np.median(v)) for k, v in r["stages"].items()},
+                     "stage_mean_ms": {k: 1000 * float(np.mean(v)) for k, v in r["stages"].items()}}
+    anchors = {k: {"p50": out[k]["p50_ms"] / out[NEW]["p50_ms"], "p99": out[k]["p99_ms"] / out[NEW]["p99_ms"]}
+               for k in out if k != NEW}
+    return {"store": store, "requests": n, "torch_threads": torch.get_num_threads(), "speedup": anchors, "latency": out}
 
 
-def _count_round_trips(svc, user) -> dict:
-    """Store reads of one request of each path, counted at the reader (one ``read`` is one Redis
-    pipeline or one SQLite statement): ``{path: [{join key: entities read}, ...]}``."""
+def _count_round_trips(svc, fn, user) -> list:
+    """Store reads of one ``fn(user, 10)``, counted at the reader (one ``read`` is one Redis
+    pipeline or one SQLite statement): ``[{join key: entities read}, ...]``."""
     reader = svc.client.reader
     real, calls = reader.read, []
 
     def counting(keys, views):
-        calls.append({jk: len(ids) for jk, ids in keys.items() if ids})
+        calls.append({jk: len(ids) for jk, ids in keys.items() if len(ids)})
         return real(keys, views)
 
     reader.read = counting
     try:
-        out = {}
-        for name, fn in (("recommend", svc.recommend), ("recommend_reference", svc.recommend_reference)):
-            calls.clear()
-            fn(user, 10)
-            out[name] = list(calls)
-        return out
+        fn(user, 10)
+        return calls
     finally:
         del reader.read
 
@@ -356,6 +394,9 @@ def main():
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--stores", default="sqlite,redis", help="online stores of the in-process recommend part")
+    ap.add_argument("--base-tree", default=None,
+                    help="recfeast of an earlier commit laid out as installed (recfeast/, recfeast/serving/, ...): "
+                         "its recommend is timed too, in a subprocess (the anchor of the code before)")
     ap.add_argument("--http-reference", action="store_true",
                     help="also serve /recommend by the reference path (the anchor), before the new path")
     args = ap.parse_args()
@@ -373,7 +414,8 @@ def main():
         if "features" in parts:
             result["features"] = bench_features(repo, args.n, 100)
         if "recommend" in parts:
-            result["recommend"] = [bench_recommend(repo, Path(args.model).resolve(), st, args.n) for st in stores]
+            base = Path(args.base_tree).resolve() if args.base_tree else None
+            result["recommend"] = [bench_recommend(repo, Path(args.model).resolve(), st, args.n, base) for st in stores]
         if "http" in parts:
             if args.http_reference:
                 result["http_reference"] = bench_http(repo, Path(args.model).resolve(), args.duration, args.clients,

@@ -151,7 +151,11 @@ def decode_column(bufs: list, kind: str, n: int):
         fast = _fixed_width(bufs, kind)
         if fast is not None:
             return fast
-    vals = [decode_scalar(b, kind) for b in bufs]
+    if kind in (INT64, STRING):   # few distinct values per column (counts, model ids): decode each once
+        once = {b: decode_scalar(b, kind) for b in set(bufs)}
+        vals = [once[b] for b in bufs]
+    else:
+        vals = [decode_scalar(b, kind) for b in bufs]
     if kind in (FLOAT32, FLOAT64):
         return np.array([np.nan if v is None else v for v in vals], np.float32 if kind == FLOAT32 else np.float64)
     if kind == INT64:

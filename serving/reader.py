@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -229,33 +230,52 @@ class SqliteReader:
     def read(self, keys: dict[str, list], views: list[ViewSpec]) -> dict[str, ViewRows]:
         """Rows of ``views`` for the entities ``keys`` (join key -> int or str ids), in one query.
 
+        The requested keys go in as a numbered ``VALUES`` list per join key, joined to each view's
+        table (its ``entity_key`` index): every row comes back with the request position of its
+        entity (an int) instead of the key blob, and lands in its column slot directly.
+
         Raises:
             StoreError: the database cannot be read or a view's table is missing (not applied).
         """
-        blobs = {jk: [entity_key_bytes(jk, i, self.version) for i in ids] for jk, ids in keys.items()}
-        parts, params = [], []
+        ctes, params, parts = [], [], []
+        for jk, ids in keys.items():
+            if ids and any(v.join_key == jk for v in views):
+                ctes.append(f"k_{jk}(pos, ek) AS (VALUES {_values_sql(len(ids))})")
+                params += [entity_key_bytes(jk, i, self.version) for i in ids]
         for n, v in enumerate(views):
-            b = blobs[v.join_key]
-            parts.append(f'SELECT {n}, entity_key, feature_name, value, event_ts FROM "{v.table}" '
-                         f"WHERE entity_key IN ({','.join('?' * len(b))})")
-            params += b
-        try:
-            rows = self._conn().execute(" UNION ALL ".join(parts), params).fetchall()
-        except Exception as exc:  # sqlite3.OperationalError: no such table, database locked, ...
-            raise StoreError(f"online read from sqlite {self.path} failed: {exc} "
-                             "(run `recfeast materialize` or `feast apply` for this project)") from exc
-        found: list[dict] = [{} for _ in views]
-        for n, key, feat, value, ts in rows:
-            found[n].setdefault(key, ({}, ts))[0][feat] = value
+            if len(keys[v.join_key]):
+                parts.append(f'SELECT {n}, k.pos, t.feature_name, t.value, t.event_ts FROM k_{v.join_key} k '
+                             f'JOIN "{v.table}" t ON t.entity_key = k.ek')
+        rows = []
+        if parts:
+            try:
+                rows = self._conn().execute(f"WITH {', '.join(ctes)} {' UNION ALL '.join(parts)}", params).fetchall()
+            except Exception as exc:  # sqlite3.OperationalError: no such table, database locked, ...
+                raise StoreError(f"online read from sqlite {self.path} failed: {exc} "
+                                 "(run `recfeast materialize` or `feast apply` for this project)") from exc
+        sizes = [len(keys[v.join_key]) for v in views]
+        cols = [{f: [None] * m for f in v.features} for v, m in zip(views, sizes)]
+        stamps = [[None] * m for m in sizes]
+        hit = [np.zeros(m, bool) for m in sizes]
+        for n, pos, feat, value, ts in rows:
+            col = cols[n].get(feat)   # None: a feature of the table the service does not read
+            if col is not None:
+                col[pos] = value
+            hit[n][pos] = True
+            stamps[n][pos] = ts
         out = {}
         for n, v in enumerate(views):
-            hits = [found[n].get(b) for b in blobs[v.join_key]]
-            present = np.array([h is not None for h in hits], bool)
-            ts = np.full(len(hits), np.nan)
+            ts = np.full(sizes[n], np.nan)
             if v.ttl_s:
-                ts = np.array([_sqlite_ts(h[1]) if h else np.nan for h in hits], np.float64)
-            out[v.name] = ViewRows(present, ts, [[h[0].get(f) if h else None for h in hits] for f in v.features])
+                ts = np.array([_sqlite_ts(t) if h else np.nan for t, h in zip(stamps[n], hit[n])], np.float64)
+            out[v.name] = ViewRows(hit[n], ts, [cols[n][f] for f in v.features])
         return out
+
+
+@lru_cache(maxsize=64)
+def _values_sql(m: int) -> str:
+    """``(0,?),(1,?),...`` for m keys (the numbered key list of :meth:`SqliteReader.read`)."""
+    return ",".join(f"({p},?)" for p in range(m))
 
 
 def _sqlite_ts(raw) -> float:

@@ -47,22 +47,31 @@ class RankingFeatures:
             with None; other arrays (``Array(String)`` tags, ``Array(Int64)``) ``(n,)`` object of Python
             lists (``[]`` kept) or None.
         kinds: column -> ``vector``/``float32``/``float64``/``int64``/``string``/``list`` (the declared type).
-        status: DataFrame, n rows, one column per feature view: ``"found"``, ``"missing"`` (no row
+        status: DataFrame, n rows, one column per feature view (built on first access from the
+            per-view ``(n,)`` object arrays the client passes): ``"found"``, ``"missing"`` (no row
             online) or ``"stale"`` (older than the view's ttl at ``request_ts``; values nulled).
             The same on SQLite and Redis. On-demand views: ``"found"`` when every output is non-null.
         feature_service: name of the feature service read.
         request_ts: unix seconds the request-time features and ttl were evaluated at.
     """
 
-    def __init__(self, arrays: dict, kinds: dict, status: pd.DataFrame, feature_service: str, request_ts: int,
+    def __init__(self, arrays: dict, kinds: dict, status, feature_service: str, request_ts: int,
                  ints: dict):
-        self.arrays, self.kinds, self.status = arrays, kinds, status
+        self.arrays, self.kinds = arrays, kinds
+        # view name -> (n,) object array; a DataFrame is taken as it is
+        self._status = status if isinstance(status, dict) else {c: status[c].to_numpy() for c in status.columns}
+        if not isinstance(status, dict):
+            self.status = status
         self._stored_views: list[str] = []   # views read from the store (set by OnlineFeatureClient)
         self.feature_service, self.request_ts = feature_service, request_ts
         self._ints = ints  # Int64 column -> (exact int64 values, null mask)
 
     def __len__(self) -> int:
         return len(self.arrays["item_id"])
+
+    @cached_property
+    def status(self) -> pd.DataFrame:
+        return pd.DataFrame(self._status)
 
     @cached_property
     def frame(self) -> pd.DataFrame:
@@ -88,8 +97,8 @@ class RankingFeatures:
     def nothing_found(self) -> bool:
         """True when no stored feature view had a value for any row (the user and every item missing):
         the online store is empty, never loaded, or holds another project."""
-        stored = [c for c in self.status.columns if c in self._stored_views] if self._stored_views else list(self.status.columns)
-        return bool(len(self.status)) and not (self.status[stored] == FOUND).to_numpy().any()
+        stored = [c for c in self._status if c in self._stored_views] if self._stored_views else list(self._status)
+        return bool(len(self)) and not any((self._status[c] == FOUND).any() for c in stored)
 
     def model_ids(self) -> dict[str, list[str]]:
         """Distinct model identities in the ``*_model`` string columns, e.g. ``{"text_model": [...]}``."""
@@ -542,8 +551,8 @@ class OnlineFeatureClient:
             status[od.name] = np.where(ok, FOUND, MISSING)
         ordered = {"user_id": arrays["user_id"], "item_id": arrays["item_id"]}
         ordered.update({f: arrays[f] for f in self.feature_names})
-        status_frame = pd.DataFrame({name: status[name] for name in self.order})
-        return RankingFeatures(ordered, dict(self.kinds), status_frame, self.service.name, ts, ints)
+        return RankingFeatures(ordered, dict(self.kinds), {name: status[name] for name in self.order},
+                               self.service.name, ts, ints)
 
 
 _HISTORY = "user_realtime#recent_items"   #: key of the history view in a user read
