@@ -39,7 +39,8 @@ def _column(frame, col: str):
 
 
 def vectors(values, dim: int, strict: bool = False, name: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """A vector column -> ``((n, dim) float32 with zeros for missing, (n,) bool present)``.
+    """A vector column -> ``((n, dim) float32 with zeros for missing, (n,) bool present)``; a float32
+    ``(n, dim)`` array without missing rows comes back as it is (shared, not copied).
 
     ``values``: a ``(n, dim)`` float array (NaN rows = missing; ``(n, 0)``: no vector at all, e.g.
     the user columns of an anonymous request), or a sequence of arrays/lists/None.
@@ -53,6 +54,8 @@ def vectors(values, dim: int, strict: bool = False, name: str = "") -> tuple[np.
                 raise DataError(f"column {name!r}: vectors of length {values.shape[1]}, the model expects {dim}")
             return np.zeros((len(values), dim), np.float32), np.zeros(len(values), bool)
         present = ~np.isnan(values).any(axis=1)
+        if present.all() and values.dtype == np.float32:   # nothing to zero: the array itself (not copied)
+            return values, present
         return np.where(present[:, None], values, 0).astype(np.float32, copy=False), present
     vals = list(values)
     lens = [len(v) if isinstance(v, (np.ndarray, list, tuple)) else -1 for v in vals]
@@ -193,10 +196,17 @@ class FeatureSpec:
             miss = ~np.isfinite(x)
             parts.append(np.where(miss, 0.0, (x - self.mean[c]) / self.std[c]))
             parts.append(miss.astype(np.float64))
-        for c, vals in self.vocab.items():
+        for c, vals in self.vocab.items():   # one-hot: each value looked up once (not one compare per value)
+            code = {val: j for j, val in enumerate(vals)}
             v = np.asarray(frame[c], dtype=object)
-            for val in vals:
-                parts.append((v == val).astype(np.float64))
+            if n and isinstance(v[0], str) and bool((v == v[0]).all()):   # a user's label on every row
+                idx = np.full(n, code.get(v[0], -1), np.int64)
+            else:
+                idx = np.fromiter((code.get(x, -1) if isinstance(x, str) else -1 for x in v), np.int64, n)
+            onehot = np.zeros((len(vals), n))
+            hit = idx >= 0
+            onehot[idx[hit], np.flatnonzero(hit)] = 1.0
+            parts.extend(onehot)
         out: dict[str, np.ndarray] = {}
         image_present = None
         for c, g in self.vectors.items():

@@ -136,3 +136,24 @@ def test_concurrent_requests_score_as_sequential_ones(ranker):
         assert len(outs) == 10
         for out in outs:
             np.testing.assert_array_equal(out, want[i])
+
+
+def test_transform_one_hots_and_vectors_as_plain_comparisons(ranker):
+    """The one-hot block equals ``(column == value)`` per vocabulary value (a user's label on every
+    row, mixed labels, None, a label outside the vocabulary, a non-string), and vectors without
+    missing rows pass through unchanged."""
+    spec = ranker.spec
+    for labels in (["F"] * 6, ["M", "F", None, "X", 3, "M"], [None] * 6, ["X"] * 6):
+        feats = _features(6, seed=7)
+        feats.arrays["gender"] = np.array(labels, object)
+        dense = spec.transform(feats.arrays)["dense"]
+        names = spec.dense_names()
+        for val in spec.vocab["gender"]:
+            want = np.array([x == val for x in labels], np.float32)
+            np.testing.assert_array_equal(dense[:, names.index(f"gender={val}")], want)
+    full = np.random.default_rng(0).normal(size=(5, 12)).astype(np.float32)
+    feats = _features(5, seed=8)
+    feats.arrays["text_embedding"] = full
+    out = spec.transform(feats.arrays)["text_embedding"]
+    np.testing.assert_array_equal(out, full)
+    assert out.dtype == np.float32 and out.shape == (5, 12)
