@@ -116,6 +116,22 @@ def bench_features(repo, n: int, n_items: int) -> dict:
             "latency": lat}
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its children (uvicorn workers)."""
+    import psutil
+
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def _wait_up(url: str, proc, timeout: float = 180) -> None:
     import httpx
 
@@ -255,7 +271,12 @@ def _serve_reference(argv: list[str]) -> None:
     main(argv, prog_name="recfeast")
 
 
-def bench_http(repo, checkpoint, duration: float, clients: int, port: int, reference: bool = False) -> dict:
+def bench_http(repo, checkpoint, duration: float, clients: int, port: int, server: str = "recommend",
+               base_tree: Path | None = None, workers: int = 1) -> dict:
+    """``/recommend`` over HTTP (see the module doc). ``server``: ``recommend`` (this tree's
+    ``recfeast serve``), ``reference`` (its ``/recommend`` answered by ``recommend_reference``) or
+    ``base`` (``recfeast serve`` of ``base_tree``); ``workers`` > 1: this tree's app under uvicorn
+    with that many worker processes sharing the port."""
     import httpx
     import pandas as pd
 
@@ -270,9 +291,23 @@ def bench_http(repo, checkpoint, duration: float, clients: int, port: int, refer
     env = {**os.environ, "RECFEAST_PROJECT": PROJECT, "RECFEAST_API_KEYS": f"{key}=read+metrics"}
     cmd = [exe, "serve", "--repo-path", str(repo), "--online-store", "redis", "--model", str(checkpoint), "--port",
            str(port), "--as-of", str(AS_OF), "--no-search", "--rate-limit", "0"]
-    run = cmd if not reference else [sys.executable, "-m", "bench.bench_serving", "--serve-reference", *cmd[1:]]
-    proc = subprocess.Popen(run, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
+    here = Path(__file__).resolve().parents[1]
+    if server == "reference":
+        run = [sys.executable, "-m", "bench.bench_serving", "--serve-reference", *cmd[1:]]
+    elif server == "base":
+        import json
+
+        site = [p for p in sys.path if p.endswith("site-packages")]
+        code = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); import recfeast\n"
+                "if not recfeast.__file__.startswith(sys.path[0]): raise SystemExit('recfeast from ' + recfeast.__file__)\n"
+                "from recfeast.cli import main; main(sys.argv[2:], prog_name='recfeast')")
+        run = [sys.executable, "-S", "-c", code, json.dumps([str(base_tree), *site]), *cmd[1:]]
+        env["PYTHONPATH"] = ""
+    elif workers > 1:
+        run = [sys.executable, "-m", "bench.bench_serving", "--serve-workers", str(workers), *cmd[2:]]
+    else:
+        run = cmd
+    proc = subprocess.Popen(run, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=here)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_up(url, proc)
@@ -300,12 +335,14 @@ def bench_http(repo, checkpoint, duration: float, clients: int, port: int, refer
                 errors.extend(bad)
 
         threads = [threading.Thread(target=worker, args=(s,)) for s in range(clients)]
+        cpu0 = _cpu_seconds(proc.pid)
         t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
+        server_cpu = _cpu_seconds(proc.pid) - cpu0   # includes the clients' 20 warm-up requests each
         metrics = httpx.get(url + "/metrics", headers={"X-API-Key": key}).text
         stages = {}
         for line in metrics.splitlines():
@@ -313,9 +350,9 @@ def bench_http(repo, checkpoint, duration: float, clients: int, port: int, refer
                 name, value = line.rsplit(" ", 1)
                 stage = name.split('stage="')[1].split('"')[0]
                 stages.setdefault(stage, {})["sum" if "_sum" in name else "count"] = float(value)
-        return {"command": " ".join(cmd[1:]), "path": "recommend_reference" if reference else "recommend",
-                "clients": clients, "duration_s": wall, "requests": len(lat),
+        return {"command": " ".join(cmd[1:]), "server": server, "workers": workers, "clients": clients, "duration_s": wall, "requests": len(lat),
                 "errors": len(errors), "error_samples": errors[:3], "qps": len(lat) / wall,
+                "server_cpu_ms_per_request": 1000 * server_cpu / max(1, len(lat) + 20 * clients),
                 "latency": percentiles_ms(lat),
                 "server_stage_mean_ms": {k: 1000 * v["sum"] / v["count"] for k, v in stages.items() if v.get("count")}}
     finally:
@@ -380,9 +417,43 @@ def bench_query(data_dir: Path | None, n: int) -> dict:
             "concurrent16_mean_batch": float(np.mean(sizes)) if sizes else 0.0}
 
 
+def _serve_workers(workers: int, argv: list[str]) -> None:
+    """This tree's app under uvicorn with ``workers`` processes on one port (``recfeast serve``
+    runs one); ``argv``: the ``recfeast serve`` options the benchmark passes."""
+    import json
+
+    import uvicorn
+
+    opts = dict(zip(argv[::2], argv[1::2]))
+    os.environ["RECFEAST_BENCH_SERVE"] = json.dumps({"repo": opts["--repo-path"], "store": opts["--online-store"],
+                                                    "model": opts["--model"], "as_of": int(opts["--as-of"])})
+    uvicorn.run("bench.bench_serving:_worker_app", factory=True, host="127.0.0.1", port=int(opts["--port"]),
+                workers=workers, log_level="warning", access_log=False)
+
+
+def _worker_app():
+    """One worker's app (:func:`_serve_workers`): the service of ``$RECFEAST_BENCH_SERVE``, keys from
+    ``$RECFEAST_API_KEYS``, no rate limit, torch 1 thread, no /events or /admin/reload."""
+    import json
+
+    import torch
+
+    from recfeast.serving.api import build_app
+    from recfeast.serving.security import ApiSettings
+    from recfeast.serving.service import ServiceConfig
+
+    torch.set_num_threads(1)
+    o = json.loads(os.environ["RECFEAST_BENCH_SERVE"])
+    cfg = ServiceConfig(checkpoint=o["model"], repo=o["repo"], online_store=o["store"], as_of=o["as_of"],
+                        load_query_encoder=False)
+    return build_app(cfg, settings=ApiSettings(rate_per_s=0))
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-reference":
         return _serve_reference(sys.argv[2:])
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve-workers":
+        return _serve_workers(int(sys.argv[2]), sys.argv[3:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", default=None)
     ap.add_argument("--model", default="runs/ranking/ranking_model.pt")
@@ -399,6 +470,8 @@ def main():
                          "its recommend is timed too, in a subprocess (the anchor of the code before)")
     ap.add_argument("--http-reference", action="store_true",
                     help="also serve /recommend by the reference path (the anchor), before the new path")
+    ap.add_argument("--http-workers", default="1",
+                    help="uvicorn worker processes of the new path's server, comma-separated (one run each)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -417,10 +490,16 @@ def main():
             base = Path(args.base_tree).resolve() if args.base_tree else None
             result["recommend"] = [bench_recommend(repo, Path(args.model).resolve(), st, args.n, base) for st in stores]
         if "http" in parts:
+            model = Path(args.model).resolve()
+            runs = []
+            if args.base_tree:
+                runs.append(bench_http(repo, model, args.duration, args.clients, args.port, "base",
+                                       Path(args.base_tree).resolve()))
             if args.http_reference:
-                result["http_reference"] = bench_http(repo, Path(args.model).resolve(), args.duration, args.clients,
-                                                      args.port, reference=True)
-            result["http"] = bench_http(repo, Path(args.model).resolve(), args.duration, args.clients, args.port)
+                runs.append(bench_http(repo, model, args.duration, args.clients, args.port, "reference"))
+            for w in (int(x) for x in args.http_workers.split(",")):
+                runs.append(bench_http(repo, model, args.duration, args.clients, args.port, workers=w))
+            result["http"] = runs
         if "query" in parts:
             result["query"] = bench_query(args.data_dir, args.queries)
     finally:
