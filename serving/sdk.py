@@ -11,7 +11,9 @@ refused with :class:`~recfeast.errors.FeatureLookupError`. String keys are Feast
 entity keys, serialised as Feast does (:func:`recfeast.layout.entity_key_bytes`).
 
 Reads go straight to the online store in Feast's layout (:mod:`recfeast.serving.reader`): one Redis
-pipeline or one SQLite query for the user and every item, raw bytes decoded into typed columns
+pipeline or one SQLite query for the user and every item (or, for a request that needs the user
+first, :meth:`OnlineFeatureClient.read_user` then :meth:`OnlineFeatureClient.get_item_features`:
+one round trip each, the user read once), raw bytes decoded into typed columns
 (:mod:`recfeast.codec`), on-demand features computed vectorised
 (:mod:`recfeast.serving.ondemand`). Feast's registry supplies the definitions; Feast's own read path
 (``get_online_features``) is not used, and the tests pin the answers equal to it.

@@ -18,6 +18,13 @@ interacted with are left out of recommendations when the online store knows them
 ``last_item_ids`` of the pushed ``user_realtime`` view (the last 10 ingested events; int64 catalogs
 only). That is best effort: history that only reached the batch tables is not online item by item
 and is not filtered; search never filters (a user may look for what they bought).
+
+A recommendation costs two online-store round trips: the user's rows with the recent items (one
+Redis pipeline holding one HMGET, or one SQLite statement), then the candidates' rows (one
+pipeline of one HMGET per candidate, or one statement) with the user's row reused, not read again.
+Retrieval needs the user's sequence embedding from the first, so the two cannot merge. Search costs
+one (anonymous) or two (with a user). The ranker scores the columnar arrays as read
+(:meth:`Ranker.score`); nothing per request is shared and written across threads.
 """
 
 from __future__ import annotations
