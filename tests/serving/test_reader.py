@@ -89,6 +89,28 @@ def test_one_round_trip_per_lookup(small_run, redis_small, small_data, redis_rou
     assert len(statements) == 1 and statements[0].count("UNION ALL") == len(sq.views) - 1
 
 
+def test_a_redis_error_mid_reply_drops_the_connection(small_run, redis_small, small_data):
+    """An error reply among the HMGET replies (a key of another type under an item's name) is a
+    StoreError, and the next read gets whole answers: the unread replies went with the connection."""
+    from recfeast.errors import StoreError
+    from recfeast.layout import entity_key_bytes
+
+    repo, _, project = small_run
+    user, items = small_data[1]["user_ids"][0], small_data[1]["item_ids"][:5]
+    client = OnlineFeatureClient(repo, "redis", project=project)
+    want = client.get_features(user, items, TS)
+    bad = entity_key_bytes("item_id", 987654321) + project.encode()
+    client.reader.client.set(bad, b"not a hash")
+    try:
+        with pytest.raises(StoreError, match="WRONGTYPE"):
+            client.get_features(user, [items[0], 987654321, *items[1:]], TS)
+        again = client.get_features(user, items, TS)
+    finally:
+        client.reader.client.delete(bad)
+    for col, arr in want.arrays.items():
+        np.testing.assert_array_equal(again.arrays[col], arr, err_msg=col)
+
+
 def test_anonymous_and_bad_requests(small_run, small_data):
     repo, _, project = small_run
     client = OnlineFeatureClient(repo, "sqlite", project=project, max_items=50)
