@@ -204,8 +204,8 @@ class RecommendService:
             self.observe(stage, time.perf_counter() - t)
 
     def _rank(self, feats, retrieval: dict, k: int, extra: np.ndarray | None = None, weight: float = 0.0,
-              score=None):
-        p = self._timed("rank", score or self.ranker.score, feats)
+              scorer=None):
+        p = self._timed("rank", scorer or self.ranker.score, feats)
         score = p if extra is None else weight * np.nan_to_num(extra, nan=-1.0) + (1 - weight) * p
         order = np.argsort(-score, kind="stable")[:k]
         ids = _ids(feats.arrays["item_id"])
@@ -311,7 +311,7 @@ class RecommendService:
             return {"user_id": user_id, "items": [], "candidates": 0, "excluded": len(seen),
                     "versions": self._versions(user)}
         feats = self._timed("features", self.client.get_features, user_id, cands, ts)
-        return {"user_id": user_id, "items": self._rank(feats, retrieval, k, score=self.ranker.score_frame),
+        return {"user_id": user_id, "items": self._rank(feats, retrieval, k, scorer=self.ranker.score_frame),
                 "candidates": len(cands), "excluded": len(seen), "versions": self._versions(feats)}
 
     def search(self, query: str, user_id=None, k: int = 10, request_ts: int | None = None) -> dict:
