@@ -14,8 +14,17 @@ are not touched; removed at the end), then:
    (random users, k=10) for D seconds; p50/p99, QPS, errors. Clients and server share the machine.
 3. query: ``QueryEmbedder`` over the real text encoder: miss (new text) vs hit (cached) latency for
    MovieLens titles, and throughput of 16 concurrent callers (batched) vs one caller.
+4. recommend: ``RecommendService.recommend`` in process on one thread (torch 1 thread, as ``recfeast
+   serve`` runs it), random users, k=10, 100 retrieved + 20 popular candidates, on each store of
+   ``--stores``; the anchor ``recommend_reference`` (the path before the columnar ranker: three
+   round trips, the DataFrame ranker) runs interleaved request by request in the same process.
+   Per path: p50/p99 and the per-request split into stages (features = the store reads with
+   decoding, retrieve, rank), and the round trips per request.
 
-Run: .venv/bin/python -m bench.bench_serving [--only features,http,query] [--duration 60] [--clients 8]
+``--http-reference`` adds the anchor over HTTP: the same server and clients with ``/recommend``
+answered by ``recommend_reference`` (run before the new path, in the same invocation).
+
+Run: .venv/bin/python -m bench.bench_serving [--only features,http,query,recommend] [--duration 60] [--clients 8]
 """
 
 from __future__ import annotations
@@ -107,6 +116,22 @@ def bench_features(repo, n: int, n_items: int) -> dict:
             "latency": lat}
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its children (uvicorn workers)."""
+    import psutil
+
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def _wait_up(url: str, proc, timeout: float = 180) -> None:
     import httpx
 
@@ -123,7 +148,135 @@ def _wait_up(url: str, proc, timeout: float = 180) -> None:
     raise RuntimeError("server did not start")
 
 
-def bench_http(repo, checkpoint, duration: float, clients: int, port: int) -> dict:
+NEW, REF, BASE = ("recommend (columnar, user read once)",
+                  "recommend_reference (DataFrame ranker, user read twice, this tree's reader)",
+                  "recommend at the base tree (the code before this path, separate process)")
+
+
+def _time_paths(repo, checkpoint, store: str, n: int, methods: tuple[str, ...]) -> dict:
+    """Time ``RecommendService`` methods in this process, one thread, interleaved request by request.
+
+    Returns:
+        ``{method: {"times": [s], "stages": {stage: [s]}, "candidates": [int], "answers": [[ids]],
+        "round_trips": [{join key: entities}]}}``.
+    """
+    import pandas as pd
+    import torch
+
+    from recfeast import config
+    from recfeast.serving.service import RecommendService, ServiceConfig
+
+    torch.set_num_threads(1)
+    repo, checkpoint = Path(repo), Path(checkpoint)
+    project = PROJECT if store == "redis" else None
+    stages: dict[str, float] = {}
+
+    def observe(stage, seconds):
+        stages[stage] = stages.get(stage, 0.0) + seconds
+
+    svc = RecommendService.from_config(ServiceConfig(checkpoint=checkpoint, repo=repo, online_store=store, project=project,
+                                                     as_of=AS_OF, candidates=100, popular=20, refresh_every_s=0,
+                                                     load_query_encoder=False), observe=observe)
+    users = pd.read_parquet(config.tables_dir(repo) / "user_profile.parquet", columns=["user_id"]).user_id.unique()
+    rng = np.random.default_rng(1)
+    reqs = [int(u) for u in rng.choice(users, n + 20)]
+    out = {m: {"times": [], "stages": {}, "candidates": [], "answers": [],
+               "round_trips": _count_round_trips(svc, getattr(svc, m), reqs[0])} for m in methods}
+    for j, u in enumerate(reqs):
+        for m in methods:
+            stages.clear()
+            t = time.perf_counter()
+            res = getattr(svc, m)(u, 10)
+            dt = time.perf_counter() - t
+            if j >= 20:   # warm-up
+                o = out[m]
+                o["times"].append(dt)
+                o["candidates"].append(res["candidates"])
+                o["answers"].append([i["item_id"] for i in res["items"]])
+                for stage, sec in stages.items():
+                    o["stages"].setdefault(stage, []).append(sec)
+    return out
+
+
+def _base_paths(base_tree: Path, repo, checkpoint, store: str, n: int) -> dict:
+    """:func:`_time_paths` of ``recommend`` with the recfeast of ``base_tree`` (a package folder
+    laid out as installed: ``recfeast/``, ``recfeast/serving/``...), in a subprocess that starts
+    without site hooks so the editable install of this tree does not shadow it."""
+    import json
+
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    here = str(Path(__file__).resolve().parents[1])
+    code = ("import sys, json, warnings\n"
+            "paths = json.loads(sys.argv[1]); sys.path[:0] = paths; warnings.filterwarnings('ignore')\n"
+            "import recfeast, bench.bench_serving as b\n"
+            "if not recfeast.__file__.startswith(paths[0]): raise SystemExit('recfeast from ' + recfeast.__file__)\n"
+            "print('@@' + json.dumps(b._time_paths(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), ('recommend',))))")
+    paths = [str(base_tree), here, *site]
+    env = {**os.environ, "PYTHONPATH": ""}
+    proc = subprocess.run([sys.executable, "-S", "-c", code, json.dumps(paths), str(repo), str(checkpoint), store, str(n)],
+                          capture_output=True, text=True, env=env, cwd=here)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("@@")), None)
+    if proc.returncode or line is None:
+        raise RuntimeError(f"base tree run failed: {proc.stderr[-2000:]}")
+    return json.loads(line[2:])["recommend"]
+
+
+def bench_recommend(repo, checkpoint, store: str, n: int, base_tree: Path | None = None) -> dict:
+    """``recommend`` vs ``recommend_reference`` in process, one thread, interleaved; with
+    ``base_tree`` also the ``recommend`` of the code before (see the module doc)."""
+    import torch
+
+    from bench.common import percentiles_ms
+
+    runs = {}
+    if base_tree is not None:
+        runs[BASE] = _base_paths(base_tree, repo, checkpoint, store, n)
+    both = _time_paths(repo, checkpoint, store, n, ("recommend", "recommend_reference"))
+    runs[NEW], runs[REF] = both["recommend"], both["recommend_reference"]
+    out = {}
+    for name, r in runs.items():
+        out[name] = {**percentiles_ms(r["times"]), "mean_candidates": float(np.mean(r["candidates"])),
+                     "round_trips": r["round_trips"], "same_top10_as_new": sum(a == b for a, b in zip(r["answers"], runs[NEW]["answers"])),
+                     "stage_p50_ms": {k: 1000 * float(np.median(v)) for k, v in r["stages"].items()},
+                     "stage_mean_ms": {k: 1000 * float(np.mean(v)) for k, v in r["stages"].items()}}
+    anchors = {k: {"p50": out[k]["p50_ms"] / out[NEW]["p50_ms"], "p99": out[k]["p99_ms"] / out[NEW]["p99_ms"]}
+               for k in out if k != NEW}
+    return {"store": store, "requests": n, "torch_threads": torch.get_num_threads(), "speedup": anchors, "latency": out}
+
+
+def _count_round_trips(svc, fn, user) -> list:
+    """Store reads of one ``fn(user, 10)``, counted at the reader (one ``read`` is one Redis
+    pipeline or one SQLite statement): ``[{join key: entities read}, ...]``."""
+    reader = svc.client.reader
+    real, calls = reader.read, []
+
+    def counting(keys, views):
+        calls.append({jk: len(ids) for jk, ids in keys.items() if len(ids)})
+        return real(keys, views)
+
+    reader.read = counting
+    try:
+        fn(user, 10)
+        return calls
+    finally:
+        del reader.read
+
+
+def _serve_reference(argv: list[str]) -> None:
+    """``recfeast serve`` with ``/recommend`` answered by ``recommend_reference`` (the HTTP anchor)."""
+    from recfeast.cli import main
+    from recfeast.serving.service import RecommendService
+
+    RecommendService.recommend = RecommendService.recommend_reference
+    main(argv, prog_name="recfeast")
+
+
+def bench_http(repo, checkpoint, duration: float, clients: int, port: int, server: str = "recommend",
+               base_tree: Path | None = None, workers: int = 1) -> dict:
+    """``/recommend`` over HTTP (see the module doc). ``server``: ``recommend`` (this tree's
+    ``recfeast serve``), ``reference`` (its ``/recommend`` answered by ``recommend_reference``) or
+    ``base`` (``recfeast serve`` of ``base_tree``); ``workers`` > 1: this tree's app under uvicorn
+    with that many worker processes sharing the port."""
     import httpx
     import pandas as pd
 
@@ -138,7 +291,23 @@ def bench_http(repo, checkpoint, duration: float, clients: int, port: int) -> di
     env = {**os.environ, "RECFEAST_PROJECT": PROJECT, "RECFEAST_API_KEYS": f"{key}=read+metrics"}
     cmd = [exe, "serve", "--repo-path", str(repo), "--online-store", "redis", "--model", str(checkpoint), "--port",
            str(port), "--as-of", str(AS_OF), "--no-search", "--rate-limit", "0"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    here = Path(__file__).resolve().parents[1]
+    if server == "reference":
+        run = [sys.executable, "-m", "bench.bench_serving", "--serve-reference", *cmd[1:]]
+    elif server == "base":
+        import json
+
+        site = [p for p in sys.path if p.endswith("site-packages")]
+        code = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); import recfeast\n"
+                "if not recfeast.__file__.startswith(sys.path[0]): raise SystemExit('recfeast from ' + recfeast.__file__)\n"
+                "from recfeast.cli import main; main(sys.argv[2:], prog_name='recfeast')")
+        run = [sys.executable, "-S", "-c", code, json.dumps([str(base_tree), *site]), *cmd[1:]]
+        env["PYTHONPATH"] = ""
+    elif workers > 1:
+        run = [sys.executable, "-m", "bench.bench_serving", "--serve-workers", str(workers), *cmd[2:]]
+    else:
+        run = cmd
+    proc = subprocess.Popen(run, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=here)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_up(url, proc)
@@ -166,12 +335,14 @@ def bench_http(repo, checkpoint, duration: float, clients: int, port: int) -> di
                 errors.extend(bad)
 
         threads = [threading.Thread(target=worker, args=(s,)) for s in range(clients)]
+        cpu0 = _cpu_seconds(proc.pid)
         t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
+        server_cpu = _cpu_seconds(proc.pid) - cpu0   # includes the clients' 20 warm-up requests each
         metrics = httpx.get(url + "/metrics", headers={"X-API-Key": key}).text
         stages = {}
         for line in metrics.splitlines():
@@ -179,8 +350,9 @@ def bench_http(repo, checkpoint, duration: float, clients: int, port: int) -> di
                 name, value = line.rsplit(" ", 1)
                 stage = name.split('stage="')[1].split('"')[0]
                 stages.setdefault(stage, {})["sum" if "_sum" in name else "count"] = float(value)
-        return {"command": " ".join(cmd[1:]), "clients": clients, "duration_s": wall, "requests": len(lat),
+        return {"command": " ".join(cmd[1:]), "server": server, "workers": workers, "clients": clients, "duration_s": wall, "requests": len(lat),
                 "errors": len(errors), "error_samples": errors[:3], "qps": len(lat) / wall,
+                "server_cpu_ms_per_request": 1000 * server_cpu / max(1, len(lat) + 20 * clients),
                 "latency": percentiles_ms(lat),
                 "server_stage_mean_ms": {k: 1000 * v["sum"] / v["count"] for k, v in stages.items() if v.get("count")}}
     finally:
@@ -245,7 +417,43 @@ def bench_query(data_dir: Path | None, n: int) -> dict:
             "concurrent16_mean_batch": float(np.mean(sizes)) if sizes else 0.0}
 
 
+def _serve_workers(workers: int, argv: list[str]) -> None:
+    """This tree's app under uvicorn with ``workers`` processes on one port (``recfeast serve``
+    runs one); ``argv``: the ``recfeast serve`` options the benchmark passes."""
+    import json
+
+    import uvicorn
+
+    opts = dict(zip(argv[::2], argv[1::2]))
+    os.environ["RECFEAST_BENCH_SERVE"] = json.dumps({"repo": opts["--repo-path"], "store": opts["--online-store"],
+                                                    "model": opts["--model"], "as_of": int(opts["--as-of"])})
+    uvicorn.run("bench.bench_serving:_worker_app", factory=True, host="127.0.0.1", port=int(opts["--port"]),
+                workers=workers, log_level="warning", access_log=False)
+
+
+def _worker_app():
+    """One worker's app (:func:`_serve_workers`): the service of ``$RECFEAST_BENCH_SERVE``, keys from
+    ``$RECFEAST_API_KEYS``, no rate limit, torch 1 thread, no /events or /admin/reload."""
+    import json
+
+    import torch
+
+    from recfeast.serving.api import build_app
+    from recfeast.serving.security import ApiSettings
+    from recfeast.serving.service import ServiceConfig
+
+    torch.set_num_threads(1)
+    o = json.loads(os.environ["RECFEAST_BENCH_SERVE"])
+    cfg = ServiceConfig(checkpoint=o["model"], repo=o["repo"], online_store=o["store"], as_of=o["as_of"],
+                        load_query_encoder=False)
+    return build_app(cfg, settings=ApiSettings(rate_per_s=0))
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-reference":
+        return _serve_reference(sys.argv[2:])
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve-workers":
+        return _serve_workers(int(sys.argv[2]), sys.argv[3:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", default=None)
     ap.add_argument("--model", default="runs/ranking/ranking_model.pt")
@@ -256,6 +464,14 @@ def main():
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--stores", default="sqlite,redis", help="online stores of the in-process recommend part")
+    ap.add_argument("--base-tree", default=None,
+                    help="recfeast of an earlier commit laid out as installed (recfeast/, recfeast/serving/, ...): "
+                         "its recommend is timed too, in a subprocess (the anchor of the code before)")
+    ap.add_argument("--http-reference", action="store_true",
+                    help="also serve /recommend by the reference path (the anchor), before the new path")
+    ap.add_argument("--http-workers", default="1",
+                    help="uvicorn worker processes of the new path's server, comma-separated (one run each)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -264,18 +480,32 @@ def main():
 
     repo = config.repo_path(args.repo)
     parts = set(args.only.split(","))
-    result = {"project": PROJECT, "as_of": AS_OF}
-    fs = _load_redis(repo) if parts & {"features", "http"} else None
+    result = {"project": PROJECT, "as_of": AS_OF, "load_before": os.getloadavg()}
+    stores = args.stores.split(",")
+    fs = _load_redis(repo) if parts & {"features", "http"} or ("recommend" in parts and "redis" in stores) else None
     try:
         if "features" in parts:
             result["features"] = bench_features(repo, args.n, 100)
+        if "recommend" in parts:
+            base = Path(args.base_tree).resolve() if args.base_tree else None
+            result["recommend"] = [bench_recommend(repo, Path(args.model).resolve(), st, args.n, base) for st in stores]
         if "http" in parts:
-            result["http"] = bench_http(repo, Path(args.model).resolve(), args.duration, args.clients, args.port)
+            model = Path(args.model).resolve()
+            runs = []
+            if args.base_tree:
+                runs.append(bench_http(repo, model, args.duration, args.clients, args.port, "base",
+                                       Path(args.base_tree).resolve()))
+            if args.http_reference:
+                runs.append(bench_http(repo, model, args.duration, args.clients, args.port, "reference"))
+            for w in (int(x) for x in args.http_workers.split(",")):
+                runs.append(bench_http(repo, model, args.duration, args.clients, args.port, workers=w))
+            result["http"] = runs
         if "query" in parts:
             result["query"] = bench_query(args.data_dir, args.queries)
     finally:
         if fs is not None:
             fs._get_provider().online_store.teardown(fs.config, fs.list_feature_views(), fs.list_entities())
+    result["load_after"] = os.getloadavg()
     save("serving", result)
 
 

@@ -95,12 +95,14 @@ def _fixed_width(bufs: list, kind: str) -> np.ndarray | None:
     ``float_val``/``double_val`` encoding (tag byte + little-endian value); else None."""
     tag, fmt, width, dtype = _FIXED[kind]
     present = [b for b in bufs if b]
-    if not all(len(b) == width and b[0] == tag for b in present):
+    if present and set(map(len, present)) != {width}:
         return None
     out = np.full(len(bufs), np.nan, dtype)
     if present:
-        raw = np.frombuffer(b"".join(present), np.uint8).reshape(len(present), width)[:, 1:]
-        vals = np.ascontiguousarray(raw).view(fmt)[:, 0]
+        raw = np.frombuffer(b"".join(present), np.uint8).reshape(len(present), width)
+        if not (raw[:, 0] == tag).all():
+            return None
+        vals = np.ascontiguousarray(raw[:, 1:]).view(fmt)[:, 0]
         if len(present) == len(bufs):
             return vals.astype(dtype)
         out[[i for i, b in enumerate(bufs) if b]] = vals
@@ -116,10 +118,14 @@ def decode_vectors(bufs: list) -> tuple[np.ndarray, np.ndarray]:
     if present:
         first = present[0]
         hdr = _vector_header(first)
-        if hdr is not None and all(len(b) == len(first) and b[:hdr] == first[:hdr] for b in present):
+        raw = None
+        if hdr is not None and set(map(len, present)) == {len(first)}:
+            raw = np.frombuffer(b"".join(present), np.uint8).reshape(len(present), len(first))
+            if not (raw[:, :hdr] == raw[0, :hdr]).all():   # same header bytes: same shape of value
+                raw = None
+        if raw is not None:
             dim = (len(first) - hdr) // 4
-            raw = np.frombuffer(b"".join(present), np.uint8).reshape(len(present), len(first))[:, hdr:]
-            vals = np.ascontiguousarray(raw).view("<f4").astype(np.float32, copy=False)
+            vals = np.ascontiguousarray(raw[:, hdr:]).view("<f4").astype(np.float32, copy=False)
             mask = np.array([bool(b) for b in bufs], bool)
             if mask.all():
                 return vals, mask
@@ -151,7 +157,11 @@ def decode_column(bufs: list, kind: str, n: int):
         fast = _fixed_width(bufs, kind)
         if fast is not None:
             return fast
-    vals = [decode_scalar(b, kind) for b in bufs]
+    if kind in (INT64, STRING):   # few distinct values per column (counts, model ids): decode each once
+        once = {b: decode_scalar(b, kind) for b in set(bufs)}
+        vals = [once[b] for b in bufs]
+    else:
+        vals = [decode_scalar(b, kind) for b in bufs]
     if kind in (FLOAT32, FLOAT64):
         return np.array([np.nan if v is None else v for v in vals], np.float32 if kind == FLOAT32 else np.float64)
     if kind == INT64:

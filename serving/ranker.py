@@ -90,6 +90,8 @@ class Ranker:
             if not allowed or col not in feats.arrays:
                 continue
             vals = feats.arrays[col]
+            if {v for v in vals if v is not None} <= set(allowed):   # the usual case: one set per column
+                continue
             bad = [(_plain(i), v) for i, v in zip(feats.arrays["item_id"], vals) if v is not None and v not in allowed]
             if bad:
                 if col.startswith("sequence") or col.startswith("realtime"):   # a user-level embedding
@@ -100,17 +102,38 @@ class Ranker:
                                  f"{allowed}: retrain or serve the matching embeddings")
 
     def score(self, feats) -> np.ndarray:
-        """Probabilities ``(n,)`` float32 in (0, 1), one per row of ``feats``.
+        """Probabilities ``(n,)`` float32 in (0, 1), one per row of ``feats``, computed straight from
+        its columnar arrays (``feats.arrays``: vectors ``(n, d)`` float32 with NaN rows for missing,
+        scalars ``(n,)``): no DataFrame, no per-row Python objects. Equal to :meth:`score_frame`
+        (``tests/serving/test_ranker.py``).
+
+        Thread safety: nothing here is written after construction; the model runs under
+        ``torch.inference_mode`` (no autograd state) in eval mode, so concurrent requests may
+        share one Ranker.
 
         Raises:
             ModelError: an embedding from another encoder (:meth:`check_versions`) or vectors of
                 another width than at training.
         """
+        self.check_versions(feats)
+        return self._forward(feats.arrays)
+
+    def score_frame(self, feats) -> np.ndarray:
+        """:meth:`score` through ``feats.frame`` (a DataFrame with one array object per vector cell,
+        stacked back by :meth:`FeatureSpec.transform`): the request path before the columnar one,
+        kept as the reference for tests and the anchor of ``bench.bench_serving --only recommend``.
+
+        Raises:
+            ModelError: as :meth:`score`.
+        """
+        self.check_versions(feats)
+        return self._forward(feats.frame)
+
+    def _forward(self, columns) -> np.ndarray:
         from recfeast.errors import DataError
 
-        self.check_versions(feats)
         try:
-            arrays = self.spec.transform(feats.frame)
+            arrays = self.spec.transform(columns)
         except DataError as exc:
             raise ModelError(str(exc)) from exc
         torch = self.torch

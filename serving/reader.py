@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,6 +45,13 @@ class RedisReader:
     A request must fail fast when Redis is gone: Feast's client retries 3 times with exponential
     backoff (8.5 s to refuse one read here), so a plain Redis gets its own pool with the same
     address and these limits; cluster and sentinel setups keep Feast's client.
+
+    On a plain Redis the pipeline is packed here, not by redis-py: the HMGET field list of a join
+    key is the same for every entity, so it is encoded once per request and each entity adds only
+    its key; the whole request goes out in one ``sendall`` and the replies are read back on the
+    same connection (hiredis parses them). The commands on the wire are the ones redis-py's
+    pipeline would send (one HMGET per entity, one round trip); only the Python packing, about half
+    of a 100-item read, is gone. Cluster and sentinel clients go through redis-py's pipeline.
     """
 
     kind = "redis"
@@ -62,7 +70,11 @@ class RedisReader:
             kw = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), retries), "socket_timeout": timeout_s,
                   "socket_connect_timeout": timeout_s}
             client = redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kw))
+            self._packed = True
+        else:
+            self._packed = False
         self.client = client
+        self.retries = retries
 
     def sentinel(self) -> dict | None:
         """The last online load's record (:mod:`recfeast.health`), None when the store has none.
@@ -86,15 +98,17 @@ class RedisReader:
         groups = {jk: [v for v in views if v.join_key == jk] for jk in keys}
         # a join key none of the views reads (items of a user-only service): no HMGET without fields
         keys = {jk: ids for jk, ids in keys.items() if groups[jk]}
-        plan = []
+        plan = [(jk, len(ids)) for jk, ids in keys.items()]
+        fields = {jk: [f for v in groups[jk] for f in (*v.fields, v.ts_field)] for jk in keys}
         try:
-            with self.client.pipeline(transaction=False) as pipe:
-                for jk, ids in keys.items():
-                    fields = [f for v in groups[jk] for f in (*v.fields, v.ts_field)]
-                    for i in ids:
-                        pipe.hmget(entity_key_bytes(jk, i, self.version) + self.project, fields)
-                    plan.append((jk, len(ids)))
-                replies = pipe.execute()
+            if self._packed:
+                replies = self._exchange(keys, fields)
+            else:
+                with self.client.pipeline(transaction=False) as pipe:
+                    for jk, ids in keys.items():
+                        for i in ids:
+                            pipe.hmget(entity_key_bytes(jk, i, self.version) + self.project, fields[jk])
+                    replies = pipe.execute()
         except Exception as exc:  # redis ConnectionError, TimeoutError, ResponseError
             raise StoreError(f"online read from redis failed: {exc}") from exc
         out, pos = {}, 0
@@ -113,6 +127,47 @@ class RedisReader:
                                                      for j in range(width)])
                 col += width + 1
         return out
+
+
+    def _exchange(self, keys: dict[str, list], fields: dict[str, list[bytes]]) -> list:
+        """One HMGET per entity of ``keys`` (join key -> ids) for ``fields`` (join key -> hash
+        fields), sent in one write and read back in order on one pooled connection; a connection
+        or timeout error is retried ``retries`` times on a fresh connection. Any failure drops the
+        connection (unread replies must not reach the next request).
+
+        Raises:
+            redis.ConnectionError / redis.TimeoutError / redis.ResponseError.
+        """
+        import redis
+
+        chunks, n = [], 0
+        for jk, ids in keys.items():
+            fl = fields[jk]
+            head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fl))
+            tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fl)
+            for i in ids:
+                key = entity_key_bytes(jk, i, self.version) + self.project
+                chunks.append(b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail))
+            n += len(ids)
+        payload = b"".join(chunks)
+        if not n:
+            return []
+        pool, attempt = self.client.connection_pool, 0
+        while True:
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command([payload])
+                return [conn.read_response() for _ in range(n)]
+            except (redis.ConnectionError, redis.TimeoutError):
+                conn.disconnect()
+                attempt += 1
+                if attempt > self.retries:
+                    raise
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
 
 
 def _proto_ts(raw: bytes | None) -> float:
@@ -175,33 +230,52 @@ class SqliteReader:
     def read(self, keys: dict[str, list], views: list[ViewSpec]) -> dict[str, ViewRows]:
         """Rows of ``views`` for the entities ``keys`` (join key -> int or str ids), in one query.
 
+        The requested keys go in as a numbered ``VALUES`` list per join key, joined to each view's
+        table (its ``entity_key`` index): every row comes back with the request position of its
+        entity (an int) instead of the key blob, and lands in its column slot directly.
+
         Raises:
             StoreError: the database cannot be read or a view's table is missing (not applied).
         """
-        blobs = {jk: [entity_key_bytes(jk, i, self.version) for i in ids] for jk, ids in keys.items()}
-        parts, params = [], []
+        ctes, params, parts = [], [], []
+        for jk, ids in keys.items():
+            if ids and any(v.join_key == jk for v in views):
+                ctes.append(f"k_{jk}(pos, ek) AS (VALUES {_values_sql(len(ids))})")
+                params += [entity_key_bytes(jk, i, self.version) for i in ids]
         for n, v in enumerate(views):
-            b = blobs[v.join_key]
-            parts.append(f'SELECT {n}, entity_key, feature_name, value, event_ts FROM "{v.table}" '
-                         f"WHERE entity_key IN ({','.join('?' * len(b))})")
-            params += b
-        try:
-            rows = self._conn().execute(" UNION ALL ".join(parts), params).fetchall()
-        except Exception as exc:  # sqlite3.OperationalError: no such table, database locked, ...
-            raise StoreError(f"online read from sqlite {self.path} failed: {exc} "
-                             "(run `recfeast materialize` or `feast apply` for this project)") from exc
-        found: list[dict] = [{} for _ in views]
-        for n, key, feat, value, ts in rows:
-            found[n].setdefault(key, ({}, ts))[0][feat] = value
+            if len(keys[v.join_key]):
+                parts.append(f'SELECT {n}, k.pos, t.feature_name, t.value, t.event_ts FROM k_{v.join_key} k '
+                             f'JOIN "{v.table}" t ON t.entity_key = k.ek')
+        rows = []
+        if parts:
+            try:
+                rows = self._conn().execute(f"WITH {', '.join(ctes)} {' UNION ALL '.join(parts)}", params).fetchall()
+            except Exception as exc:  # sqlite3.OperationalError: no such table, database locked, ...
+                raise StoreError(f"online read from sqlite {self.path} failed: {exc} "
+                                 "(run `recfeast materialize` or `feast apply` for this project)") from exc
+        sizes = [len(keys[v.join_key]) for v in views]
+        cols = [{f: [None] * m for f in v.features} for v, m in zip(views, sizes)]
+        stamps = [[None] * m for m in sizes]
+        hit = [np.zeros(m, bool) for m in sizes]
+        for n, pos, feat, value, ts in rows:
+            col = cols[n].get(feat)   # None: a feature of the table the service does not read
+            if col is not None:
+                col[pos] = value
+            hit[n][pos] = True
+            stamps[n][pos] = ts
         out = {}
         for n, v in enumerate(views):
-            hits = [found[n].get(b) for b in blobs[v.join_key]]
-            present = np.array([h is not None for h in hits], bool)
-            ts = np.full(len(hits), np.nan)
+            ts = np.full(sizes[n], np.nan)
             if v.ttl_s:
-                ts = np.array([_sqlite_ts(h[1]) if h else np.nan for h in hits], np.float64)
-            out[v.name] = ViewRows(present, ts, [[h[0].get(f) if h else None for h in hits] for f in v.features])
+                ts = np.array([_sqlite_ts(t) if h else np.nan for t, h in zip(stamps[n], hit[n])], np.float64)
+            out[v.name] = ViewRows(hit[n], ts, [cols[n][f] for f in v.features])
         return out
+
+
+@lru_cache(maxsize=64)
+def _values_sql(m: int) -> str:
+    """``(0,?),(1,?),...`` for m keys (the numbered key list of :meth:`SqliteReader.read`)."""
+    return ",".join(f"({p},?)" for p in range(m))
 
 
 def _sqlite_ts(raw) -> float:

@@ -11,7 +11,9 @@ refused with :class:`~recfeast.errors.FeatureLookupError`. String keys are Feast
 entity keys, serialised as Feast does (:func:`recfeast.layout.entity_key_bytes`).
 
 Reads go straight to the online store in Feast's layout (:mod:`recfeast.serving.reader`): one Redis
-pipeline or one SQLite query for the user and every item, raw bytes decoded into typed columns
+pipeline or one SQLite query for the user and every item (or, for a request that needs the user
+first, :meth:`OnlineFeatureClient.read_user` then :meth:`OnlineFeatureClient.get_item_features`:
+one round trip each, the user read once), raw bytes decoded into typed columns
 (:mod:`recfeast.codec`), on-demand features computed vectorised
 (:mod:`recfeast.serving.ondemand`). Feast's registry supplies the definitions; Feast's own read path
 (``get_online_features``) is not used, and the tests pin the answers equal to it.
@@ -47,22 +49,31 @@ class RankingFeatures:
             with None; other arrays (``Array(String)`` tags, ``Array(Int64)``) ``(n,)`` object of Python
             lists (``[]`` kept) or None.
         kinds: column -> ``vector``/``float32``/``float64``/``int64``/``string``/``list`` (the declared type).
-        status: DataFrame, n rows, one column per feature view: ``"found"``, ``"missing"`` (no row
+        status: DataFrame, n rows, one column per feature view (built on first access from the
+            per-view ``(n,)`` object arrays the client passes): ``"found"``, ``"missing"`` (no row
             online) or ``"stale"`` (older than the view's ttl at ``request_ts``; values nulled).
             The same on SQLite and Redis. On-demand views: ``"found"`` when every output is non-null.
         feature_service: name of the feature service read.
         request_ts: unix seconds the request-time features and ttl were evaluated at.
     """
 
-    def __init__(self, arrays: dict, kinds: dict, status: pd.DataFrame, feature_service: str, request_ts: int,
+    def __init__(self, arrays: dict, kinds: dict, status, feature_service: str, request_ts: int,
                  ints: dict):
-        self.arrays, self.kinds, self.status = arrays, kinds, status
+        self.arrays, self.kinds = arrays, kinds
+        # view name -> (n,) object array; a DataFrame is taken as it is
+        self._status = status if isinstance(status, dict) else {c: status[c].to_numpy() for c in status.columns}
+        if not isinstance(status, dict):
+            self.status = status
         self._stored_views: list[str] = []   # views read from the store (set by OnlineFeatureClient)
         self.feature_service, self.request_ts = feature_service, request_ts
         self._ints = ints  # Int64 column -> (exact int64 values, null mask)
 
     def __len__(self) -> int:
         return len(self.arrays["item_id"])
+
+    @cached_property
+    def status(self) -> pd.DataFrame:
+        return pd.DataFrame(self._status)
 
     @cached_property
     def frame(self) -> pd.DataFrame:
@@ -88,8 +99,8 @@ class RankingFeatures:
     def nothing_found(self) -> bool:
         """True when no stored feature view had a value for any row (the user and every item missing):
         the online store is empty, never loaded, or holds another project."""
-        stored = [c for c in self.status.columns if c in self._stored_views] if self._stored_views else list(self.status.columns)
-        return bool(len(self.status)) and not (self.status[stored] == FOUND).to_numpy().any()
+        stored = [c for c in self._status if c in self._stored_views] if self._stored_views else list(self._status)
+        return bool(len(self)) and not any((self._status[c] == FOUND).any() for c in stored)
 
     def model_ids(self) -> dict[str, list[str]]:
         """Distinct model identities in the ``*_model`` string columns, e.g. ``{"text_model": [...]}``."""
@@ -121,6 +132,53 @@ class RankingFeatures:
         user = _json_key(self.arrays["user_id"][0], "user_id") if n else None
         return {"feature_service": self.feature_service, "request_ts": self.request_ts, "user_id": user,
                 "items": items}
+
+
+class UserRows:
+    """One user's online rows, read once per request (:meth:`OnlineFeatureClient.read_user`) and
+    reused for the candidate items (:meth:`OnlineFeatureClient.get_item_features`).
+
+    Attributes:
+        user_id: the user key (int or str). request_ts: unix seconds the ttl was evaluated at.
+        feature_service: name of the feature service read.
+        status: user view name -> ``"found"`` / ``"missing"`` / ``"stale"``.
+        known: True when any user view of the service has a row (found or stale) for the user.
+        recent_items: the items the online store knows the user interacted with lately, newest
+            first (:meth:`OnlineFeatureClient.recent_items`; read in the same round trip).
+    """
+
+    def __init__(self, user_id, request_ts: int, feature_service: str, decoded: dict, recent_items: list):
+        self.user_id, self.request_ts, self.feature_service = user_id, request_ts, feature_service
+        self._decoded = decoded   # view name -> (state (1,), {feature: 1-row column})
+        self.status = {name: str(state[0]) for name, (state, _) in decoded.items()}
+        self.known = any(s != MISSING for s in self.status.values())
+        self.recent_items = recent_items
+
+    def value(self, feature: str):
+        """The user's value of ``feature``: a vector ``(d,)`` float32, a float, an int, a str or a list;
+        None when the view has no live row, the value is null, or no user view serves ``feature``."""
+        for state, cols in self._decoded.values():
+            if feature not in cols:
+                continue
+            col = cols[feature]
+            if isinstance(col, tuple):   # Int64: (values, null mask)
+                return None if col[1][0] else int(col[0][0])
+            v = col[0]
+            if isinstance(v, np.ndarray):   # a copy: decoded vectors may be read-only views of the reply
+                return None if not v.size or np.isnan(v).any() else np.array(v, np.float32)
+            if isinstance(v, (float, np.floating)):
+                return None if np.isnan(v) else float(v)
+            return v
+        return None
+
+    def model_ids(self) -> dict[str, list[str]]:
+        """Distinct model identities in the user's ``*_model`` string features."""
+        out = {}
+        for _, cols in self._decoded.values():
+            for c, col in cols.items():
+                if c.endswith("_model") and isinstance(col, np.ndarray) and col.dtype == object:
+                    out[c] = sorted({v for v in col if isinstance(v, str)})
+        return out
 
 
 def _json_key(v, name: str):
@@ -271,23 +329,55 @@ class OnlineFeatureClient:
     def recent_items(self, user_id) -> list:
         """Items the online store knows ``user_id`` interacted with lately, newest first: the
         ``last_item_ids`` of the pushed ``user_realtime`` view (the user's last 10 ingested
-        events). Best effort: ``[]`` when the catalog has no such view (string ids), the user has
-        no pushed state, or the row is older than the view's ttl. Batch-only history is not
-        online item by item, so it is not returned.
+        events). Best effort: ``[]`` when the catalog has no such view (string ids) or the user has
+        no pushed state (the view's ttl is not applied to it). Batch-only history is not online
+        item by item, so it is not returned. One round trip; :meth:`read_user` reads it together
+        with the user's features.
 
         Raises:
             FeatureLookupError: a key of the wrong type. StoreError: the store cannot be read.
         """
-        from recfeast.codec import decode_int64_list
-
         v = self._history_view
         if v is None or user_id is None:
             return []
         user_id = self.key(user_id, "user_id")
-        rows = self.reader.read({"user_id": [user_id]}, [v])[v.name]
-        if not rows.present[0]:
-            return []
-        return decode_int64_list(rows.values[0][0]) or []
+        return _recent(self.reader.read({"user_id": [user_id]}, [v])[v.name])
+
+    @cached_property
+    def _user_views(self) -> list:
+        """The service's user views, plus the history view under a name of its own (a view of the
+        service may be ``user_realtime`` too, with other features)."""
+        from dataclasses import replace
+
+        views = [v for v in self.views if v.join_key == "user_id"]
+        if self._history_view is not None:
+            views.append(replace(self._history_view, name=_HISTORY))
+        return views
+
+    def read_user(self, user_id, request_ts: int | None = None) -> UserRows:
+        """The user's rows of every user view of the service and the user's recent items
+        (:meth:`recent_items`), in one round trip: one Redis pipeline holding one HMGET (every
+        field of every user view and of ``user_realtime:last_item_ids`` under the user's key), or
+        one SQLite statement (a ``UNION ALL`` over the user views' tables).
+
+        Args:
+            user_id: the user key (int or str, as the catalog spec declares it).
+            request_ts: unix seconds for the ttl checks; default now.
+
+        Returns:
+            :class:`UserRows`, to pass to :meth:`get_item_features`.
+
+        Raises:
+            FeatureLookupError: a key of the wrong type or a request time outside 1970..2242.
+            StoreError: the online store cannot be read.
+        """
+        user_id = _as_key(user_id, "user_id", self.key_types["user_id"])
+        ts = self._request_ts(request_ts)
+        views = self._user_views
+        rows = self.reader.read({"user_id": [user_id]}, views)
+        recent = _recent(rows.pop(_HISTORY)) if _HISTORY in rows else []
+        decoded = {v.name: self._decode(v, rows[v.name], ts) for v in views if v.name != _HISTORY}
+        return UserRows(user_id, ts, self.service.name, decoded, recent)
 
     @property
     def feature_names(self) -> list[str]:
@@ -306,10 +396,14 @@ class OnlineFeatureClient:
             raise FeatureLookupError(f"{len(item_ids)} item ids: at most {self.max_items} per call")
         user_id = None if user_id is None else _as_key(user_id, "user_id", self.key_types["user_id"])
         item_ids = [_as_key(i, f"item_ids[{n}]", self.key_types["item_id"]) for n, i in enumerate(item_ids)]
+        return user_id, item_ids, self._request_ts(request_ts)
+
+    @staticmethod
+    def _request_ts(request_ts) -> int:
         ts = int(time.time()) if request_ts is None else _as_key(request_ts, "request_ts")
         if not 0 <= ts < 2**33:
             raise FeatureLookupError(f"request_ts={ts}: expected unix seconds between 1970 and 2242")
-        return user_id, item_ids, ts
+        return ts
 
     def get_features(self, user_id: int | str | None, item_ids, request_ts: int | None = None) -> RankingFeatures:
         """Features of ``user_id`` paired with each of ``item_ids``, in one online read.
@@ -330,13 +424,34 @@ class OnlineFeatureClient:
             StoreError: the online store cannot be read.
         """
         user_id, item_ids, ts = self._validate(user_id, item_ids, request_ts)
+        keys = {"item_id": list(dict.fromkeys(item_ids)), "user_id": [] if user_id is None else [user_id]}
+        rows = self.reader.read(keys, self.views)
+        decoded = {v.name: self._decode(v, rows[v.name], ts) for v in self.views}
+        return self._finish(decoded, user_id, item_ids, keys["item_id"], ts)
+
+    def get_item_features(self, user: UserRows, item_ids) -> RankingFeatures:
+        """Features of the user read by :meth:`read_user` paired with each of ``item_ids``: one more
+        round trip, for the items' views only (one Redis pipeline of one HMGET per distinct item, or
+        one SQLite statement); the user's rows are reused, not read again. The answer equals
+        :meth:`get_features` (``user.user_id``, ``item_ids``, ``user.request_ts``) on an unchanged store.
+
+        Raises:
+            FeatureLookupError: no items, too many, or an item key not of the spec's type.
+            StoreError: the online store cannot be read.
+        """
+        _, item_ids, ts = self._validate(user.user_id, item_ids, user.request_ts)
         uniq = list(dict.fromkeys(item_ids))
+        item_views = [v for v in self.views if v.join_key == "item_id"]
+        rows = self.reader.read({"item_id": uniq}, item_views)
+        decoded = {v.name: self._decode(v, rows[v.name], ts) for v in item_views}
+        decoded.update(user._decoded)
+        return self._finish(decoded, user.user_id, item_ids, uniq, ts)
+
+    def _finish(self, decoded: dict, user_id, item_ids: list, uniq: list, ts: int) -> RankingFeatures:
         pos = {i: n for n, i in enumerate(uniq)}
         index = {"item_id": np.fromiter((pos[i] for i in item_ids), np.int64, len(item_ids)),
                  "user_id": np.zeros(len(item_ids), np.int64)}
-        keys = {"item_id": uniq, "user_id": [] if user_id is None else [user_id]}
-        rows = self.reader.read(keys, self.views)
-        feats = self._assemble(rows, index, user_id, item_ids, ts)
+        feats = self._assemble(decoded, index, user_id, item_ids, ts)
         feats._stored_views = [v.name for v in self.views]
         if feats.nothing_found:
             import warnings
@@ -347,10 +462,43 @@ class OnlineFeatureClient:
                 f"no feature value found in the {self.online_store} online store of {self.store.repo_path} "
                 f"(project {self.store.project!r}) for the user or any item asked: is the store empty or never "
                 "loaded? Run `recfeast materialize` (or `recfeast schedule`) first, with the same --online-store."),
-                stacklevel=2)
+                stacklevel=3)
         return feats
 
-    def _assemble(self, rows: dict, index: dict, user_id, item_ids, ts) -> RankingFeatures:
+    @staticmethod
+    def _decode(v, r, ts: int):
+        """One view's raw rows of m entities -> ``(state (m,) object, {feature: column of m rows})``
+        with values of rows older than the view's ttl nulled; None when m == 0 (anonymous user).
+        Columns: vectors ``(m, d)`` float32 (NaN rows), Int64 ``(values int64, null mask)``, strings
+        and lists ``(m,)`` object, floats ``(m,)`` float32/float64 with NaN."""
+        m = len(r.present)
+        if m == 0:
+            return None
+        live_e = r.present.copy()
+        if v.ttl_s:
+            stale_e = live_e & (ts - r.ts > v.ttl_s)
+            live_e &= ~stale_e
+            state_e = np.where(live_e, FOUND, np.where(stale_e, STALE, MISSING))
+        else:
+            state_e = np.where(live_e, FOUND, MISSING)
+        cols = {}
+        for f, kind, bufs in zip(v.features, v.kinds, r.values):
+            if v.ttl_s:
+                bufs = [b if ok else None for b, ok in zip(bufs, live_e)]
+            col = decode_column(bufs, kind, m)
+            if kind == VECTOR:
+                cols[f] = col[0]
+            elif kind == STRING:
+                cols[f] = np.asarray(col, object)
+            elif kind == LIST:   # one Python list (or None) per row; np.asarray would stack equal lengths
+                obj = np.empty(m, object)
+                obj[:] = col
+                cols[f] = obj
+            else:
+                cols[f] = col
+        return state_e, cols
+
+    def _assemble(self, decoded: dict, index: dict, user_id, item_ids, ts) -> RankingFeatures:
         n = len(item_ids)
         if self.key_types["user_id"] == "string":
             users = np.full(n, None, object)
@@ -365,40 +513,31 @@ class OnlineFeatureClient:
         arrays = {"user_id": users, "item_id": items}
         numeric, ints, status = {}, {}, {}
         for v in self.views:
-            r, idx = rows[v.name], index[v.join_key]
-            m = len(r.present)
-            if m == 0:  # anonymous: no user rows at all
-                state = np.full(n, MISSING, object)
-                live = np.zeros(n, bool)
-            else:
-                live_e = r.present.copy()
-                if v.ttl_s:
-                    stale_e = live_e & (ts - r.ts > v.ttl_s)
-                    live_e &= ~stale_e
-                    state_e = np.where(live_e, FOUND, np.where(stale_e, STALE, MISSING))
-                else:
-                    state_e = np.where(live_e, FOUND, MISSING)
-                state, live = state_e[idx], live_e[idx]
-            status[v.name] = state
-            for f, kind, bufs in zip(v.features, v.kinds, r.values if m else [[]] * len(v.features)):
-                bufs = [b if ok else None for b, ok in zip(bufs, live_e)] if m and v.ttl_s else bufs
-                col = decode_column(bufs, kind, m) if m else None
-                if kind == VECTOR:
-                    arrays[f] = col[0][idx] if m else np.full((n, 0), np.nan, np.float32)
-                elif kind == INT64:
-                    vals, mask = col if m else (np.zeros(0, np.int64), np.zeros(0, bool))
-                    vals = vals[idx] if m else np.zeros(n, np.int64)
-                    mask = mask[idx] if m else np.ones(n, bool)
+            d, idx = decoded[v.name], index[v.join_key]
+            if d is None:  # anonymous: no user rows at all
+                status[v.name] = np.full(n, MISSING, object)
+                for f, kind in zip(v.features, v.kinds):
+                    if kind == VECTOR:
+                        arrays[f] = np.full((n, 0), np.nan, np.float32)
+                    elif kind == INT64:
+                        arrays[f] = np.full(n, np.nan)
+                        ints[f] = (np.zeros(n, np.int64), np.ones(n, bool))
+                    elif kind in (STRING, LIST):
+                        arrays[f] = np.full(n, None, object)
+                    else:
+                        arrays[f] = np.full(n, np.nan, np.float32 if kind == FLOAT32 else np.float64)
+                    numeric[f] = arrays[f]
+                continue
+            state_e, cols = d
+            status[v.name] = state_e[idx]
+            for f, kind in zip(v.features, v.kinds):
+                col = cols[f]
+                if kind == INT64:
+                    vals, mask = col[0][idx], col[1][idx]
                     arrays[f] = np.where(mask, np.nan, vals.astype(np.float64))
                     ints[f] = (np.where(mask, 0, vals), mask)
-                elif kind == STRING:
-                    arrays[f] = np.asarray(col, object)[idx] if m else np.full(n, None, object)
-                elif kind == LIST:   # one Python list (or None) per row; np.asarray would stack equal lengths
-                    obj = np.empty(m, object)
-                    obj[:] = col if m else []
-                    arrays[f] = obj[idx] if m else np.full(n, None, object)
                 else:
-                    arrays[f] = col[idx] if m else np.full(n, np.nan, np.float32 if kind == FLOAT32 else np.float64)
+                    arrays[f] = col[idx]
                 numeric[f] = arrays[f]
         for od in self.on_demand:
             from recfeast.serving import ondemand
@@ -414,5 +553,17 @@ class OnlineFeatureClient:
             status[od.name] = np.where(ok, FOUND, MISSING)
         ordered = {"user_id": arrays["user_id"], "item_id": arrays["item_id"]}
         ordered.update({f: arrays[f] for f in self.feature_names})
-        status_frame = pd.DataFrame({name: status[name] for name in self.order})
-        return RankingFeatures(ordered, dict(self.kinds), status_frame, self.service.name, ts, ints)
+        return RankingFeatures(ordered, dict(self.kinds), {name: status[name] for name in self.order},
+                               self.service.name, ts, ints)
+
+
+_HISTORY = "user_realtime#recent_items"   #: key of the history view in a user read
+
+
+def _recent(rows) -> list:
+    """``last_item_ids`` of one user's history view rows, ``[]`` when absent or null."""
+    from recfeast.codec import decode_int64_list
+
+    if not rows.present[0]:
+        return []
+    return decode_int64_list(rows.values[0][0]) or []

@@ -18,6 +18,13 @@ interacted with are left out of recommendations when the online store knows them
 ``last_item_ids`` of the pushed ``user_realtime`` view (the last 10 ingested events; int64 catalogs
 only). That is best effort: history that only reached the batch tables is not online item by item
 and is not filtered; search never filters (a user may look for what they bought).
+
+A recommendation costs two online-store round trips: the user's rows with the recent items (one
+Redis pipeline holding one HMGET, or one SQLite statement), then the candidates' rows (one
+pipeline of one HMGET per candidate, or one statement) with the user's row reused, not read again.
+Retrieval needs the user's sequence embedding from the first, so the two cannot merge. Search costs
+one (anonymous) or two (with a user). The ranker scores the columnar arrays as read
+(:meth:`Ranker.score`); nothing per request is shared and written across threads.
 """
 
 from __future__ import annotations
@@ -196,8 +203,9 @@ class RecommendService:
         finally:
             self.observe(stage, time.perf_counter() - t)
 
-    def _rank(self, feats, retrieval: dict, k: int, extra: np.ndarray | None = None, weight: float = 0.0):
-        p = self._timed("rank", self.ranker.score, feats)
+    def _rank(self, feats, retrieval: dict, k: int, extra: np.ndarray | None = None, weight: float = 0.0,
+              scorer=None):
+        p = self._timed("rank", scorer or self.ranker.score, feats)
         score = p if extra is None else weight * np.nan_to_num(extra, nan=-1.0) + (1 - weight) * p
         order = np.argsort(-score, kind="stable")[:k]
         ids = _ids(feats.arrays["item_id"])
@@ -216,7 +224,8 @@ class RecommendService:
 
     def user_features(self, user_id, request_ts: int):
         """The user's online row (with one placeholder item), or UnknownUserError when no user
-        view of the service has a row for ``user_id``."""
+        view of the service has a row for ``user_id``. The reference path's user read
+        (:meth:`recommend_reference`); requests use :meth:`_read_user`."""
         if not len(self._popular):
             raise UnknownUserError(f"user_id={user_id!r}: the catalog has no items online")
         feats = self._timed("features", self.client.get_features, user_id, _ids(self._popular[:1]), request_ts)
@@ -225,8 +234,41 @@ class RecommendService:
             raise UnknownUserError(f"user_id={user_id!r}: no such user in the online store")
         return feats
 
+    def _read_user(self, user_id, request_ts: int):
+        """The user's rows and recent items in one round trip (:meth:`OnlineFeatureClient.read_user`),
+        or UnknownUserError when no user view of the service has a row for ``user_id``."""
+        if not len(self._popular):
+            raise UnknownUserError(f"user_id={user_id!r}: the catalog has no items online")
+        user = self._timed("features", self.client.read_user, user_id, request_ts)
+        if not user.known:
+            raise UnknownUserError(f"user_id={user_id!r}: no such user in the online store")
+        return user
+
+    def _candidates(self, seq, seen: set, k: int) -> tuple[list, dict]:
+        """``(candidate ids, retrieval cosines by id)``: the items nearest ``seq`` (the user's
+        sequence embedding, or None), topped up with popular items, none of them in ``seen``."""
+        retrieval = {}
+        if seq is not None and seq.size and not np.isnan(seq).any():
+            ids, sims = self._timed("retrieve", self.index.search, seq, self.cfg.candidates, seen)
+            retrieval = dict(zip(_ids(ids), sims.tolist()))
+        # popular items (no history yet, or no sequence embedding in this catalog: only them)
+        want = self.cfg.popular + len(retrieval) + k if retrieval else max(self.cfg.candidates, k)
+        popular = [i for i in _ids(self._popular[:want + len(seen)]) if i not in seen]
+        if retrieval:
+            cands = list(retrieval) + [i for i in popular if i not in retrieval][:max(self.cfg.popular, k - len(retrieval))]
+        else:
+            cands = popular[:max(self.cfg.candidates, k)]
+        return cands, retrieval
+
     def recommend(self, user_id, k: int = 10, request_ts: int | None = None) -> dict:
         """Top ``k`` items for ``user_id``.
+
+        Cost: two online-store round trips. The first reads the user's rows of every user view
+        together with the user's recent items (one Redis pipeline of one HMGET, or one SQLite
+        statement); retrieval needs the user's sequence embedding from it, so the candidates'
+        rows come in a second one (one pipeline of one HMGET per candidate, or one statement),
+        which reuses the user's row instead of reading it again. The model scores the columnar
+        arrays as read (:meth:`Ranker.score`).
 
         Args:
             user_id: the user's key, int or str as the catalog spec declares.
@@ -244,27 +286,33 @@ class RecommendService:
         """
         k, user_id = self._k(k), self.client.key(user_id, "user_id")
         ts = self._now(request_ts)
+        user = self._read_user(user_id, ts)
+        seen = set(user.recent_items)
+        cands, retrieval = self._candidates(user.value("sequence_embedding"), seen, k)
+        if not cands:
+            return {"user_id": user_id, "items": [], "candidates": 0, "excluded": len(seen),
+                    "versions": self._versions(user)}
+        feats = self._timed("features", self.client.get_item_features, user, cands)
+        return {"user_id": user_id, "items": self._rank(feats, retrieval, k), "candidates": len(cands),
+                "excluded": len(seen), "versions": self._versions(feats)}
+
+    def recommend_reference(self, user_id, k: int = 10, request_ts: int | None = None) -> dict:
+        """:meth:`recommend` as it was before the columnar path: three round trips (the user with a
+        placeholder item, the recent items, then the user again with the candidates) and the
+        DataFrame ranker (:meth:`Ranker.score_frame`). Kept as the reference of the tests and the
+        anchor of ``bench.bench_serving --only recommend``; same answer, same errors."""
+        k, user_id = self._k(k), self.client.key(user_id, "user_id")
+        ts = self._now(request_ts)
         user = self.user_features(user_id, ts)
         seen = set(self.client.recent_items(user_id))
         seq = user.arrays.get("sequence_embedding")
-        seq = None if seq is None else seq[0]
-        retrieval = {}
-        if seq is not None and seq.size and not np.isnan(seq).any():
-            ids, sims = self._timed("retrieve", self.index.search, seq, self.cfg.candidates, seen)
-            retrieval = dict(zip(_ids(ids), sims.tolist()))
-        # popular items (no history yet, or no sequence embedding in this catalog: only them)
-        want = self.cfg.popular + len(retrieval) + k if retrieval else max(self.cfg.candidates, k)
-        popular = [i for i in _ids(self._popular[:want + len(seen)]) if i not in seen]
-        if retrieval:
-            cands = list(retrieval) + [i for i in popular if i not in retrieval][:max(self.cfg.popular, k - len(retrieval))]
-        else:
-            cands = popular[:max(self.cfg.candidates, k)]
+        cands, retrieval = self._candidates(None if seq is None else seq[0], seen, k)
         if not cands:
             return {"user_id": user_id, "items": [], "candidates": 0, "excluded": len(seen),
                     "versions": self._versions(user)}
         feats = self._timed("features", self.client.get_features, user_id, cands, ts)
-        return {"user_id": user_id, "items": self._rank(feats, retrieval, k), "candidates": len(cands),
-                "excluded": len(seen), "versions": self._versions(feats)}
+        return {"user_id": user_id, "items": self._rank(feats, retrieval, k, scorer=self.ranker.score_frame),
+                "candidates": len(cands), "excluded": len(seen), "versions": self._versions(feats)}
 
     def search(self, query: str, user_id=None, k: int = 10, request_ts: int | None = None) -> dict:
         """Top ``k`` items for a text query, personalised when ``user_id`` is given.
@@ -287,14 +335,16 @@ class RecommendService:
         if self.embedder is None:
             raise FeatureLookupError("search is not enabled on this server (started without the query encoder)")
         ts = self._now(request_ts)
-        if user_id is not None:
-            self.user_features(user_id, ts)
+        user = None if user_id is None else self._read_user(user_id, ts)
         vec, hit = self._timed("embed_query", self.embedder.embed, query)
         ids, sims = self._timed("retrieve", self.index.search, vec, max(self.cfg.candidates, k))
         if not len(ids):
             return {"query": query, "user_id": user_id, "items": [], "candidates": 0, "cache_hit": hit,
                     "versions": {"index": self.index.info()}}
-        feats = self._timed("features", self.client.get_features, user_id, _ids(ids), ts)
+        if user is None:
+            feats = self._timed("features", self.client.get_features, None, _ids(ids), ts)
+        else:
+            feats = self._timed("features", self.client.get_item_features, user, _ids(ids))
         qcos = query_item_cosine(vec, feats.arrays["text_embedding"])
         items = self._rank(feats, dict(zip(_ids(ids), sims.tolist())), k, qcos, self.cfg.query_weight)
         return {"query": query, "user_id": user_id, "items": items, "candidates": len(ids), "cache_hit": hit,

@@ -40,11 +40,13 @@ def _column(frame, col: str):
 
 
 def vectors(values, dim: int, strict: bool = False, name: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """A vector column -> ``((n, dim) float32 with zeros for missing, (n,) bool present)``.
+    """A vector column -> ``((n, dim) float32 with zeros for missing, (n,) bool present)``; a float32
+    ``(n, dim)`` array without missing rows comes back as it is (shared, not copied).
 
-    ``values``: a ``(n, dim)`` float array (NaN rows = missing), a Series of Arrow
-    ``fixed_size_list<float32>`` (:func:`recfeast.io.vector_series`: returned without a copy, as a
-    read-only view; dictionary-encoded as in training sets: expanded), or a sequence of arrays/lists/None.
+    ``values``: a ``(n, dim)`` float array (NaN rows = missing; ``(n, 0)``: no vector at all, e.g.
+    the user columns of an anonymous request), a Series of Arrow ``fixed_size_list<float32>``
+    (:func:`recfeast.io.vector_series`: returned without a copy, as a read-only view;
+    dictionary-encoded as in training sets: expanded), or a sequence of arrays/lists/None.
 
     Raises:
         DataError: with ``strict``, a vector whose length is not ``dim`` (another encoder's embedding).
@@ -58,10 +60,12 @@ def vectors(values, dim: int, strict: bool = False, name: str = "") -> tuple[np.
         return io.vector_view(values)
     if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype != object:
         if values.shape[1] != dim:
-            if strict and len(values):
+            if strict and len(values) and values.shape[1]:
                 raise DataError(f"column {name!r}: vectors of length {values.shape[1]}, the model expects {dim}")
             return np.zeros((len(values), dim), np.float32), np.zeros(len(values), bool)
         present = ~np.isnan(values).any(axis=1)
+        if present.all() and values.dtype == np.float32:   # nothing to zero: the array itself (not copied)
+            return values, present
         return np.where(present[:, None], values, 0).astype(np.float32, copy=False), present
     vals = list(values)
     lens = [len(v) if isinstance(v, (np.ndarray, list, tuple)) else -1 for v in vals]
@@ -248,10 +252,19 @@ class FeatureSpec:
             miss = ~np.isfinite(x)
             parts.append(np.where(miss, 0.0, (x - self.mean[c]) / self.std[c]))
             parts.append(miss.astype(np.float64))
-        for c, vals in self.vocab.items():
+        for c, vals in self.vocab.items():   # one-hot: each value looked up once (not one compare per value)
+            code = {val: j for j, val in enumerate(vals)}
             v = np.asarray(frame[c], dtype=object)
-            for val in vals:
-                parts.append((v == val).astype(np.float64))
+            # labels as fitted: str(value), nulls (None/NaN) match nothing
+            if n and isinstance(v[0], str) and bool((v == v[0]).all()):   # a user's label on every row
+                idx = np.full(n, code.get(v[0], -1), np.int64)
+            else:
+                idx = np.fromiter((code.get(x if isinstance(x, str) else str(x), -1)
+                                   if x is not None and x == x else -1 for x in v), np.int64, n)
+            onehot = np.zeros((len(vals), n))
+            hit = idx >= 0
+            onehot[idx[hit], np.flatnonzero(hit)] = 1.0
+            parts.extend(onehot)
         out: dict[str, np.ndarray] = {}
         image_present = None
         for c, g in self.vectors.items():

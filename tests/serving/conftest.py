@@ -37,3 +37,38 @@ def small_model(small_run, small_data, tmp_path_factory):
                           test_start=test_start, max_epochs=2, eval_max_users=10, eval_negatives=5,
                           ablation=False), log=lambda *a: None)
     return out / "ranking_model.pt"
+
+
+def _resp_commands(payload: bytes) -> list[list[bytes]]:
+    """The commands in a packed RESP request: ``[[b"HMGET", key, field, ...], ...]``."""
+    out, pos = [], 0
+    while pos < len(payload):
+        end = payload.index(b"\r\n", pos)
+        argc, pos = int(payload[pos + 1:end]), end + 2
+        args = []
+        for _ in range(argc):
+            end = payload.index(b"\r\n", pos)
+            size = int(payload[pos + 1:end])
+            args.append(payload[end + 2:end + 2 + size])
+            pos = end + 2 + size + 2
+        out.append(args)
+    return out
+
+
+@pytest.fixture
+def redis_round_trips(monkeypatch):
+    """Every request this process writes to Redis, as the list of commands each carries: one
+    entry is one round trip (one write of packed commands, then their replies)."""
+    from redis.connection import AbstractConnection
+
+    sent: list[list[list[bytes]]] = []
+    real = AbstractConnection.send_packed_command
+
+    def counting(self, command, check_health=True):
+        chunks = [command] if isinstance(command, (str, bytes)) else command
+        payload = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+        sent.append(_resp_commands(payload))
+        return real(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    return sent

@@ -68,45 +68,47 @@ def test_sdk_equals_feast_on_both_stores(small_run, redis_small, small_data):
         np.testing.assert_array_equal(vec, text.loc[item, "text_embedding"])
 
 
-def test_one_round_trip_per_lookup(small_run, redis_small, small_data):
+def test_one_round_trip_per_lookup(small_run, redis_small, small_data, redis_round_trips):
     repo, _, project = small_run
     items = small_data[1]["item_ids"][:30]
     user = small_data[1]["user_ids"][0]
     client = OnlineFeatureClient(repo, "redis", project=project)
-    real = client.reader.client
-    executes = []
-
-    class CountingPipeline:  # wraps redis-py's real pipeline, counts what is sent
-        def __init__(self, pipe):
-            self.pipe, self.commands = pipe, 0
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.pipe.reset()
-
-        def hmget(self, *args):
-            self.commands += 1
-            return self.pipe.hmget(*args)
-
-        def execute(self):
-            executes.append(self.commands)
-            return self.pipe.execute()
-
-    class CountingClient:
-        def pipeline(self, **kw):
-            return CountingPipeline(real.pipeline(**kw))
-
-    client.reader.client = CountingClient()
-    client.get_features(user, items + items[:5], TS)
-    assert executes == [1 + 30]  # one pipeline: one HMGET for the user, one per distinct item
+    client.get_features(user, items, TS)        # a first read (the pool connects, the health check runs)
+    redis_round_trips.clear()
+    feats = client.get_features(user, items + items[:5], TS)
+    # one write, then its replies: one HMGET for the user, one per distinct item
+    assert len(redis_round_trips) == 1
+    cmds = redis_round_trips[0]
+    assert [c[0] for c in cmds] == [b"HMGET"] * (1 + 30) and len({c[1] for c in cmds}) == 31
+    assert len(feats) == 35
 
     sq = OnlineFeatureClient(repo, "sqlite", project=project)
     statements = []
     sq.reader._conn().set_trace_callback(statements.append)
     sq.get_features(user, items, TS)
     assert len(statements) == 1 and statements[0].count("UNION ALL") == len(sq.views) - 1
+
+
+def test_a_redis_error_mid_reply_drops_the_connection(small_run, redis_small, small_data):
+    """An error reply among the HMGET replies (a key of another type under an item's name) is a
+    StoreError, and the next read gets whole answers: the unread replies went with the connection."""
+    from recfeast.errors import StoreError
+    from recfeast.layout import entity_key_bytes
+
+    repo, _, project = small_run
+    user, items = small_data[1]["user_ids"][0], small_data[1]["item_ids"][:5]
+    client = OnlineFeatureClient(repo, "redis", project=project)
+    want = client.get_features(user, items, TS)
+    bad = entity_key_bytes("item_id", 987654321) + project.encode()
+    client.reader.client.set(bad, b"not a hash")
+    try:
+        with pytest.raises(StoreError, match="WRONGTYPE"):
+            client.get_features(user, [items[0], 987654321, *items[1:]], TS)
+        again = client.get_features(user, items, TS)
+    finally:
+        client.reader.client.delete(bad)
+    for col, arr in want.arrays.items():
+        np.testing.assert_array_equal(again.arrays[col], arr, err_msg=col)
 
 
 def test_anonymous_and_bad_requests(small_run, small_data):

@@ -130,3 +130,73 @@ def test_recommend_leaves_out_items_the_online_store_saw_the_user_take(small_run
     after = svc.recommend(user, k=8)
     assert not set(taken) & {i["item_id"] for i in after["items"]}
     assert after["excluded"] == len(svc.client.recent_items(user)) >= 3
+    assert svc.client.read_user(user, TS).recent_items == svc.client.recent_items(user)
+    ref = svc.recommend_reference(user, k=8)
+    assert [i["item_id"] for i in after["items"]] == [i["item_id"] for i in ref["items"]]
+    assert ref["excluded"] == after["excluded"]
+
+
+def test_columnar_path_answers_as_the_reference_path(services, small_data):
+    """recommend (two round trips, columnar ranker) == recommend_reference (three round trips, the
+    DataFrame ranker) on both stores: the same items, scores within 1e-5, the same versions."""
+    for kind, svc in services.items():
+        for user in small_data[1]["user_ids"][:8]:
+            fast, ref = svc.recommend(user, k=10), svc.recommend_reference(user, k=10)
+            assert [i["item_id"] for i in fast["items"]] == [i["item_id"] for i in ref["items"]], kind
+            np.testing.assert_allclose([i["model_score"] for i in fast["items"]],
+                                       [i["model_score"] for i in ref["items"]], rtol=0, atol=1e-5)
+            assert [i["retrieval_score"] for i in fast["items"]] == [i["retrieval_score"] for i in ref["items"]]
+            assert {k: fast[k] for k in ("candidates", "excluded", "versions")} == \
+                   {k: ref[k] for k in ("candidates", "excluded", "versions")}
+        # the user's features read once and reused equal a read of the user with the items
+        user = small_data[1]["user_ids"][1]
+        items = small_data[1]["item_ids"][:25]
+        once = svc.client.get_item_features(svc.client.read_user(user, TS), items)
+        both = svc.client.get_features(user, items, TS)
+        for col, arr in both.arrays.items():
+            np.testing.assert_array_equal(once.arrays[col], arr, err_msg=f"{kind} {col}")
+        assert once.status.equals(both.status)
+        np.testing.assert_allclose(svc.ranker.score(once), svc.ranker.score_frame(both), rtol=0, atol=1e-5)
+
+
+def test_recommend_reads_the_user_once(services, small_data, redis_round_trips):
+    """Redis: one write of one HMGET (every user view and the recent items), then one of one HMGET
+    per candidate. SQLite: one statement for the user, one for the items."""
+    svc = services["redis"]
+    user = small_data[1]["user_ids"][0]
+    svc.recommend(user, k=5)
+    redis_round_trips.clear()
+    res = svc.recommend(user, k=5)
+    assert len(redis_round_trips) == 2
+    first, second = redis_round_trips
+    assert len(first) == 1 and first[0][0] == b"HMGET"
+    history = svc.client._history_view
+    user_fields = {f for v in svc.client.views if v.join_key == "user_id" for f in (*v.fields, v.ts_field)}
+    assert set(first[0][2:]) == user_fields | ({*history.fields, history.ts_field} if history else set())
+    assert len(second) == res["candidates"] == len({c[1] for c in second})
+    assert first[0][1] not in {c[1] for c in second}       # the user is not read again
+
+    sq = services["sqlite"]
+    statements = []
+    conn = sq.client.reader._conn()
+    conn.set_trace_callback(statements.append)
+    try:
+        sq.recommend(user, k=5)
+    finally:
+        conn.set_trace_callback(None)
+    user_tables = {v.table for v in sq.client.views if v.join_key == "user_id"}
+    assert len(statements) == 2
+    assert all(f'"{t}"' in statements[0] for t in user_tables)
+    assert not any(f'"{t}"' in statements[1] for t in user_tables)
+
+
+def test_concurrent_recommends_answer_as_sequential_ones(services, small_data):
+    from concurrent.futures import ThreadPoolExecutor
+
+    svc = services["sqlite"]
+    users = small_data[1]["user_ids"][:12]
+    want = {u: svc.recommend(u, k=10) for u in users}
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda u: (u, svc.recommend(u, k=10)), users * 4))
+    for u, res in got:
+        assert res["items"] == want[u]["items"]
