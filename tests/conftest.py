@@ -180,6 +180,25 @@ def assert_vectors_equal(a, b):
     np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
 
+@pytest.fixture
+def redis_fails_fast():
+    """New Redis clients connect once, without redis-py's own reconnect retries, for this test.
+
+    redis-py's default for a client is 3 retries with exponential backoff (1 s base, 10 s cap): each
+    connection to a Redis that is not there sleeps 3-10 s before it fails. Tests that point at a down
+    store on purpose check what recfeast does then (its own retries, 503s, waiting batches), not
+    redis-py's sleeps; the Redis, Feast and recfeast code are the real ones."""
+    import inspect
+
+    import redis
+
+    default = inspect.signature(redis.Redis.__init__).parameters["retry"].default   # deep-copied per client
+    saved = default.get_retries()
+    default.update_retries(0)
+    yield
+    default.update_retries(saved)
+
+
 def drop_online(fs) -> None:
     """Delete this project's online rows (Redis keys) but keep the registry, which the SQLite and
     Redis stores of one repository share (``FeatureStore.teardown`` would delete it)."""
