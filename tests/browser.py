@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -42,11 +43,14 @@ def free_port(ports: range) -> int:
 def web_server(cmd: list[str], url: str, log: Path, cwd: Path | None = None,
                timeout: float = 240) -> Iterator[subprocess.Popen]:
     """Run ``cmd`` (stdout and stderr to ``log``) until ``url`` answers 200, yield the process, then
-    terminate it (killed after 30 s). Fails the test, with the log's tail, when the process exits
-    first or ``url`` does not answer within ``timeout`` seconds."""
+    stop it: SIGTERM to its process group (killed after 30 s). Fails the test, with the log's tail,
+    when the process exits first or ``url`` does not answer within ``timeout`` seconds.
+
+    The whole group, because ``mlflow server`` runs its web server as a child: SIGTERM to the parent
+    alone took 26 s to stop both, to the group 2 s (measured)."""
     name = Path(cmd[0]).name
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         end = time.monotonic() + timeout
         while True:
@@ -63,11 +67,13 @@ def web_server(cmd: list[str], url: str, log: Path, cwd: Path | None = None,
             time.sleep(0.5)
         yield proc
     finally:
-        proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
