@@ -130,13 +130,17 @@ SPECS = {"slice": ROOT / "tests" / "specs" / "movielens_slice.yaml",
          "hm": ROOT / "examples" / "hm" / "catalog.yaml"}
 
 
-def make_repo(path: Path, spec: str | Path = "slice") -> Path:
+def make_repo(path: Path, spec: str | Path = "slice", embeddings: Path | None = None) -> Path:
     """A throwaway copy of feature_repo/ (definitions and yaml, no data) with the catalog spec ``spec``
-    (a name of :data:`SPECS` or a path): by default the test slice's plain-file MovieLens spec."""
+    (a name of :data:`SPECS` or a path): by default the test slice's plain-file MovieLens spec.
+    ``embeddings``: an embedding cache folder copied in as ``data/embedding_cache``, so the main job
+    reuses those vectors instead of encoding again (the ``slice_embeddings`` fixture)."""
     path.mkdir(parents=True, exist_ok=True)
     for name in ("feature_store.yaml", "feature_store.redis.yaml", "feature_definitions.py"):
         shutil.copy(ROOT / "feature_repo" / name, path / name)
     shutil.copy(SPECS.get(spec, spec), path / "catalog.yaml")
+    if embeddings is not None:
+        shutil.copytree(embeddings, path / "data" / "embedding_cache", dirs_exist_ok=True)
     return path
 
 
@@ -156,6 +160,17 @@ def small_run(tmp_path_factory, small_data):
     return repo, summary, project
 
 
+@pytest.fixture(scope="session")
+def slice_embeddings(tmp_path_factory, small_run) -> Path:
+    """A copy of the slice's embedding cache as ``small_run`` left it (its text and poster vectors,
+    keyed by model identity and input hash): ``make_repo(path, embeddings=slice_embeddings)`` gives a
+    fresh repository whose main job on the slice encodes nothing. For tests whose point is not the
+    encoding; the ones that count computed vectors start empty."""
+    dst = tmp_path_factory.mktemp("slice_embeddings")
+    shutil.copytree(small_run[0] / "data" / "embedding_cache", dst, dirs_exist_ok=True)
+    return dst
+
+
 def latest_rows(table: pd.DataFrame, key: str) -> pd.DataFrame:
     """The row with the greatest (event_timestamp, created_timestamp) per key, indexed by key."""
     return table.sort_values([key, "event_timestamp", "created_timestamp"]).groupby(key).tail(1).set_index(key)
@@ -163,6 +178,25 @@ def latest_rows(table: pd.DataFrame, key: str) -> pd.DataFrame:
 
 def assert_vectors_equal(a, b):
     np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+@pytest.fixture
+def redis_fails_fast():
+    """New Redis clients connect once, without redis-py's own reconnect retries, for this test.
+
+    redis-py's default for a client is 3 retries with exponential backoff (1 s base, 10 s cap): each
+    connection to a Redis that is not there sleeps 3-10 s before it fails. Tests that point at a down
+    store on purpose check what recfeast does then (its own retries, 503s, waiting batches), not
+    redis-py's sleeps; the Redis, Feast and recfeast code are the real ones."""
+    import inspect
+
+    import redis
+
+    default = inspect.signature(redis.Redis.__init__).parameters["retry"].default   # deep-copied per client
+    saved = default.get_retries()
+    default.update_retries(0)
+    yield
+    default.update_retries(saved)
 
 
 def drop_online(fs) -> None:

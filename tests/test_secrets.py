@@ -109,9 +109,10 @@ def _cli(args, env, stdin=None):
 
 
 @pytest.mark.slow
-def test_no_output_of_a_run_against_a_password_protected_redis_holds_the_password(small_data, tmp_path):
+def test_no_output_of_a_run_against_a_password_protected_redis_holds_the_password(small_data, slice_embeddings,
+                                                                                  tmp_path):
     data, facts = small_data
-    repo = make_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo", embeddings=slice_embeddings)
     base = {**os.environ, "RECFEAST_PROJECT": unique_project(), "RECFEAST_ONLINE_STORE": "redis",
             "RECFEAST_REPO_PATH": str(repo)}
     good = {**base, "REDIS_CONNECTION_STRING": f"127.0.0.1:{PORT},password={PW}"}

@@ -82,10 +82,10 @@ def _killed_run(data: Path, repo: Path, project: str, point: str) -> None:
     assert proc.returncode == -9, f"{point}: expected SIGKILL, got {proc.returncode}\n{proc.stderr[-2000:]}"
 
 
-def test_kill_at_any_point_then_rerun_matches_a_clean_run(small_data, small_run, tmp_path):
+def test_kill_at_any_point_then_rerun_matches_a_clean_run(small_data, small_run, slice_embeddings, tmp_path):
     data_b = small_data[0]
     data_a = _variant(data_b, tmp_path / "data_a")
-    repo = make_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo", embeddings=slice_embeddings)   # only the changed overview is encoded
     project = unique_project()
     cfg = lambda data: JobConfig(data_dir=data, repo=repo, online_store="redis", project=project,  # noqa: E731
                                  progress=False)

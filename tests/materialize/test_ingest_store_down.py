@@ -16,7 +16,7 @@ from recfeast.eventlog import EventLog, log_path
 from tests.conftest import make_repo, unique_project
 from tests.redis_server import RestartableRedis
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("redis_fails_fast")]   # a down store on purpose
 
 T0 = 1_700_000_000
 PORT, DEAD_PORT = 18203, 18204

@@ -116,6 +116,7 @@ def test_sigterm_stops_within_seconds_and_records_every_run(env_project, small_d
             assert held
 
 
+@pytest.mark.usefixtures("redis_fails_fast")
 def test_redis_down_retries_then_fails_visibly_and_next_run_catches_up(env_project, small_data, monkeypatch):
     repo = env_project
     tables = repo / "data" / "tables"

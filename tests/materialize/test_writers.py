@@ -110,8 +110,8 @@ def test_readers_never_fail_during_repeated_applies(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_concurrent_materialize_runs_both_finish(small_data, tmp_path):
-    repo = make_repo(tmp_path / "repo")
+def test_two_concurrent_materialize_runs_both_finish(small_data, slice_embeddings, tmp_path):
+    repo = make_repo(tmp_path / "repo", embeddings=slice_embeddings)
     env = {**os.environ, "RECFEAST_PROJECT": unique_project()}
     cmd = [str(Path(PY).with_name("recfeast")), "materialize", "--data-dir", str(small_data[0]),
            "--repo-path", str(repo), "--quiet"]

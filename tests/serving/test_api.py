@@ -146,6 +146,7 @@ def test_metrics_count_requests_cache_and_rejections(api, small_data):
     assert "recfeast_store_errors_total" in after or "recfeast_store_errors" in after
 
 
+@pytest.mark.usefixtures("redis_fails_fast")
 def test_store_down_is_503_and_counted(small_run, small_model, text_encoder, keys):
     """Redis stopping answering is a 503 naming the store, counted in recfeast_store_errors_total."""
     repo, _, project = small_run

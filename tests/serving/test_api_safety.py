@@ -229,6 +229,7 @@ def test_health_notices_tables_newer_than_the_load(repo_copy, small_model, own_r
     assert http.get("/health").json()["status"] == "ok"
 
 
+@pytest.mark.usefixtures("redis_fails_fast")
 @pytest.mark.parametrize("addr", ["redis://:hunter2@127.0.0.1:1", "127.0.0.1:1,password=hunter2"])
 def test_no_password_in_answers_or_logs(repo_copy, small_model, keys, addr, caplog):
     import logging

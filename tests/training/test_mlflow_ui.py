@@ -4,12 +4,7 @@ alias, checked in headless Chromium. Screenshots go to ``$RECFEAST_SCREENSHOT_DI
 test's temporary folder)."""
 
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +12,11 @@ import pytest
 
 from recfeast import mlflow_store, model_registry as registry
 from recfeast.training import tracking
+from tests.browser import chromium_path, free_port, headless_page, web_server
 from tests.conftest import make_repo
 from tests.materialize.test_mlflow_registry import _encoder
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PORTS = range(18510, 18530)
 
 
@@ -30,14 +25,6 @@ class _Cfg:
     lr: float
     max_epochs: int
     out_dir: str
-
-
-def _free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return port
-    pytest.fail(f"no free port in {PORTS}")
 
 
 @pytest.fixture
@@ -70,68 +57,42 @@ def tracked_repo(tmp_path, monkeypatch):
 @pytest.fixture
 def mlflow_server(tracked_repo, tmp_path):
     repo, _ = tracked_repo
-    port = _free_port()
-    log = open(tmp_path / "mlflow_server.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
-                             f"sqlite:///{mlflow_store.db_path(repo).resolve()}", "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
+    port = free_port(PORTS)
     url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(f"mlflow server exited: {(tmp_path / 'mlflow_server.log').read_text()[-2000:]}")
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer /health within 120 s")
+    with web_server([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+                     f"sqlite:///{mlflow_store.db_path(repo).resolve()}", "--host", "127.0.0.1",
+                     "--port", str(port), "--workers", "1"], url + "/health", tmp_path / "mlflow_server.log",
+                    timeout=120):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+@pytest.mark.skipif(chromium_path() is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_mlflow_ui_lists_runs_and_registered_versions(mlflow_server, tracked_repo, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     _, ids = tracked_repo
     shots = Path(os.environ.get("RECFEAST_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     c = mlflow_store.client(tracked_repo[0])
     exp = c.get_experiment_by_name("recfeast-ranking")
     runs = c.search_runs([exp.experiment_id])
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1500, "height": 900})
-        try:
-            page.goto(f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs", timeout=120_000)
-            for r in runs:
-                page.get_by_text(r.info.run_name).first.wait_for(timeout=120_000)
-            page.screenshot(path=str(shots / "mlflow_runs.png"), full_page=True)
+    with headless_page(1500, 900) as page:
+        page.goto(f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs", timeout=120_000)
+        for r in runs:
+            page.get_by_text(r.info.run_name).first.wait_for(timeout=120_000)
+        page.screenshot(path=str(shots / "mlflow_runs.png"), full_page=True)
 
-            ids_param = ",".join(f'"{r.info.run_id}"' for r in runs)
-            page.goto(f"{mlflow_server}/#/compare-runs?runs=[{ids_param}]&experiments=[\"{exp.experiment_id}\"]",
-                      timeout=120_000)
-            page.get_by_text("max_epochs").first.wait_for(timeout=120_000)
-            page.get_by_text("test/auc").first.wait_for(timeout=60_000)
-            page.screenshot(path=str(shots / "mlflow_compare.png"), full_page=True)
+        ids_param = ",".join(f'"{r.info.run_id}"' for r in runs)
+        page.goto(f"{mlflow_server}/#/compare-runs?runs=[{ids_param}]&experiments=[\"{exp.experiment_id}\"]",
+                  timeout=120_000)
+        page.get_by_text("max_epochs").first.wait_for(timeout=120_000)
+        page.get_by_text("test/auc").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(shots / "mlflow_compare.png"), full_page=True)
 
-            page.goto(f"{mlflow_server}/#/models/recfeast-sequence", timeout=120_000)
-            page.get_by_text("Version 2").first.wait_for(timeout=120_000)
-            page.get_by_text("production").first.wait_for(timeout=60_000)
-            page.screenshot(path=str(shots / "mlflow_models.png"), full_page=True)
-            page.goto(f"{mlflow_server}/#/models/recfeast-sequence/versions/2", timeout=120_000)
-            page.get_by_text(ids[1]).first.wait_for(timeout=120_000)          # recfeast's identity, as a tag
-            page.screenshot(path=str(shots / "mlflow_model_version.png"), full_page=True)
-        finally:
-            browser.close()
+        page.goto(f"{mlflow_server}/#/models/recfeast-sequence", timeout=120_000)
+        page.get_by_text("Version 2").first.wait_for(timeout=120_000)
+        page.get_by_text("production").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(shots / "mlflow_models.png"), full_page=True)
+        page.goto(f"{mlflow_server}/#/models/recfeast-sequence/versions/2", timeout=120_000)
+        page.get_by_text(ids[1]).first.wait_for(timeout=120_000)          # recfeast's identity, as a tag
+        page.screenshot(path=str(shots / "mlflow_model_version.png"), full_page=True)
     for name in ("mlflow_runs.png", "mlflow_compare.png", "mlflow_models.png", "mlflow_model_version.png"):
         assert (shots / name).stat().st_size > 10_000, name

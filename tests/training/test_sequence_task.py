@@ -213,21 +213,7 @@ def test_evaluate_untrained_is_mean_of_history_and_last_item():
     assert res["last"]["loss"] is None and res["untrained"]["loss"] > 0
 
 
-# --- a tiny real run on a slice of MovieLens-100k -----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def slice_items(tmp_path_factory, catalog, text_encoder):
-    """The 250 most rated real items, embedded with the real text encoder (the table materialize writes)."""
-    from recfeast.materialize import features as F
-
-    top = catalog.events.item_id.value_counts().index[:250]
-    items = catalog.items[catalog.items.item_id.isin(top)].reset_index(drop=True)
-    emb = text_encoder.encode(F.item_text(items), 64)
-    path = tmp_path_factory.mktemp("seq") / "item_text_embedding.parquet"
-    pd.DataFrame({"item_id": items.item_id.astype("int64"), "text_embedding": list(emb),
-                  "text_model": text_encoder.model_id}).to_parquet(path)
-    return path
+# --- a tiny real run on a slice of MovieLens-100k (slice_items: tests/training/conftest.py) ---
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 reloads alone."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 from recfeast.errors import ConfigError
 from recfeast.training.text_data import (best_threshold, corating_pairs, genre_task, micro_f1, next_item_metrics,
                                          split_pairs)
-from recfeast.training.text_finetune import TextFinetuneConfig, finetune_text
+from recfeast.training.text_finetune import TextFinetuneConfig
 
 T = pd.Timestamp("1998-01-01", tz="UTC")
 
@@ -72,19 +73,18 @@ def test_config_refuses_bad_values():
 
 
 @pytest.mark.slow
-def test_tiny_finetune_saves_a_checkpoint_that_reloads_alone(tmp_path, data_dir):
+def test_tiny_finetune_saves_a_checkpoint_that_reloads_alone(tiny_text_finetune):
     from recfeast.encoders.text import TextEncoder
 
-    cfg = TextFinetuneConfig(data_dir=str(data_dir), max_items=40, max_epochs=1, pairs_per_epoch=16,
-                             pair_batch_size=4, genre_batch_size=8, max_length=32, out_dir=str(tmp_path / "ft"))
-    res = finetune_text(cfg, log=lambda *_: None)
-    meta = json.loads((tmp_path / "ft" / "model" / "finetune.json").read_text())
+    cfg, res, _ = tiny_text_finetune
+    ft = Path(cfg.out_dir)
+    meta = json.loads((ft / "model" / "finetune.json").read_text())
     assert meta["model_id"] == res["model_id"] != res["base_model_id"]
     assert meta["config"]["max_items"] == 40 and meta["lineage"]["counts"]["items"] == 40
     assert [c["epoch"] for c in meta["curves"]] == [0, 1] and meta["curves"][1]["train"] > 0
     assert set(meta["metrics"]["before"]) >= {"genre_probe_micro_f1", "recall@10", "ndcg@10", "pairs"}
-    enc = TextEncoder(tmp_path / "ft" / "model", name=cfg.name)            # the folder alone
+    enc = TextEncoder(ft / "model", name=cfg.name)            # the folder alone
     assert enc.model_id == res["model_id"] and enc.max_length == 32
     a = enc.encode(["Star Wars (1977). A farm boy joins the rebels."])
     assert a.shape == (1, 384) and a.dtype == np.float32 and np.isclose(np.linalg.norm(a), 1.0)
-    assert (tmp_path / "ft" / "training_curves.png").stat().st_size > 1000
+    assert (ft / "training_curves.png").stat().st_size > 1000

@@ -4,7 +4,6 @@ TensorBoard event files, and a tracking backend that is down does not fail a run
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -197,20 +196,17 @@ def test_train_finishes_when_the_tracking_server_is_down(small_run, small_data, 
 
 
 @pytest.mark.slow
-def test_finetune_text_and_sequence_runs_are_tracked(tmp_path, data_dir, catalog, text_encoder, monkeypatch):
+def test_finetune_text_and_sequence_runs_are_tracked(tmp_path, data_dir, slice_items, text_encoder, tiny_text_finetune,
+                                                    monkeypatch):
     """`finetune text` and `finetune sequence`: one MLflow run each, with curves, test metrics,
     artefacts and the identities of the models involved."""
     from recfeast.training.sequence_task import SequenceTrainConfig, train_sequence
-    from recfeast.training.text_finetune import TextFinetuneConfig, finetune_text
 
+    _, res, uri = tiny_text_finetune                      # tracked in its own MLflow database
     monkeypatch.setenv("RECFEAST_TRACKING", "1")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow_store.ensure_sqlite(tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     c = mlflow_store.client(None)
 
-    res = finetune_text(TextFinetuneConfig(data_dir=str(data_dir), max_items=40, max_epochs=1, pairs_per_epoch=16,
-                                           pair_batch_size=4, genre_batch_size=8, max_length=32,
-                                           out_dir=str(tmp_path / "ft")), log=lambda *_: None)
     (run,) = c.search_runs([c.get_experiment_by_name("recfeast-text-finetune").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["max_items"] == "40"
     assert run.data.tags["recfeast.model_id"] == res["model_id"] and run.data.tags["recfeast.model.base"] == res["base_model_id"]
@@ -221,14 +217,8 @@ def test_finetune_text_and_sequence_runs_are_tracked(tmp_path, data_dir, catalog
     assert "next_item_ndcg_lift/ci95_low" in run.data.metrics
     assert sorted(a.path for a in c.list_artifacts(run.info.run_id)) == ["metrics.json", "training_curves.png"]
 
-    # the sequence encoder on item embeddings of the real text encoder
-    from recfeast import entities as F
-
-    items = catalog.items[catalog.items.item_id.isin(catalog.events.item_id.value_counts().index[:250])]
-    table = tmp_path / "item_text_embedding.parquet"
-    pd.DataFrame({"item_id": items.item_id.astype("int64"), "text_embedding": list(text_encoder.encode(F.item_text(items), 64)),
-                  "text_model": text_encoder.model_id}).to_parquet(table)
-    metrics = train_sequence(SequenceTrainConfig(data_dir=str(data_dir), item_embeddings=str(table), max_users=60,
+    # the sequence encoder on item embeddings of the real text encoder (the 250 most rated items)
+    metrics = train_sequence(SequenceTrainConfig(data_dir=str(data_dir), item_embeddings=str(slice_items), max_users=60,
                                                  hidden_dim=16, max_epochs=2, patience=2, bootstrap=50,
                                                  out_dir=str(tmp_path / "seq"), progress=False), log=lambda *_: None)
     (run,) = c.search_runs([c.get_experiment_by_name("recfeast-sequence").experiment_id])
