@@ -25,9 +25,8 @@ PATHS = ("recfeast get_features", "feast get_online_features", "raw redis pipeli
 def curve(repo, sizes, n: int) -> dict:
     import pandas as pd
 
-    from bench.common import percentiles_ms
+    from bench.common import percentiles_ms, raw_hmget
     from recfeast import config
-    from recfeast.layout import entity_key_bytes
     from recfeast.serving.sdk import OnlineFeatureClient
 
     tables = config.tables_dir(repo)
@@ -35,18 +34,8 @@ def curve(repo, sizes, n: int) -> dict:
     items = pd.read_parquet(tables / "item_text_embedding.parquet", columns=["item_id"]).item_id.unique()
     users = pd.read_parquet(tables / "user_profile.parquet", columns=["user_id"]).user_id.unique()
     client = OnlineFeatureClient(repo, "redis", project=PROJECT)
-    fs, svc, r = client.store, client.service, client.reader.client
-    project = PROJECT.encode()
-    by_key = {}
-    for v in client.views:
-        by_key.setdefault(v.join_key, []).extend([*v.fields, v.ts_field])
-
-    def raw(u, its):
-        with r.pipeline(transaction=False) as p:
-            p.hmget(entity_key_bytes("user_id", u) + project, by_key["user_id"])
-            for i in its:
-                p.hmget(entity_key_bytes("item_id", i) + project, by_key["item_id"])
-            return p.execute()
+    fs, svc = client.store, client.service
+    raw = raw_hmget(client, PROJECT)
 
     fns = dict(zip(PATHS, (
         lambda u, its: client.get_features(u, its, AS_OF),

@@ -59,6 +59,7 @@ def bench_features(repo, n: int, n_items: int) -> dict:
     import pandas as pd
 
     from bench.common import percentiles_ms
+    from bench.common import raw_hmget as common_raw_hmget
     from recfeast import config
     from recfeast.layout import entity_key_bytes
     from recfeast.serving.sdk import OnlineFeatureClient
@@ -71,19 +72,10 @@ def bench_features(repo, n: int, n_items: int) -> dict:
     client = OnlineFeatureClient(repo, "redis", project=PROJECT)
     fs, svc, r = client.store, client.service, client.reader.client
     project = PROJECT.encode()
-    by_key = {}
-    for v in client.views:
-        by_key.setdefault(v.join_key, []).extend([*v.fields, v.ts_field])
+    raw_hmget = common_raw_hmget(client, PROJECT)
 
     def rows(u, its):
         return [{"user_id": u, "item_id": i, "request_ts": AS_OF} for i in its]
-
-    def raw_hmget(u, its):
-        with r.pipeline(transaction=False) as p:
-            p.hmget(entity_key_bytes("user_id", u) + project, by_key["user_id"])
-            for i in its:
-                p.hmget(entity_key_bytes("item_id", i) + project, by_key["item_id"])
-            return p.execute()
 
     def raw_hgetall(u, its):
         with r.pipeline(transaction=False) as p:

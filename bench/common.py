@@ -59,3 +59,25 @@ def save(name: str, result: dict) -> Path:
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(json.dumps(payload, indent=2))
     return path
+
+
+def raw_hmget(client, project: str):
+    """The raw-Redis floor of an online lookup: a function ``(user_id, item_ids) -> replies`` that
+    sends, in one redis-py pipeline, one HMGET per entity of exactly the fields ``client`` (a Redis
+    :class:`recfeast.serving.sdk.OnlineFeatureClient`) reads, on the client's own connection pool;
+    nothing is decoded."""
+    from recfeast.layout import entity_key_bytes
+
+    r, suffix = client.reader.client, project.encode()
+    by_key: dict[str, list] = {}
+    for v in client.views:
+        by_key.setdefault(v.join_key, []).extend([*v.fields, v.ts_field])
+
+    def read(u, its):
+        with r.pipeline(transaction=False) as p:
+            p.hmget(entity_key_bytes("user_id", u) + suffix, by_key["user_id"])
+            for i in its:
+                p.hmget(entity_key_bytes("item_id", i) + suffix, by_key["item_id"])
+            return p.execute()
+
+    return read
