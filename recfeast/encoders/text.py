@@ -3,7 +3,8 @@
 ``precision="bf16"`` runs the forward pass under ``torch.autocast(dtype=torch.bfloat16)`` (matmuls in
 bfloat16 with float32 accumulation through oneDNN; LayerNorm, softmax and the pooling stay float32),
 on CPUs with ``avx512_bf16`` or ``amx_bf16`` (or a GPU). Measured on MovieLens item texts
-(BENCHMARKS.md, "Encoders"): min cosine 0.99997 to the float32 model, 1.2-1.7x its items/s. It is
+(``python -m bench.bench_text``, BENCHMARKS.md "Encoders", idle 2-core AMD EPYC): min cosine 0.99996
+to sentence-transformers' float32 embedding, 2.6x the float32 encoder's items/s (201 vs 77.5). It is
 its own model identity (``precision`` enters the identity's config), so its embeddings never mix
 with float32 ones. Chosen with ``$RECFEAST_TEXT_PRECISION`` (:func:`recfeast.config.encoder_precision`),
 read by the main job's encoder (:func:`recfeast.model_registry.text_encoder`) and the query path.
