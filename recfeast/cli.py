@@ -411,9 +411,15 @@ def train(data_dir, repo_path, out_dir, val_start, test_start, positive_min_valu
               help="Requests allowed at once above the rate.")
 @click.option("--health-max-lag", default=600.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds a feature table may be newer than the last online load before /health says 'behind'.")
+@click.option("--item-cache", default=20_000, show_default=True, type=click.IntRange(min=0),
+              help="Items whose features are kept in process between online loads (emptied by each "
+                   "`recfeast` load, after --item-cache-age, or when full); 0: read every candidate from the store.")
+@click.option("--item-cache-age", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a cached item row serves at most (bounds staleness after a `feast materialize`, "
+                   "which leaves no load sentinel).")
 def serve(repo_path, online_store, checkpoint, host, port, as_of, candidates, no_search, refresh_every,
           torch_threads, api_keys_file, allow_anonymous, max_body_bytes, max_items, max_items_vectors, rate_limit,
-          burst, health_max_lag):
+          burst, health_max_lag, item_cache, item_cache_age):
     """Serve /features, /recommend, /search, /events, /health, /metrics and /admin/reload over HTTP
     (FastAPI). Refuses to start without an API key unless --allow-anonymous."""
     from pathlib import Path
@@ -431,7 +437,8 @@ def serve(repo_path, online_store, checkpoint, host, port, as_of, candidates, no
                                max_items_vectors=max_items_vectors, rate_per_s=rate_limit, burst=burst)
         cfg = ServiceConfig(checkpoint=checkpoint, repo=repo_path, online_store=online_store, as_of=as_of,
                             candidates=candidates, load_query_encoder=not no_search, refresh_every_s=refresh_every,
-                            health_max_lag_s=health_max_lag)
+                            health_max_lag_s=health_max_lag, item_cache=item_cache,
+                            item_cache_max_age_s=item_cache_age)
         run_server(cfg, host=host, port=port, torch_threads=torch_threads, log=click.echo,
                    ingestor_factory=_service_ingestor, settings=settings, reloader_factory=_service_reloader)
     except RecfeastError as exc:

@@ -89,8 +89,12 @@ class RedisReader:
         except Exception as exc:
             raise StoreError(f"online read from redis failed: {exc}") from exc
 
-    def read(self, keys: dict[str, list], views: list[ViewSpec]) -> dict[str, ViewRows]:
+    def read(self, keys: dict[str, list], views: list[ViewSpec], stamp: bool = False):
         """Rows of ``views`` for the entities ``keys`` (join key -> int or str ids), in one round trip.
+
+        Args:
+            stamp: also GET the load sentinel (:mod:`recfeast.health`) in the same round trip and
+                return ``(rows, sentinel bytes or None)``.
 
         Raises:
             StoreError: Redis cannot be reached or answers with an error.
@@ -102,15 +106,18 @@ class RedisReader:
         fields = {jk: [f for v in groups[jk] for f in (*v.fields, v.ts_field)] for jk in keys}
         try:
             if self._packed:
-                replies = self._exchange(keys, fields)
+                replies = self._exchange(keys, fields, self._sentinel_key if stamp else None)
             else:
                 with self.client.pipeline(transaction=False) as pipe:
                     for jk, ids in keys.items():
                         for i in ids:
                             pipe.hmget(entity_key_bytes(jk, i, self.version) + self.project, fields[jk])
+                    if stamp:
+                        pipe.get(self._sentinel_key)
                     replies = pipe.execute()
         except Exception as exc:  # redis ConnectionError, TimeoutError, ResponseError
             raise StoreError(f"online read from redis failed: {exc}") from exc
+        sentinel = replies.pop() if stamp else None
         out, pos = {}, 0
         for jk, n in plan:
             block = replies[pos:pos + n]
@@ -126,12 +133,18 @@ class RedisReader:
                 out[v.name] = ViewRows(present, ts, [[r[col + j] if p else None for r, p in zip(block, present)]
                                                      for j in range(width)])
                 col += width + 1
-        return out
+        return (out, sentinel) if stamp else out
 
+    @property
+    def _sentinel_key(self) -> bytes:
+        from recfeast import health
 
-    def _exchange(self, keys: dict[str, list], fields: dict[str, list[bytes]]) -> list:
+        return health.redis_key(self.project.decode())
+
+    def _exchange(self, keys: dict[str, list], fields: dict[str, list[bytes]], get: bytes | None = None) -> list:
         """One HMGET per entity of ``keys`` (join key -> ids) for ``fields`` (join key -> hash
-        fields), sent in one write and read back in order on one pooled connection; a connection
+        fields), and a GET of ``get`` last when given, sent in one write and read back in order on
+        one pooled connection; a connection
         or timeout error is retried ``retries`` times on a fresh connection. Any failure drops the
         connection (unread replies must not reach the next request).
 
@@ -149,6 +162,9 @@ class RedisReader:
                 key = entity_key_bytes(jk, i, self.version) + self.project
                 chunks.append(b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail))
             n += len(ids)
+        if get is not None:
+            chunks.append(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(get), get))
+            n += 1
         payload = b"".join(chunks)
         if not n:
             return []
@@ -227,8 +243,12 @@ class SqliteReader:
             self._local.conn = conn
         return conn
 
-    def read(self, keys: dict[str, list], views: list[ViewSpec]) -> dict[str, ViewRows]:
+    def read(self, keys: dict[str, list], views: list[ViewSpec], stamp: bool = False):
         """Rows of ``views`` for the entities ``keys`` (join key -> int or str ids), in one query.
+
+        With ``stamp``, the load sentinel (:mod:`recfeast.health`) comes back in the same query
+        (one more ``UNION ALL`` part; a database without the sentinel table is read again without
+        it) and the answer is ``(rows, sentinel text or None)``.
 
         The requested keys go in as a numbered ``VALUES`` list per join key, joined to each view's
         table (its ``entity_key`` index): every row comes back with the request position of its
@@ -246,13 +266,37 @@ class SqliteReader:
             if len(keys[v.join_key]):
                 parts.append(f'SELECT {n}, k.pos, t.feature_name, t.value, t.event_ts FROM k_{v.join_key} k '
                              f'JOIN "{v.table}" t ON t.entity_key = k.ek')
-        rows = []
+        rows, sentinel = [], None
+        if stamp:
+            from recfeast import health
+
+            parts.append(f"SELECT -1, 0, NULL, value, NULL FROM {health.SQLITE_TABLE} WHERE project = ?")
         if parts:
+            sql = f"{'WITH ' + ', '.join(ctes) if ctes else ''} {' UNION ALL '.join(parts)}"
             try:
-                rows = self._conn().execute(f"WITH {', '.join(ctes)} {' UNION ALL '.join(parts)}", params).fetchall()
+                try:
+                    rows = self._conn().execute(sql, params + [self.project] if stamp else params).fetchall()
+                except Exception as exc:
+                    if not (stamp and "recfeast_load_sentinel" in str(exc)):
+                        raise
+                    stamp = False   # never loaded by a recfeast with sentinels
+                    parts.pop()
+                    if parts:
+                        sql = f"WITH {', '.join(ctes)} {' UNION ALL '.join(parts)}"
+                        rows = self._conn().execute(sql, params).fetchall()
+                    return self._rows(rows, keys, views), None
             except Exception as exc:  # sqlite3.OperationalError: no such table, database locked, ...
                 raise StoreError(f"online read from sqlite {self.path} failed: {exc} "
                                  "(run `recfeast materialize` or `feast apply` for this project)") from exc
+        if stamp:
+            sentinel = next((r[3] for r in rows if r[0] == -1), None)
+            rows = [r for r in rows if r[0] != -1]
+            return self._rows(rows, keys, views), sentinel
+        return self._rows(rows, keys, views)
+
+    @staticmethod
+    def _rows(rows: list, keys: dict, views: list) -> dict[str, ViewRows]:
+        """The query's ``(view n, pos, feature, value, event_ts)`` rows as :class:`ViewRows` per view."""
         sizes = [len(keys[v.join_key]) for v in views]
         cols = [{f: [None] * m for f in v.features} for v, m in zip(views, sizes)]
         stamps = [[None] * m for m in sizes]

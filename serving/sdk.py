@@ -31,6 +31,7 @@ import pandas as pd
 from recfeast.errors import FeatureLookupError, StoreError
 from recfeast.codec import decode_column
 from recfeast.layout import FLOAT32, FLOAT64, INT64, LIST, STRING, VECTOR
+from recfeast.serving.itemcache import DEFAULT_MAX_AGE_S, ItemRowCache
 
 FOUND, MISSING, STALE = "found", "missing", "stale"
 MAX_ITEMS = 1000  #: candidates per call; a request for more is refused
@@ -145,6 +146,8 @@ class UserRows:
         known: True when any user view of the service has a row (found or stale) for the user.
         recent_items: the items the online store knows the user interacted with lately, newest
             first (:meth:`OnlineFeatureClient.recent_items`; read in the same round trip).
+        load_stamp: the load sentinel (:mod:`recfeast.health`) read in the same round trip, bytes
+            or str, None when the store has none; it tells the item cache whether a load happened.
     """
 
     def __init__(self, user_id, request_ts: int, feature_service: str, decoded: dict, recent_items: list):
@@ -153,6 +156,7 @@ class UserRows:
         self.status = {name: str(state[0]) for name, (state, _) in decoded.items()}
         self.known = any(s != MISSING for s in self.status.values())
         self.recent_items = recent_items
+        self.load_stamp = None   # the online store's load sentinel as read with the user (item cache validity)
 
     def value(self, feature: str):
         """The user's value of ``feature``: a vector ``(d,)`` float32, a float, an int, a str or a list;
@@ -227,6 +231,10 @@ class OnlineFeatureClient:
         feature_service: service to read; default ``ranking_v1``.
         project: override the project name (tests).
         max_items: most candidate items one call may ask for.
+        item_cache: items whose decoded item-view rows :meth:`get_item_features` keeps in process
+            between online loads (:class:`recfeast.serving.itemcache.ItemRowCache`); 0 (default)
+            reads every item from the store each time.
+        item_cache_max_age_s: seconds a cached item row serves without a new load sentinel.
 
     The service's definitions are read from the registry once: re-create the client after
     ``feast apply`` changes them.
@@ -237,7 +245,8 @@ class OnlineFeatureClient:
     """
 
     def __init__(self, repo: str | Path | None = None, online_store: str | None = None,
-                 feature_service: str = "ranking_v1", project: str | None = None, max_items: int = MAX_ITEMS):
+                 feature_service: str = "ranking_v1", project: str | None = None, max_items: int = MAX_ITEMS,
+                 item_cache: int = 0, item_cache_max_age_s: float = DEFAULT_MAX_AGE_S):
         from recfeast.store import feature_store
         from recfeast.layout import service_layout
         from recfeast.serving import ondemand
@@ -268,6 +277,8 @@ class OnlineFeatureClient:
         self.reader = make_reader(self.store)
         self.online_store = self.reader.kind
         self.max_items = max_items
+        item_views = [v for v in self.views if v.join_key == "item_id"]
+        self.item_cache = ItemRowCache(item_views, item_cache, item_cache_max_age_s) if item_cache else None
 
     def _registry_key_types(self) -> dict[str, str]:
         """join key -> "int64" | "string" from the registry's entities (default int64)."""
@@ -374,10 +385,12 @@ class OnlineFeatureClient:
         user_id = _as_key(user_id, "user_id", self.key_types["user_id"])
         ts = self._request_ts(request_ts)
         views = self._user_views
-        rows = self.reader.read({"user_id": [user_id]}, views)
+        rows, stamp = self.reader.read({"user_id": [user_id]}, views, stamp=True)
         recent = _recent(rows.pop(_HISTORY)) if _HISTORY in rows else []
         decoded = {v.name: self._decode(v, rows[v.name], ts) for v in views if v.name != _HISTORY}
-        return UserRows(user_id, ts, self.service.name, decoded, recent)
+        user = UserRows(user_id, ts, self.service.name, decoded, recent)
+        user.load_stamp = stamp
+        return user
 
     @property
     def feature_names(self) -> list[str]:
@@ -440,17 +453,31 @@ class OnlineFeatureClient:
             StoreError: the online store cannot be read.
         """
         _, item_ids, ts = self._validate(user.user_id, item_ids, user.request_ts)
-        uniq = list(dict.fromkeys(item_ids))
         item_views = [v for v in self.views if v.join_key == "item_id"]
+        if self.item_cache is not None and item_views:
+            def read(keys):
+                rows = self.reader.read({"item_id": keys}, item_views)
+                return {v.name: decode_rows(v, rows[v.name]) for v in item_views}
+
+            got = self.item_cache.rows(item_ids, user.load_stamp, read)
+            decoded = {v.name: _live(v, *got[v.name], ts) for v in item_views}
+            decoded.update(user._decoded)
+            return self._finish(decoded, user.user_id, item_ids, item_ids, ts, ordered=True)
+        uniq = list(dict.fromkeys(item_ids))
         rows = self.reader.read({"item_id": uniq}, item_views)
         decoded = {v.name: self._decode(v, rows[v.name], ts) for v in item_views}
         decoded.update(user._decoded)
         return self._finish(decoded, user.user_id, item_ids, uniq, ts)
 
-    def _finish(self, decoded: dict, user_id, item_ids: list, uniq: list, ts: int) -> RankingFeatures:
-        pos = {i: n for n, i in enumerate(uniq)}
-        index = {"item_id": np.fromiter((pos[i] for i in item_ids), np.int64, len(item_ids)),
-                 "user_id": np.zeros(len(item_ids), np.int64)}
+    def _finish(self, decoded: dict, user_id, item_ids: list, uniq: list, ts: int,
+                ordered: bool = False) -> RankingFeatures:
+        """``ordered``: the item rows of ``decoded`` are already in the order of ``item_ids``."""
+        if ordered:
+            index = {"item_id": np.arange(len(item_ids)), "user_id": np.zeros(len(item_ids), np.int64)}
+        else:
+            pos = {i: n for n, i in enumerate(uniq)}
+            index = {"item_id": np.fromiter((pos[i] for i in item_ids), np.int64, len(item_ids)),
+                     "user_id": np.zeros(len(item_ids), np.int64)}
         feats = self._assemble(decoded, index, user_id, item_ids, ts)
         feats._stored_views = [v.name for v in self.views]
         if feats.nothing_found:
@@ -469,34 +496,10 @@ class OnlineFeatureClient:
     def _decode(v, r, ts: int):
         """One view's raw rows of m entities -> ``(state (m,) object, {feature: column of m rows})``
         with values of rows older than the view's ttl nulled; None when m == 0 (anonymous user).
-        Columns: vectors ``(m, d)`` float32 (NaN rows), Int64 ``(values int64, null mask)``, strings
-        and lists ``(m,)`` object, floats ``(m,)`` float32/float64 with NaN."""
-        m = len(r.present)
-        if m == 0:
+        Columns as :func:`decode_rows`."""
+        if len(r.present) == 0:
             return None
-        live_e = r.present.copy()
-        if v.ttl_s:
-            stale_e = live_e & (ts - r.ts > v.ttl_s)
-            live_e &= ~stale_e
-            state_e = np.where(live_e, FOUND, np.where(stale_e, STALE, MISSING))
-        else:
-            state_e = np.where(live_e, FOUND, MISSING)
-        cols = {}
-        for f, kind, bufs in zip(v.features, v.kinds, r.values):
-            if v.ttl_s:
-                bufs = [b if ok else None for b, ok in zip(bufs, live_e)]
-            col = decode_column(bufs, kind, m)
-            if kind == VECTOR:
-                cols[f] = col[0]
-            elif kind == STRING:
-                cols[f] = np.asarray(col, object)
-            elif kind == LIST:   # one Python list (or None) per row; np.asarray would stack equal lengths
-                obj = np.empty(m, object)
-                obj[:] = col
-                cols[f] = obj
-            else:
-                cols[f] = col
-        return state_e, cols
+        return _live(v, *decode_rows(v, r), ts)
 
     def _assemble(self, decoded: dict, index: dict, user_id, item_ids, ts) -> RankingFeatures:
         n = len(item_ids)
@@ -555,6 +558,48 @@ class OnlineFeatureClient:
         ordered.update({f: arrays[f] for f in self.feature_names})
         return RankingFeatures(ordered, dict(self.kinds), {name: status[name] for name in self.order},
                                self.service.name, ts, ints)
+
+
+def decode_rows(v, r) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One view's raw rows of m entities (:class:`recfeast.serving.reader.ViewRows`) -> ``(present
+    (m,) bool, event time (m,) float64 unix seconds, {feature: column})``, no ttl applied. Columns:
+    vectors ``(m, d)`` float32 (NaN rows), Int64 ``(values int64, null mask)``, strings and lists
+    ``(m,)`` object (None), floats ``(m,)`` float32/float64 with NaN."""
+    m = len(r.present)
+    cols = {}
+    for f, kind, bufs in zip(v.features, v.kinds, r.values):
+        col = decode_column(bufs, kind, m)
+        if kind == VECTOR:
+            cols[f] = col[0]
+        elif kind in (STRING, LIST):   # lists: one Python list per row; np.asarray would stack equal lengths
+            obj = np.empty(m, object)
+            obj[:] = col
+            cols[f] = obj
+        else:
+            cols[f] = col
+    return r.present, r.ts, cols
+
+
+def _live(v, present: np.ndarray, row_ts: np.ndarray, cols: dict, ts: int) -> tuple[np.ndarray, dict]:
+    """``(state (m,) object, cols)`` at request time ``ts``: rows older than the view's ttl are
+    ``"stale"`` and their values nulled (in copies; cached and read-only columns are not written)."""
+    if not v.ttl_s:
+        return np.where(present, FOUND, MISSING), cols
+    stale = present & (ts - row_ts > v.ttl_s)
+    state = np.where(present & ~stale, FOUND, np.where(stale, STALE, MISSING))
+    if stale.any():
+        out = {}
+        for f, col in cols.items():
+            if isinstance(col, tuple):
+                vals, mask = col[0].copy(), col[1] | stale
+                vals[stale] = 0
+                out[f] = (vals, mask)
+            else:
+                col = col.copy()
+                col[stale] = None if col.dtype == object else np.nan
+                out[f] = col
+        cols = out
+    return state, cols
 
 
 _HISTORY = "user_realtime#recent_items"   #: key of the history view in a user read

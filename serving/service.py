@@ -39,6 +39,7 @@ import numpy as np
 from recfeast import config
 from recfeast.errors import FeatureLookupError, ModelError
 from recfeast.serving.index import latest_item_rows
+from recfeast.serving.itemcache import DEFAULT_CAPACITY, DEFAULT_MAX_AGE_S
 
 MAX_K = 100
 
@@ -62,6 +63,9 @@ class ServiceConfig:
         health_max_lag_s: seconds a table may have been rewritten without an online load before
             ``/health`` reports the store as behind (:func:`recfeast.health.check`).
         load_query_encoder: load the text encoder for search (False: recommend only).
+        item_cache: items whose decoded item features are kept in process between online loads
+            (:mod:`recfeast.serving.itemcache`: emptied when a load's sentinel changes, after
+            ``item_cache_max_age_s`` seconds, or when full); 0 reads every candidate from the store.
     """
 
     checkpoint: str | Path
@@ -76,6 +80,8 @@ class ServiceConfig:
     refresh_every_s: float = 60.0
     load_query_encoder: bool = True
     health_max_lag_s: float = 600.0
+    item_cache: int = DEFAULT_CAPACITY
+    item_cache_max_age_s: float = DEFAULT_MAX_AGE_S
 
 
 class RecommendService:
@@ -121,7 +127,8 @@ class RecommendService:
         from recfeast.serving.ranker import Ranker
         from recfeast.serving.sdk import OnlineFeatureClient
 
-        client = OnlineFeatureClient(cfg.repo, cfg.online_store, cfg.feature_service, cfg.project)
+        client = OnlineFeatureClient(cfg.repo, cfg.online_store, cfg.feature_service, cfg.project,
+                                     item_cache=cfg.item_cache, item_cache_max_age_s=cfg.item_cache_max_age_s)
         index = ItemIndex(config.tables_dir(Path(client.store.repo_path)) / "item_text_embedding.parquet")
         ranker = Ranker(cfg.checkpoint)
         embedder = None

@@ -137,7 +137,7 @@ def test_recommend_leaves_out_items_the_online_store_saw_the_user_take(small_run
 
 
 def test_columnar_path_answers_as_the_reference_path(services, small_data):
-    """recommend (two round trips, columnar ranker) == recommend_reference (three round trips, the
+    """recommend (one or two round trips, columnar ranker) == recommend_reference (three round trips, the
     DataFrame ranker) on both stores: the same items, scores within 1e-5, the same versions."""
     for kind, svc in services.items():
         for user in small_data[1]["user_ids"][:8]:
@@ -159,24 +159,39 @@ def test_columnar_path_answers_as_the_reference_path(services, small_data):
         np.testing.assert_allclose(svc.ranker.score(once), svc.ranker.score_frame(both), rtol=0, atol=1e-5)
 
 
-def test_recommend_reads_the_user_once(services, small_data, redis_round_trips):
-    """Redis: one write of one HMGET (every user view and the recent items), then one of one HMGET
-    per candidate. SQLite: one statement for the user, one for the items."""
+def test_recommend_reads_the_user_once(services, small_data, redis_round_trips, small_run, small_model):
+    """With the item cache warm, one round trip: Redis one write of the user's HMGET (every user view
+    and the recent items) and the load sentinel's GET; SQLite one statement. Without the cache, a
+    second round trip reads the candidates (one HMGET each; one statement), never the user again."""
+    from recfeast import health
+
     svc = services["redis"]
     user = small_data[1]["user_ids"][0]
     svc.recommend(user, k=5)
     redis_round_trips.clear()
-    res = svc.recommend(user, k=5)
-    assert len(redis_round_trips) == 2
-    first, second = redis_round_trips
-    assert len(first) == 1 and first[0][0] == b"HMGET"
+    svc.recommend(user, k=5)
+    assert len(redis_round_trips) == 1
+    (first,) = redis_round_trips
+    assert [c[0] for c in first] == [b"HMGET", b"GET"]
+    assert first[1][1] == health.redis_key(svc.client.store.project)
     history = svc.client._history_view
     user_fields = {f for v in svc.client.views if v.join_key == "user_id" for f in (*v.fields, v.ts_field)}
     assert set(first[0][2:]) == user_fields | ({*history.fields, history.ts_field} if history else set())
+
+    repo, _, project = small_run
+    uncached = RecommendService.from_config(ServiceConfig(
+        checkpoint=small_model, repo=repo, online_store="redis", project=project, as_of=TS, candidates=20,
+        popular=5, refresh_every_s=0, load_query_encoder=False, item_cache=0))
+    uncached.recommend(user, k=5)    # connects
+    redis_round_trips.clear()
+    res = uncached.recommend(user, k=5)
+    assert len(redis_round_trips) == 2
+    second = redis_round_trips[1]
     assert len(second) == res["candidates"] == len({c[1] for c in second})
     assert first[0][1] not in {c[1] for c in second}       # the user is not read again
 
     sq = services["sqlite"]
+    sq.recommend(user, k=5)
     statements = []
     conn = sq.client.reader._conn()
     conn.set_trace_callback(statements.append)
@@ -185,9 +200,39 @@ def test_recommend_reads_the_user_once(services, small_data, redis_round_trips):
     finally:
         conn.set_trace_callback(None)
     user_tables = {v.table for v in sq.client.views if v.join_key == "user_id"}
-    assert len(statements) == 2
-    assert all(f'"{t}"' in statements[0] for t in user_tables)
-    assert not any(f'"{t}"' in statements[1] for t in user_tables)
+    assert len(statements) == 1
+    assert all(f'"{t}"' in statements[0] for t in user_tables) and health.SQLITE_TABLE in statements[0]
+
+
+def test_item_cache_follows_the_load_sentinel(services, small_data, redis_round_trips):
+    """Cached item rows equal fresh reads; a new load sentinel (what every online load writes last)
+    makes the next request read its candidates again, on both stores."""
+    from recfeast import health
+
+    user, items = small_data[1]["user_ids"][2], small_data[1]["item_ids"][:30]
+    for kind, svc in services.items():
+        client = svc.client
+        fresh = client.get_features(user, items, TS)
+        u = client.read_user(user, TS)
+        client.get_item_features(u, items)
+        misses = client.item_cache.misses
+        cached = client.get_item_features(client.read_user(user, TS), items)
+        assert client.item_cache.misses == misses                      # all hits
+        for col, arr in fresh.arrays.items():
+            np.testing.assert_array_equal(cached.arrays[col], arr, err_msg=f"{kind} {col}")
+        assert cached.status.equals(fresh.status)
+        before = client.reader.sentinel()
+        assert before is not None
+        try:
+            health.write_sentinel(client.store, {**before, "loaded_at_s": before["loaded_at_s"] + 1})
+            u = client.read_user(user, TS)
+            assert u.load_stamp is not None
+            again = client.get_item_features(u, items)
+            assert client.item_cache.misses == misses + len(set(items))   # read again after the load
+            for col, arr in fresh.arrays.items():
+                np.testing.assert_array_equal(again.arrays[col], arr, err_msg=f"{kind} {col}")
+        finally:
+            health.write_sentinel(client.store, before)
 
 
 def test_concurrent_recommends_answer_as_sequential_ones(services, small_data):
