@@ -10,16 +10,18 @@ are not touched; removed at the end), then:
    hits them alike: recfeast ``get_features`` (typed arrays + statuses; and with the DataFrame built);
    Feast ``get_online_features`` (protos; and ``.to_dict()``); the floor: one redis-py pipeline of the
    same HMGETs recfeast sends (same bytes, no decoding), and of HGETALLs.
-2. http: ``recfeast serve --online-store redis`` in a subprocess; N client threads POST /recommend
-   (random users, k=10) for D seconds; p50/p99, QPS, errors. Clients and server share the machine.
+2. http: ``recfeast serve --online-store redis`` in a subprocess (defaults: item cache on, one
+   compute thread); N client threads POST /recommend (random users, k=10) for D seconds; p50/p99,
+   QPS, errors, server CPU per request. Clients and server share the machine.
 3. query: ``QueryEmbedder`` over the real text encoder: miss (new text) vs hit (cached) latency for
    MovieLens titles, and throughput of 16 concurrent callers (batched) vs one caller.
 4. recommend: ``RecommendService.recommend`` in process on one thread (torch 1 thread, as ``recfeast
    serve`` runs it), random users, k=10, 100 retrieved + 20 popular candidates, on each store of
-   ``--stores``; the anchor ``recommend_reference`` (the path before the columnar ranker: three
-   round trips, the DataFrame ranker) runs interleaved request by request in the same process.
-   Per path: p50/p99 and the per-request split into stages (features = the store reads with
-   decoding, retrieve, rank), and the round trips per request.
+   ``--stores``; beside it, interleaved request by request in the same process, the same service
+   without the item cache (``item_cache=0``: two round trips) and the anchor ``recommend_reference``
+   (the path before the columnar ranker: three round trips, the DataFrame ranker). Per path:
+   p50/p99 and the per-request split into stages (features = the store reads with decoding or the
+   item cache, retrieve, rank), and the round trips of a request with the caches warm.
 
 ``--http-reference`` adds the anchor over HTTP: the same server and clients with ``/recommend``
 answered by ``recommend_reference`` (run before the new path, in the same invocation).
@@ -140,9 +142,10 @@ def _wait_up(url: str, proc, timeout: float = 180) -> None:
     raise RuntimeError("server did not start")
 
 
-NEW, REF, BASE = ("recommend (columnar, user read once)",
+NEW, REF, BASE = ("recommend (columnar, user read once, item cache)",
                   "recommend_reference (DataFrame ranker, user read twice, this tree's reader)",
                   "recommend at the base tree (the code before this path, separate process)")
+UNCACHED = "recommend without the item cache (--item-cache 0: the candidates read from the store)"
 
 
 def _time_paths(repo, checkpoint, store: str, n: int, methods: tuple[str, ...]) -> dict:
@@ -166,19 +169,24 @@ def _time_paths(repo, checkpoint, store: str, n: int, methods: tuple[str, ...]) 
     def observe(stage, seconds):
         stages[stage] = stages.get(stage, 0.0) + seconds
 
-    svc = RecommendService.from_config(ServiceConfig(checkpoint=checkpoint, repo=repo, online_store=store, project=project,
-                                                     as_of=AS_OF, candidates=100, popular=20, refresh_every_s=0,
-                                                     load_query_encoder=False), observe=observe)
+    def service(**kw):
+        return RecommendService.from_config(ServiceConfig(
+            checkpoint=checkpoint, repo=repo, online_store=store, project=project, as_of=AS_OF, candidates=100,
+            popular=20, refresh_every_s=0, load_query_encoder=False, **kw), observe=observe)
+
+    svc = service()
+    # "recommend_uncached": recommend of a second service without the item cache (this tree only)
+    fns = {m: service(item_cache=0).recommend if m == "recommend_uncached" else getattr(svc, m) for m in methods}
     users = pd.read_parquet(config.tables_dir(repo) / "user_profile.parquet", columns=["user_id"]).user_id.unique()
     rng = np.random.default_rng(1)
     reqs = [int(u) for u in rng.choice(users, n + 20)]
     out = {m: {"times": [], "stages": {}, "candidates": [], "answers": [],
-               "round_trips": _count_round_trips(svc, getattr(svc, m), reqs[0])} for m in methods}
+               "round_trips": _count_round_trips(fns[m], reqs[0])} for m in methods}
     for j, u in enumerate(reqs):
         for m in methods:
             stages.clear()
             t = time.perf_counter()
-            res = getattr(svc, m)(u, 10)
+            res = fns[m](u, 10)
             dt = time.perf_counter() - t
             if j >= 20:   # warm-up
                 o = out[m]
@@ -223,8 +231,8 @@ def bench_recommend(repo, checkpoint, store: str, n: int, base_tree: Path | None
     runs = {}
     if base_tree is not None:
         runs[BASE] = _base_paths(base_tree, repo, checkpoint, store, n)
-    both = _time_paths(repo, checkpoint, store, n, ("recommend", "recommend_reference"))
-    runs[NEW], runs[REF] = both["recommend"], both["recommend_reference"]
+    both = _time_paths(repo, checkpoint, store, n, ("recommend", "recommend_uncached", "recommend_reference"))
+    runs[NEW], runs[UNCACHED], runs[REF] = both["recommend"], both["recommend_uncached"], both["recommend_reference"]
     out = {}
     for name, r in runs.items():
         out[name] = {**percentiles_ms(r["times"]), "mean_candidates": float(np.mean(r["candidates"])),
@@ -236,16 +244,18 @@ def bench_recommend(repo, checkpoint, store: str, n: int, base_tree: Path | None
     return {"store": store, "requests": n, "torch_threads": torch.get_num_threads(), "speedup": anchors, "latency": out}
 
 
-def _count_round_trips(svc, fn, user) -> list:
-    """Store reads of one ``fn(user, 10)``, counted at the reader (one ``read`` is one Redis
-    pipeline or one SQLite statement): ``[{join key: entities read}, ...]``."""
-    reader = svc.client.reader
+def _count_round_trips(fn, user) -> list:
+    """Store reads of one ``fn(user, 10)`` (a bound method of a service) after one uncounted call
+    (caches warm), counted at the reader (one ``read`` is one Redis pipeline or one SQLite
+    statement): ``[{join key: entities read}, ...]``."""
+    reader = fn.__self__.client.reader
     real, calls = reader.read, []
 
-    def counting(keys, views):
+    def counting(keys, views, **kw):
         calls.append({jk: len(ids) for jk, ids in keys.items() if len(ids)})
-        return real(keys, views)
+        return real(keys, views, **kw)
 
+    fn(user, 10)
     reader.read = counting
     try:
         fn(user, 10)

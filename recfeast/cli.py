@@ -409,6 +409,10 @@ def train(data_dir, repo_path, out_dir, val_start, test_start, positive_min_valu
               help="Requests per second per API key (per client address without a key); 0: no limit.")
 @click.option("--burst", envvar="RECFEAST_API_BURST", default=100, show_default=True, type=click.IntRange(min=1),
               help="Requests allowed at once above the rate.")
+@click.option("--compute-threads", envvar="RECFEAST_API_COMPUTE_THREADS", default=1, show_default=True,
+              type=click.IntRange(1, 64),
+              help="/recommend, /search and /features requests computed at once (they hold Python's GIL; "
+                   "more threads help only a slow store; run more processes for more cores).")
 @click.option("--health-max-lag", default=600.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds a feature table may be newer than the last online load before /health says 'behind'.")
 @click.option("--item-cache", default=20_000, show_default=True, type=click.IntRange(min=0),
@@ -419,7 +423,7 @@ def train(data_dir, repo_path, out_dir, val_start, test_start, positive_min_valu
                    "which leaves no load sentinel).")
 def serve(repo_path, online_store, checkpoint, host, port, as_of, candidates, no_search, refresh_every,
           torch_threads, api_keys_file, allow_anonymous, max_body_bytes, max_items, max_items_vectors, rate_limit,
-          burst, health_max_lag, item_cache, item_cache_age):
+          burst, compute_threads, health_max_lag, item_cache, item_cache_age):
     """Serve /features, /recommend, /search, /events, /health, /metrics and /admin/reload over HTTP
     (FastAPI). Refuses to start without an API key unless --allow-anonymous."""
     from pathlib import Path
@@ -434,7 +438,8 @@ def serve(repo_path, online_store, checkpoint, host, port, as_of, candidates, no
             api_keys_file = default if default.is_file() else None
         settings = ApiSettings(keys_file=Path(api_keys_file) if api_keys_file else None,
                                allow_anonymous=allow_anonymous, max_body_bytes=max_body_bytes, max_items=max_items,
-                               max_items_vectors=max_items_vectors, rate_per_s=rate_limit, burst=burst)
+                               max_items_vectors=max_items_vectors, rate_per_s=rate_limit, burst=burst,
+                               compute_threads=compute_threads)
         cfg = ServiceConfig(checkpoint=checkpoint, repo=repo_path, online_store=online_store, as_of=as_of,
                             candidates=candidates, load_query_encoder=not no_search, refresh_every_s=refresh_every,
                             health_max_lag_s=health_max_lag, item_cache=item_cache,

@@ -12,12 +12,15 @@ is in the OpenAPI schema, and no body or log line holds a password (:func:`recfe
 """
 
 
+import functools
 import logging
 import threading
 import time
 import traceback
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from recfeast.errors import ConfigError, DataError, FeatureLookupError, ModelError, RecfeastError, StoreError
 from recfeast.redact import redact
 
@@ -354,37 +357,46 @@ def create_app(service, metrics=None, ingestor_factory=None, settings=None, keys
             return error(503, f"model versions: {exc}")
         return error(503, str(exc))
 
+    compute = anyio.CapacityLimiter(settings.compute_threads)
+
+    async def computed(fn, *args):
+        """``fn(*args)`` in a worker thread, at most ``settings.compute_threads`` at once."""
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=compute)
+
     @app.post("/features", dependencies=auth, responses=doc(*BODY, *GUARDED, 503))
-    def features(req: FeaturesRequest):
+    async def features(req: FeaturesRequest):
         """Features of one user and up to 1000 items (100 with `vectors`), in the service's column order.
         Scope `read`."""
         if req.vectors and len(req.item_ids) > settings.max_items_vectors:
             return error(422, f"item_ids: {len(req.item_ids)} items with vectors: at most {settings.max_items_vectors} "
                               f"(or {settings.max_items} with \"vectors\": false)")
         # the service's clock (recfeast serve --as-of) when the request names no time, as /recommend
-        feats = service.client.get_features(req.user_id, req.item_ids, service._now(req.request_ts))
-        return feats.to_json(vectors=req.vectors)
+        def answer():
+            feats = service.client.get_features(req.user_id, req.item_ids, service._now(req.request_ts))
+            return SafeJSONResponse(feats.to_json(vectors=req.vectors))
+
+        return await computed(answer)
 
     @app.post("/recommend", dependencies=auth, responses=doc(*BODY, 404, *GUARDED, 503))
-    def recommend(req: RecommendRequest):
+    async def recommend(req: RecommendRequest):
         """Top k items for a user: retrieval -> features -> ranking model. Scope `read`."""
-        return SafeJSONResponse(service.recommend(req.user_id, req.k, req.request_ts))
+        return SafeJSONResponse(await computed(service.recommend, req.user_id, req.k, req.request_ts))
 
     if (key_types or {}).get("user_id") == "string":
         @app.get("/recommend", dependencies=auth, responses=doc(422, 404, *GUARDED, 503))
-        def recommend_get(user_id: str = Query(min_length=1, max_length=1024), k: int = Query(10, ge=1, le=MAX_K)):
+        async def recommend_get(user_id: str = Query(min_length=1, max_length=1024), k: int = Query(10, ge=1, le=MAX_K)):
             """``GET /recommend?user_id=<id>&k=10``: the same as the POST. Scope `read`."""
-            return SafeJSONResponse(service.recommend(user_id, k))
+            return SafeJSONResponse(await computed(service.recommend, user_id, k))
     else:
         @app.get("/recommend", dependencies=auth, responses=doc(422, 404, *GUARDED, 503))
-        def recommend_get(user_id: int = Query(ge=ID_MIN, le=ID_MAX), k: int = Query(10, ge=1, le=MAX_K)):
+        async def recommend_get(user_id: int = Query(ge=ID_MIN, le=ID_MAX), k: int = Query(10, ge=1, le=MAX_K)):
             """``GET /recommend?user_id=196&k=10``: the same as the POST. Scope `read`."""
-            return SafeJSONResponse(service.recommend(user_id, k))
+            return SafeJSONResponse(await computed(service.recommend, user_id, k))
 
     @app.post("/search", dependencies=auth, responses=doc(*BODY, 404, *GUARDED, 503))
-    def search(req: SearchRequest):
+    async def search(req: SearchRequest):
         """Top k items for a text query, personalised when user_id is given. Scope `read`."""
-        return SafeJSONResponse(service.search(req.query, req.user_id, req.k, req.request_ts))
+        return SafeJSONResponse(await computed(service.search, req.query, req.user_id, req.k, req.request_ts))
 
     event_list = {"type": "array", "minItems": 1, "maxItems": MAX_EVENTS, "items": {
         "description": 'an event {"user_id": int, "item_id": int, "action": "click"|"rate"|..., "event_timestamp": '

@@ -453,6 +453,12 @@ class OnlineFeatureClient:
             StoreError: the online store cannot be read.
         """
         _, item_ids, ts = self._validate(user.user_id, item_ids, user.request_ts)
+        return self._item_features(user, item_ids)
+
+    def _item_features(self, user: UserRows, item_ids: list) -> RankingFeatures:
+        """:meth:`get_item_features` for keys already of the catalog's type (candidates from the
+        index), 1 to ``max_items`` of them: not validated again."""
+        ts = user.request_ts
         item_views = [v for v in self.views if v.join_key == "item_id"]
         if self.item_cache is not None and item_views:
             def read(keys):
@@ -472,8 +478,8 @@ class OnlineFeatureClient:
     def _finish(self, decoded: dict, user_id, item_ids: list, uniq: list, ts: int,
                 ordered: bool = False) -> RankingFeatures:
         """``ordered``: the item rows of ``decoded`` are already in the order of ``item_ids``."""
-        if ordered:
-            index = {"item_id": np.arange(len(item_ids)), "user_id": np.zeros(len(item_ids), np.int64)}
+        if ordered:   # item rows already one per requested item: used as they are, not gathered again
+            index = {"item_id": None, "user_id": np.zeros(len(item_ids), np.int64)}
         else:
             pos = {i: n for n, i in enumerate(uniq)}
             index = {"item_id": np.fromiter((pos[i] for i in item_ids), np.int64, len(item_ids)),
@@ -532,15 +538,15 @@ class OnlineFeatureClient:
                     numeric[f] = arrays[f]
                 continue
             state_e, cols = d
-            status[v.name] = state_e[idx]
+            status[v.name] = state_e if idx is None else state_e[idx]
             for f, kind in zip(v.features, v.kinds):
                 col = cols[f]
                 if kind == INT64:
-                    vals, mask = col[0][idx], col[1][idx]
+                    vals, mask = (col if idx is None else (col[0][idx], col[1][idx]))
                     arrays[f] = np.where(mask, np.nan, vals.astype(np.float64))
                     ints[f] = (np.where(mask, 0, vals), mask)
                 else:
-                    arrays[f] = col[idx]
+                    arrays[f] = col if idx is None else col[idx]
                 numeric[f] = arrays[f]
         for od in self.on_demand:
             from recfeast.serving import ondemand

@@ -65,6 +65,12 @@ class ApiSettings(BaseSettings):
         rate_per_s / burst: token bucket per key (and per client address): sustained requests per
             second and the burst allowed above it (0 rate: no limit).
         health_max_lag_s: see :class:`recfeast.serving.service.ServiceConfig`.
+        compute_threads: requests of ``/recommend``, ``/search`` and ``/features`` computed at once
+            in one process (the others, ``/health`` and ``/metrics``, run beside them). Their work
+            holds Python's GIL but for one store round trip, so extra threads mostly add switching:
+            on 2 cores one thread served 276 requests/s at 3.5 ms of CPU each, four 221 at 5.1 ms
+            (BENCHMARKS.md). Raise it when the store is slow to answer; run more processes for more
+            cores.
     """
 
     model_config = SettingsConfigDict(env_prefix="RECFEAST_API_", extra="ignore")
@@ -78,6 +84,7 @@ class ApiSettings(BaseSettings):
     max_items_vectors: int = Field(default=100, ge=1, le=1000)
     rate_per_s: float = Field(default=50.0, ge=0)
     burst: int = Field(default=100, ge=1)
+    compute_threads: int = Field(default=1, ge=1, le=64)
 
 
 @dataclass(frozen=True)

@@ -299,7 +299,8 @@ class RecommendService:
         if not cands:
             return {"user_id": user_id, "items": [], "candidates": 0, "excluded": len(seen),
                     "versions": self._versions(user)}
-        feats = self._timed("features", self.client.get_item_features, user, cands)
+        # candidates come from the index (the catalog's own keys, at most candidates + popular): not validated again
+        feats = self._timed("features", self.client._item_features, user, cands)
         return {"user_id": user_id, "items": self._rank(feats, retrieval, k), "candidates": len(cands),
                 "excluded": len(seen), "versions": self._versions(feats)}
 
