@@ -345,6 +345,16 @@ class SplitSpec(_Model):
         return v
 
 
+class ServingSpec(_Model):
+    """How ``recfeast serve`` recommends from this catalog.
+
+    ``exclude_interacted``: leave out of recommendations the items the online store knows the user
+    interacted with (the last events pushed to ``user_realtime``); ``false`` for catalogs where a
+    repeat is what users want (groceries, music, re-watching)."""
+
+    exclude_interacted: bool = True
+
+
 class CatalogSpec(_Model):
     """A whole catalog (see the module docstring). ``adapter`` names a reader for a raw layout
     (``movielens-100k``); without it the ``source`` of items, users and events is read."""
@@ -359,6 +369,7 @@ class CatalogSpec(_Model):
     events: EventsSpec
     features: FeaturesSpec = FeaturesSpec()
     split: SplitSpec = SplitSpec()
+    serving: ServingSpec = ServingSpec()
     freshness: dict[str, dict[str, Any]] = Field(default_factory=dict)   # view -> {max_lag: "2h"}
 
     @model_validator(mode="before")

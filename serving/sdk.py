@@ -440,7 +440,9 @@ class OnlineFeatureClient:
         keys = {"item_id": list(dict.fromkeys(item_ids)), "user_id": [] if user_id is None else [user_id]}
         rows = self.reader.read(keys, self.views)
         decoded = {v.name: self._decode(v, rows[v.name], ts) for v in self.views}
-        return self._finish(decoded, user_id, item_ids, keys["item_id"], ts)
+        # distinct items (the usual case): the rows are already in request order, not gathered again
+        return self._finish(decoded, user_id, item_ids, keys["item_id"], ts,
+                            ordered=len(keys["item_id"]) == len(item_ids))
 
     def get_item_features(self, user: UserRows, item_ids) -> RankingFeatures:
         """Features of the user read by :meth:`read_user` paired with each of ``item_ids``: one more

@@ -14,7 +14,8 @@ the ranking checkpoint it used.
 Ids are the catalog's own, int or str as its spec (``catalog.yaml``) declares them; a user is known
 when any user view of the service has a row for it (else :class:`UnknownUserError`). Popularity is
 the spec's ``item_content`` ``popularity`` column (the latest row per item). Items the user already
-interacted with are left out of recommendations when the online store knows them: the
+interacted with are left out of recommendations when the online store knows them (unless the spec
+says ``serving: {exclude_interacted: false}``): the
 ``last_item_ids`` of the pushed ``user_realtime`` view (the last 10 ingested events; int64 catalogs
 only). That is best effort: history that only reached the batch tables is not online item by item
 and is not filtered; search never filters (a user may look for what they bought).
@@ -108,6 +109,8 @@ class RecommendService:
         if embedder is not None and embedder.model_id != index.model_id:
             raise ModelError(f"query encoder {embedder.model_id} differs from the indexed item embeddings "
                              f"{index.model_id}")
+        #: the spec's serving.exclude_interacted (True without a spec)
+        self.exclude_interacted = client.spec.serving.exclude_interacted if client.spec is not None else True
         self._popular = np.zeros(0, object if client.key_types["item_id"] == "string" else np.int64)
         self._popular_sig = None
         self._refresh_popular()
@@ -294,7 +297,7 @@ class RecommendService:
         k, user_id = self._k(k), self.client.key(user_id, "user_id")
         ts = self._now(request_ts)
         user = self._read_user(user_id, ts)
-        seen = set(user.recent_items)
+        seen = set(user.recent_items) if self.exclude_interacted else set()
         cands, retrieval = self._candidates(user.value("sequence_embedding"), seen, k)
         if not cands:
             return {"user_id": user_id, "items": [], "candidates": 0, "excluded": len(seen),
@@ -312,7 +315,7 @@ class RecommendService:
         k, user_id = self._k(k), self.client.key(user_id, "user_id")
         ts = self._now(request_ts)
         user = self.user_features(user_id, ts)
-        seen = set(self.client.recent_items(user_id))
+        seen = set(self.client.recent_items(user_id)) if self.exclude_interacted else set()
         seq = user.arrays.get("sequence_embedding")
         cands, retrieval = self._candidates(None if seq is None else seq[0], seen, k)
         if not cands:

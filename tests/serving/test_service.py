@@ -135,6 +135,18 @@ def test_recommend_leaves_out_items_the_online_store_saw_the_user_take(small_run
     assert [i["item_id"] for i in after["items"]] == [i["item_id"] for i in ref["items"]]
     assert ref["excluded"] == after["excluded"]
 
+    # a catalog where repeats are wanted says so in its spec: nothing is left out
+    spec = repo / "catalog.yaml"
+    spec.write_text(spec.read_text() + "\nserving: {exclude_interacted: false}\n")
+    keep = RecommendService.from_config(ServiceConfig(checkpoint=small_model, repo=repo, project=project, as_of=TS,
+                                                      candidates=20, popular=5, refresh_every_s=0,
+                                                      load_query_encoder=False))
+    assert keep.exclude_interacted is False and svc.exclude_interacted is True
+    again = keep.recommend(user, k=25)
+    assert again["excluded"] == 0 and len(again["items"]) == again["candidates"]
+    assert set(taken) & {i["item_id"] for i in again["items"]}
+    assert keep.recommend_reference(user, k=25)["excluded"] == 0
+
 
 def test_columnar_path_answers_as_the_reference_path(services, small_data):
     """recommend (one or two round trips, columnar ranker) == recommend_reference (three round trips, the
