@@ -20,12 +20,15 @@ says ``serving: {exclude_interacted: false}``): the
 only). That is best effort: history that only reached the batch tables is not online item by item
 and is not filtered; search never filters (a user may look for what they bought).
 
-A recommendation costs two online-store round trips: the user's rows with the recent items (one
-Redis pipeline holding one HMGET, or one SQLite statement), then the candidates' rows (one
-pipeline of one HMGET per candidate, or one statement) with the user's row reused, not read again.
-Retrieval needs the user's sequence embedding from the first, so the two cannot merge. Search costs
-one (anonymous) or two (with a user). The ranker scores the columnar arrays as read
-(:meth:`Ranker.score`); nothing per request is shared and written across threads.
+A recommendation costs one online-store round trip when the candidates' item rows are cached: the
+user's rows with the recent items and the load sentinel (one Redis pipeline holding one HMGET and
+one GET, or one SQLite statement); the item rows come from the client's in-process cache
+(:mod:`recfeast.serving.itemcache`, emptied when the sentinel changes). Items not cached cost a
+second round trip (one pipeline of one HMGET per candidate, or one statement), with the user's row
+reused, not read again; retrieval needs the user's sequence embedding from the first, so the two
+cannot merge. Search costs one (anonymous) or one to two (with a user). The ranker scores the
+columnar arrays as read (:meth:`Ranker.score`); nothing per request is shared and written across
+threads but the item cache, which has its own lock.
 """
 
 from __future__ import annotations
@@ -273,12 +276,11 @@ class RecommendService:
     def recommend(self, user_id, k: int = 10, request_ts: int | None = None) -> dict:
         """Top ``k`` items for ``user_id``.
 
-        Cost: two online-store round trips. The first reads the user's rows of every user view
-        together with the user's recent items (one Redis pipeline of one HMGET, or one SQLite
-        statement); retrieval needs the user's sequence embedding from it, so the candidates'
-        rows come in a second one (one pipeline of one HMGET per candidate, or one statement),
-        which reuses the user's row instead of reading it again. The model scores the columnar
-        arrays as read (:meth:`Ranker.score`).
+        Cost: one online-store round trip with the candidates cached (the user's rows of every
+        user view, the user's recent items and the load sentinel: one Redis pipeline of one HMGET
+        and one GET, or one SQLite statement), plus one for the candidates not cached (one
+        pipeline of one HMGET per item, or one statement), which reuses the user's row instead
+        of reading it again. The model scores the columnar arrays as read (:meth:`Ranker.score`).
 
         Args:
             user_id: the user's key, int or str as the catalog spec declares.
