@@ -275,6 +275,8 @@ def create_app(service, metrics=None, ingestor_factory=None, settings=None, keys
     if getattr(getattr(service, "client", None), "store", None) is not None:
         metrics.watch_freshness(lambda: _freshness_report(service))
         metrics.init_store(service.client.online_store)
+        if getattr(service.client, "item_cache", None) is not None:
+            metrics.watch_item_cache(service.client.item_cache)
     key_types = getattr(getattr(service, "client", None), "key_types", None)
     FeaturesRequest, RecommendRequest, SearchRequest, ErrorBody = _models(settings, key_types)
     app = FastAPI(

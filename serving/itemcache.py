@@ -108,13 +108,21 @@ class ItemRowCache:
         self._reset(None)
 
     def _reset(self, stamp) -> None:
+        if getattr(self, "_slots", None):   # counted only when it held items
+            self.resets += 1
         self._slots: dict = {}
         self._rows = {v.name: _ViewRows(v, 0) for v in self.views}
         self._stamp, self._born = stamp, time.monotonic()
-        self.resets += 1
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    def info(self) -> dict:
+        """``{"items", "capacity", "max_age_s", "age_s", "hits", "misses", "resets"}`` (``/health``);
+        hits and misses count item rows since start; resets count the times it dropped items."""
+        return {"items": len(self._slots), "capacity": self.capacity, "max_age_s": self.max_age_s,
+                "age_s": round(time.monotonic() - self._born, 3), "hits": self.hits, "misses": self.misses,
+                "resets": self.resets}
 
     def rows(self, keys: list, stamp, read) -> dict:
         """Decoded rows of every item view for ``keys`` (in that order, duplicates allowed).

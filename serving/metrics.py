@@ -7,6 +7,10 @@ apps in one process do not collide).
 - ``recfeast_store_errors_total{store}``: online store reads that failed.
 - ``recfeast_rejected_requests_total{endpoint, code}``: 4xx answers (401/403/413/429 included).
 - ``recfeast_internal_errors_total``: 500 answers (unexpected exceptions; each is logged).
+- ``recfeast_item_cache_lookups_total{result}``: item rows served from the in-process item cache
+  (``hit``) or read from the store (``miss``); ``recfeast_item_cache_items``: items held;
+  ``recfeast_item_cache_resets_total``: times it started over (a new load sentinel, its age
+  limit, or full). Read from the cache at each scrape (:meth:`Metrics.watch_item_cache`).
 
 Freshness in event time (:meth:`Metrics.watch_freshness`, read from the online store's freshness
 record at each scrape, so they cover loads and pushes made by other processes and machines):
@@ -65,6 +69,11 @@ class Metrics:
         :func:`recfeast.freshness.report`'s list (called at each scrape; a failure exposes nothing)."""
         self.registry.register(_FreshnessCollector(report_fn))
 
+    def watch_item_cache(self, cache) -> None:
+        """Expose the item cache's counters (:class:`recfeast.serving.itemcache.ItemRowCache`),
+        read at each scrape: nothing is added to the request path."""
+        self.registry.register(_ItemCacheCollector(cache))
+
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage).observe(seconds)
 
@@ -76,6 +85,28 @@ class Metrics:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _ItemCacheCollector:
+    """Prometheus collector over an item cache's counters (see the module docstring)."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        c = self.cache
+        lookups = CounterMetricFamily("recfeast_item_cache_lookups", "Item rows from the in-process cache (hit) "
+                                      "or the store (miss)", labels=["result"])
+        lookups.add_metric(["hit"], c.hits)
+        lookups.add_metric(["miss"], c.misses)
+        yield lookups
+        yield GaugeMetricFamily("recfeast_item_cache_items", "Items held by the item cache", value=len(c))
+        yield CounterMetricFamily("recfeast_item_cache_resets", "Times the item cache started over", value=c.resets)
 
 
 class _FreshnessCollector:

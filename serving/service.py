@@ -416,7 +416,7 @@ class RecommendService:
 
     def health(self) -> dict:
         """``{"status": "ok"|"degraded"|"unavailable", "online_store", "online_load", "index", "ranker",
-        "query_cache", "detail"}``: reads one user row to prove the store answers, then the load
+        "query_cache", "item_cache", "detail"}``: reads one user row to prove the store answers, then the load
         sentinel (:mod:`recfeast.health`): an empty, flushed, partly evicted or stale store is
         ``degraded`` with the reason in ``detail``."""
         detail = getattr(self, "last_refresh_error", None)
@@ -437,7 +437,8 @@ class RecommendService:
                                               "rows": {v: r.get("rows") for v, r in sentinel["views"].items()}}
         return {"status": status, "online_store": self.client.online_store, "online_load": load,
                 "index": self.index.info(), "ranker": self.ranker.version, "detail": detail,
-                "query_cache": None if self.embedder is None else self.embedder.cache_info()}
+                "query_cache": None if self.embedder is None else self.embedder.cache_info(),
+                "item_cache": None if self.client.item_cache is None else self.client.item_cache.info()}
 
 
 def _ids(arr) -> list:

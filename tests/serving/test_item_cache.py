@@ -108,3 +108,22 @@ def test_a_failed_read_caches_nothing():
 def test_capacity_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         ItemRowCache([VIEW], capacity=0)
+
+
+def test_metrics_and_info_read_the_cache_counters():
+    from recfeast.serving.metrics import Metrics
+
+    store, cache = Store(), ItemRowCache([VIEW], capacity=10, max_age_s=30)
+    cache.rows([1, 2, 3], b"s", store.read)
+    cache.rows([2, 3, 4], b"s", store.read)
+    info = cache.info()
+    assert {k: info[k] for k in ("items", "capacity", "max_age_s", "hits", "misses", "resets")} == \
+        {"items": 4, "capacity": 10, "max_age_s": 30.0, "hits": 2, "misses": 4, "resets": 0}
+    cache.rows([1], b"s2", store.read)                       # a new load: the 4 items dropped
+    assert cache.info()["resets"] == 1 and len(cache) == 1
+    metrics = Metrics()
+    metrics.watch_item_cache(cache)
+    text = metrics.render()[0].decode()
+    assert 'recfeast_item_cache_lookups_total{result="hit"} 2.0' in text
+    assert 'recfeast_item_cache_lookups_total{result="miss"} 5.0' in text
+    assert "recfeast_item_cache_items 1.0" in text and "recfeast_item_cache_resets_total 1.0" in text
