@@ -142,6 +142,8 @@ class ItemRowCache:
                 if len(self._slots) + len(missing) > self.capacity:
                     self._reset(stamp)
                     missing = list(dict.fromkeys(keys))
+                    if len(missing) > self.capacity:   # the request's own items do not fit: read through
+                        return _through(keys, read)
                 got = read(missing)
                 start, end = len(self._slots), len(self._slots) + len(missing)
                 for name, vr in self._rows.items():

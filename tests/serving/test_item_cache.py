@@ -108,3 +108,14 @@ def test_a_failed_read_caches_nothing():
 def test_capacity_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         ItemRowCache([VIEW], capacity=0)
+
+
+def test_a_request_larger_than_a_cache_holding_some_of_its_items_reads_through():
+    """5 of 11 distinct items cached in a cache of 10: the 6 missing fit, all 11 do not; the
+    request is read through (once, every item) instead of overfilling the emptied cache."""
+    store, cache = Store(), ItemRowCache([VIEW], capacity=10)
+    cache.rows([1, 2, 3, 4, 5], b"s", store.read)
+    keys = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 6]
+    _check(cache.rows(keys, b"s", store.read), keys)
+    assert store.calls[-1] == list(range(1, 12)) and len(cache) <= 10
+    _check(cache.rows([6, 7], b"s", store.read), [6, 7])   # the cache still serves afterwards
