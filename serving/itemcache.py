@@ -82,9 +82,20 @@ class _ViewRows:
         return True
 
     def take(self, slots: np.ndarray):
-        """``(present, ts, cols)`` of the rows ``slots`` (copies)."""
-        cols = {f: (c[0][slots], c[1][slots]) if isinstance(c, tuple) else c[slots] for f, c in self.cols.items()}
+        """``(present, ts, cols)`` of the rows ``slots`` (copies). A vector column none of whose
+        taken rows holds a vector is ``(m, 0)``, as :func:`recfeast.codec.decode_vectors` decodes
+        such a read (the cached answer equals the uncached one)."""
+        cols = {f: (c[0][slots], c[1][slots]) if isinstance(c, tuple) else _no_vector(c[slots])
+                for f, c in self.cols.items()}
         return self.present[slots], self.ts[slots], cols
+
+
+def _no_vector(col: np.ndarray) -> np.ndarray:
+    """``col`` as it is, or ``(m, 0)`` when it is an ``(m, d)`` vector column of NaN rows only
+    (the first element of every row tested first: O(m) for the usual column with vectors)."""
+    if col.ndim != 2 or not col.shape[1] or not np.isnan(col[:, 0]).all() or not np.isnan(col).all():
+        return col
+    return col[:, :0]
 
 
 class ItemRowCache:

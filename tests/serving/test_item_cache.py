@@ -119,3 +119,13 @@ def test_a_request_larger_than_a_cache_holding_some_of_its_items_reads_through()
     _check(cache.rows(keys, b"s", store.read), keys)
     assert store.calls[-1] == list(range(1, 12)) and len(cache) <= 10
     _check(cache.rows([6, 7], b"s", store.read), [6, 7])   # the cache still serves afterwards
+
+
+def test_a_vector_none_of_the_requested_items_has_is_zero_wide_as_uncached():
+    """decode_vectors gives ``(m, 0)`` for a read without any vector (item 13 has none): the cache
+    answers the same once it holds the 3-wide vectors of other items, and still 3 wide for a mix."""
+    store, cache = Store(), ItemRowCache([VIEW], capacity=10)
+    cache.rows([1, 2], b"s", store.read)
+    present, _, cols = cache.rows([13, 13], b"s", store.read)[VIEW.name]
+    assert not present.any() and cols["vec"].shape == (2, 0) and cols["vec"].dtype == np.float32
+    _check(cache.rows([13, 1], b"s", store.read), [13, 1])
