@@ -104,7 +104,8 @@ class ItemRowCache:
     Args:
         views: the item views (:class:`recfeast.layout.ViewSpec`) of one feature service.
         capacity: most items kept (>= 1; the cache starts over when a read would pass it).
-        max_age_s: seconds after which the cache starts over even without a new sentinel.
+        max_age_s: seconds after which the cache starts over even without a new sentinel (> 0;
+            ``inf``: never by age).
 
     Thread-safe: one lock around lookups, the read of missing items and the insertion, so a burst
     of requests after a load reads each item once.
@@ -113,6 +114,8 @@ class ItemRowCache:
     def __init__(self, views: list, capacity: int = DEFAULT_CAPACITY, max_age_s: float = DEFAULT_MAX_AGE_S):
         if capacity < 1:
             raise ValueError(f"item cache capacity {capacity}: expected at least 1 item")
+        if not max_age_s > 0:   # NaN too: it never compares greater, so the cache would never expire
+            raise ValueError(f"item cache max age {max_age_s}: expected seconds > 0")
         self.views, self.capacity, self.max_age_s = list(views), int(capacity), float(max_age_s)
         self._lock = threading.Lock()
         self.hits = self.misses = self.resets = 0

@@ -105,9 +105,12 @@ def test_a_failed_read_caches_nothing():
     assert store.calls == [[1]]
 
 
-def test_capacity_must_be_positive():
+def test_capacity_and_max_age_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         ItemRowCache([VIEW], capacity=0)
+    for age in (0, -1, float("nan")):   # `recfeast serve --item-cache-age nan` passes click's FloatRange
+        with pytest.raises(ValueError, match="seconds > 0"):
+            ItemRowCache([VIEW], max_age_s=age)
 
 
 def test_a_request_larger_than_a_cache_holding_some_of_its_items_reads_through():
@@ -129,3 +132,12 @@ def test_a_vector_none_of_the_requested_items_has_is_zero_wide_as_uncached():
     present, _, cols = cache.rows([13, 13], b"s", store.read)[VIEW.name]
     assert not present.any() and cols["vec"].shape == (2, 0) and cols["vec"].dtype == np.float32
     _check(cache.rows([13, 1], b"s", store.read), [13, 1])
+
+
+def test_recfeast_serve_refuses_a_nan_cache_age():
+    from click.testing import CliRunner
+
+    from recfeast.cli import main
+
+    r = CliRunner().invoke(main, ["serve", "--item-cache-age", "nan"])
+    assert r.exit_code == 2 and "--item-cache-age': expected a number, not nan" in r.output
