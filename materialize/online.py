@@ -379,6 +379,36 @@ def load(store, tables_dir: Path, quiet: bool = False, sequence_model: str | Non
          writer="direct") -> dict[str, int]:
     """Bring ``store``'s online store up to date with the tables in ``tables_dir``.
 
+    See :func:`_load` for the steps, arguments and errors. A load that fails part way (an exception;
+    not a killed process) leaves the sentinel of the previous load with an ``interrupted_at_s``
+    added (:func:`recfeast.health.mark_sentinel`, best effort): ``/health`` judges the store as
+    before, and serving's item cache, keyed by the sentinel, drops the rows it read before this
+    load's writes instead of serving them until its age limit.
+    """
+    try:
+        return _load(store, tables_dir, quiet, sequence_model, writer)
+    except Exception:
+        _mark_interrupted(store)
+        raise
+
+
+def _mark_interrupted(store) -> None:
+    """:func:`recfeast.health.mark_sentinel` with ``interrupted_at_s``; a store that cannot be
+    written now (the usual reason the load failed) is left as it is."""
+    import time
+
+    from recfeast import health
+
+    try:
+        health.mark_sentinel(store, interrupted_at_s=time.time())
+    except Exception:   # the load's own error is the one to report
+        pass
+
+
+def _load(store, tables_dir: Path, quiet: bool = False, sequence_model: str | None = None,
+          writer="direct") -> dict[str, int]:
+    """:func:`load`'s steps: bring ``store``'s online store up to date with the tables in ``tables_dir``.
+
     Clears the rows pending for this store kind, writes the latest row per entity of every batch
     view (rows dated 1970 or earlier too; push-fed views are left to the ingest path), forgets the
     pending set, and re-pushes the real-time state of every user in the event log

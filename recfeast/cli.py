@@ -376,6 +376,17 @@ def train(data_dir, repo_path, out_dir, val_start, test_start, positive_min_valu
         _fail(exc)
 
 
+def _not_nan(value: float, param) -> float:
+    """``value``, refusing NaN (click's FloatRange lets it through: every comparison with it is false).
+
+    Raises:
+        click.BadParameter: ``value`` is NaN.
+    """
+    if value != value:
+        raise click.BadParameter("expected a number, not nan", param=param)
+    return value
+
+
 @main.command()
 @_repo_opt
 @_store_opt
@@ -419,6 +430,7 @@ def train(data_dir, repo_path, out_dir, val_start, test_start, positive_min_valu
               help="Items whose features are kept in process between online loads (emptied by each "
                    "`recfeast` load, after --item-cache-age, or when full); 0: read every candidate from the store.")
 @click.option("--item-cache-age", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              callback=lambda ctx, param, value: _not_nan(value, param),
               help="Seconds a cached item row serves at most (bounds staleness after a `feast materialize`, "
                    "which leaves no load sentinel).")
 def serve(repo_path, online_store, checkpoint, host, port, as_of, candidates, no_search, refresh_every,

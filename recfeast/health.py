@@ -92,6 +92,35 @@ def write_sentinel(store, record: dict) -> None:
         conn.execute(f"INSERT OR REPLACE INTO {SQLITE_TABLE} (project, value) VALUES (?, ?)", (cfg.project, value))
 
 
+def mark_sentinel(store, **fields) -> bool:
+    """Rewrite ``store``'s sentinel with ``fields`` added (e.g. ``interrupted_at_s`` after a load that
+    failed part way), its record of the loaded tables unchanged: :func:`check` answers as before,
+    and a reader that keys on the sentinel's bytes (the serving item cache,
+    :mod:`recfeast.serving.itemcache`) sees a change. Returns False when the store has no sentinel
+    (nothing is written then).
+
+    Raises:
+        Exception from the store client.
+    """
+    import sqlite3
+
+    cfg = store.config
+    online = store._get_provider().online_store
+    if cfg.online_store.type == "redis":
+        rec = decode(online._get_client(cfg.online_store).get(redis_key(cfg.project)))
+    else:
+        try:
+            row = online._get_conn(cfg).execute(f"SELECT value FROM {SQLITE_TABLE} WHERE project = ?",
+                                                (cfg.project,)).fetchone()
+        except sqlite3.OperationalError:   # no such table: never loaded by a recfeast with sentinels
+            row = None
+        rec = decode(row[0]) if row else None
+    if rec is None:
+        return False
+    write_sentinel(store, {**rec, **fields})
+    return True
+
+
 def decode(raw) -> dict | None:
     """The sentinel record from its stored bytes/text (None when absent or unreadable)."""
     if raw is None:

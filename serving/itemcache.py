@@ -82,9 +82,20 @@ class _ViewRows:
         return True
 
     def take(self, slots: np.ndarray):
-        """``(present, ts, cols)`` of the rows ``slots`` (copies)."""
-        cols = {f: (c[0][slots], c[1][slots]) if isinstance(c, tuple) else c[slots] for f, c in self.cols.items()}
+        """``(present, ts, cols)`` of the rows ``slots`` (copies). A vector column none of whose
+        taken rows holds a vector is ``(m, 0)``, as :func:`recfeast.codec.decode_vectors` decodes
+        such a read (the cached answer equals the uncached one)."""
+        cols = {f: (c[0][slots], c[1][slots]) if isinstance(c, tuple) else _no_vector(c[slots])
+                for f, c in self.cols.items()}
         return self.present[slots], self.ts[slots], cols
+
+
+def _no_vector(col: np.ndarray) -> np.ndarray:
+    """``col`` as it is, or ``(m, 0)`` when it is an ``(m, d)`` vector column of NaN rows only
+    (the first element of every row tested first: O(m) for the usual column with vectors)."""
+    if col.ndim != 2 or not col.shape[1] or not np.isnan(col[:, 0]).all() or not np.isnan(col).all():
+        return col
+    return col[:, :0]
 
 
 class ItemRowCache:
@@ -93,7 +104,8 @@ class ItemRowCache:
     Args:
         views: the item views (:class:`recfeast.layout.ViewSpec`) of one feature service.
         capacity: most items kept (>= 1; the cache starts over when a read would pass it).
-        max_age_s: seconds after which the cache starts over even without a new sentinel.
+        max_age_s: seconds after which the cache starts over even without a new sentinel (> 0;
+            ``inf``: never by age).
 
     Thread-safe: one lock around lookups, the read of missing items and the insertion, so a burst
     of requests after a load reads each item once.
@@ -102,6 +114,8 @@ class ItemRowCache:
     def __init__(self, views: list, capacity: int = DEFAULT_CAPACITY, max_age_s: float = DEFAULT_MAX_AGE_S):
         if capacity < 1:
             raise ValueError(f"item cache capacity {capacity}: expected at least 1 item")
+        if not max_age_s > 0:   # NaN too: it never compares greater, so the cache would never expire
+            raise ValueError(f"item cache max age {max_age_s}: expected seconds > 0")
         self.views, self.capacity, self.max_age_s = list(views), int(capacity), float(max_age_s)
         self._lock = threading.Lock()
         self.hits = self.misses = self.resets = 0
@@ -150,6 +164,8 @@ class ItemRowCache:
                 if len(self._slots) + len(missing) > self.capacity:
                     self._reset(stamp)
                     missing = list(dict.fromkeys(keys))
+                    if len(missing) > self.capacity:   # the request's own items do not fit: read through
+                        return _through(keys, read)
                 got = read(missing)
                 start, end = len(self._slots), len(self._slots) + len(missing)
                 for name, vr in self._rows.items():

@@ -105,9 +105,42 @@ def test_a_failed_read_caches_nothing():
     assert store.calls == [[1]]
 
 
-def test_capacity_must_be_positive():
+def test_capacity_and_max_age_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         ItemRowCache([VIEW], capacity=0)
+    for age in (0, -1, float("nan")):   # `recfeast serve --item-cache-age nan` passes click's FloatRange
+        with pytest.raises(ValueError, match="seconds > 0"):
+            ItemRowCache([VIEW], max_age_s=age)
+
+
+def test_a_request_larger_than_a_cache_holding_some_of_its_items_reads_through():
+    """5 of 11 distinct items cached in a cache of 10: the 6 missing fit, all 11 do not; the
+    request is read through (once, every item) instead of overfilling the emptied cache."""
+    store, cache = Store(), ItemRowCache([VIEW], capacity=10)
+    cache.rows([1, 2, 3, 4, 5], b"s", store.read)
+    keys = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 6]
+    _check(cache.rows(keys, b"s", store.read), keys)
+    assert store.calls[-1] == list(range(1, 12)) and len(cache) <= 10
+    _check(cache.rows([6, 7], b"s", store.read), [6, 7])   # the cache still serves afterwards
+
+
+def test_a_vector_none_of_the_requested_items_has_is_zero_wide_as_uncached():
+    """decode_vectors gives ``(m, 0)`` for a read without any vector (item 13 has none): the cache
+    answers the same once it holds the 3-wide vectors of other items, and still 3 wide for a mix."""
+    store, cache = Store(), ItemRowCache([VIEW], capacity=10)
+    cache.rows([1, 2], b"s", store.read)
+    present, _, cols = cache.rows([13, 13], b"s", store.read)[VIEW.name]
+    assert not present.any() and cols["vec"].shape == (2, 0) and cols["vec"].dtype == np.float32
+    _check(cache.rows([13, 1], b"s", store.read), [13, 1])
+
+
+def test_recfeast_serve_refuses_a_nan_cache_age():
+    from click.testing import CliRunner
+
+    from recfeast.cli import main
+
+    r = CliRunner().invoke(main, ["serve", "--item-cache-age", "nan"])
+    assert r.exit_code == 2 and "--item-cache-age': expected a number, not nan" in r.output
 
 
 def test_metrics_and_info_read_the_cache_counters():

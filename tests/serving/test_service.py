@@ -257,3 +257,68 @@ def test_concurrent_recommends_answer_as_sequential_ones(services, small_data):
         got = list(pool.map(lambda u: (u, svc.recommend(u, k=10)), users * 4))
     for u, res in got:
         assert res["items"] == want[u]["items"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_item_cache_after_a_reload_and_after_a_failed_one(small_run, small_data, tmp_path, monkeypatch, kind):
+    """On a copy of the slice (a project of its own): a load that changes the items' values and the
+    width of a vector is seen by the next request; so is a load that fails after writing the items,
+    before its sentinel (it marks the old one), where the cache used to serve the values it read
+    before the load until its age limit."""
+    import shutil
+
+    import pandas as pd
+
+    from recfeast import health, store
+    from recfeast.materialize import online
+    from recfeast.serving.sdk import OnlineFeatureClient
+    from tests.conftest import drop_online, unique_project
+
+    repo = tmp_path / "repo"
+    shutil.copytree(small_run[0], repo)
+    project, tables = unique_project(), repo / "data" / "tables"
+    fs = store.feature_store(repo, kind, project)
+    store.apply(fs)
+    try:
+        online.load(fs, tables, quiet=True)
+        cached = OnlineFeatureClient(repo, kind, project=project, item_cache=1000)
+        plain = OnlineFeatureClient(repo, kind, project=project)
+        user, items = small_data[1]["user_ids"][2], small_data[1]["item_ids"][:30] + [424242, 1, 1]
+
+        def check(msg):
+            got = cached.get_item_features(cached.read_user(user, TS), items)
+            want = plain.get_features(user, items, TS)
+            for col, arr in want.arrays.items():
+                np.testing.assert_array_equal(got.arrays[col], arr, err_msg=f"{msg} {col}")
+            assert got.status.equals(want.status)
+            return got
+
+        first = check("first")
+        table = tables / "item_content.parquet"
+        t = pd.read_parquet(table)
+        t["runtime"] += 100
+        t["genre_flags"] = t["genre_flags"].map(lambda v: [*v, 7.0])   # a vector one wider
+        t.to_parquet(table, index=False)
+        online.load(fs, tables, quiet=True)
+        after = check("after a load")
+        assert after.arrays["genre_flags"].shape[1] == first.arrays["genre_flags"].shape[1] + 1
+        np.testing.assert_allclose(np.nanmax(after.arrays["runtime"] - first.arrays["runtime"]), 100, atol=1e-3)
+
+        t["runtime"] += 100
+        t.to_parquet(table, index=False)
+        before = cached.reader.sentinel()
+
+        def fails(*args, **kwargs):
+            raise RuntimeError("pushing the real-time state failed")
+
+        monkeypatch.setattr(online, "restore_realtime", fails)   # the last step before the sentinel
+        with pytest.raises(RuntimeError, match="real-time state"):
+            online.load(fs, tables, quiet=True)
+        mark = cached.reader.sentinel()
+        assert mark["interrupted_at_s"] and {k: v for k, v in mark.items() if k != "interrupted_at_s"} == before
+        failed = check("after a failed load")
+        np.testing.assert_allclose(np.nanmax(failed.arrays["runtime"] - after.arrays["runtime"]), 100, atol=1e-3)
+    finally:
+        if kind == "redis":
+            drop_online(fs)
+            fs._get_provider().online_store._get_client(fs.config.online_store).delete(health.redis_key(project))
