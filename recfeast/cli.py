@@ -404,7 +404,7 @@ def _not_nan(value: float, param) -> float:
               help="Seconds between checks of the tables for new item embeddings (0: never).")
 @click.option("--torch-threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="Threads per model call; requests run in parallel on top.")
-@click.option("--api-keys-file", type=click.Path(dir_okay=False), envvar="RECFEAST_API_KEYS_FILE", default=None,
+@click.option("--api-keys-file", "--keys-file", "api_keys_file", type=click.Path(dir_okay=False), envvar="RECFEAST_API_KEYS_FILE", default=None,
               help="Keys file of `recfeast keys create`. Default: $RECFEAST_API_KEYS_FILE, else "
                    "<repo>/data/api_keys.json when it exists. Keys can also come from $RECFEAST_API_KEYS.")
 @click.option("--allow-anonymous", envvar="RECFEAST_API_ALLOW_ANONYMOUS", is_flag=True,
