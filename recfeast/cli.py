@@ -423,7 +423,8 @@ def _not_nan(value: float, param) -> float:
 @click.option("--compute-threads", envvar="RECFEAST_API_COMPUTE_THREADS", default=1, show_default=True,
               type=click.IntRange(1, 64),
               help="/recommend, /search and /features requests computed at once (they hold Python's GIL; "
-                   "more threads help only a slow store; run more processes for more cores).")
+                   "a second thread hides the round trip of a store on another host; run more processes "
+                   "for more cores).")
 @click.option("--health-max-lag", default=600.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds a feature table may be newer than the last online load before /health says 'behind'.")
 @click.option("--item-cache", default=20_000, show_default=True, type=click.IntRange(min=0),
