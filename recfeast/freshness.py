@@ -188,7 +188,8 @@ class FreshnessRecord:
         return out
 
 
-def report(store, limits: dict[str, float] | None = None, now_s: float | None = None) -> list[dict]:
+def report(store, limits: dict[str, float] | None = None, now_s: float | None = None,
+           event_now_s: float | None = None) -> list[dict]:
     """One dict per feature view of ``store`` (and per view in the record), sorted by name:
 
     ``view``, ``rows``, ``newest_event`` (ISO UTC or None), ``lag_s`` (now - newest event, seconds),
@@ -197,6 +198,9 @@ def report(store, limits: dict[str, float] | None = None, now_s: float | None = 
     (``{"count", "sum_s", "buckets": [(le seconds, cumulative count)]}`` or None).
 
     ``limits``: ``{view: max_lag seconds}``; default :func:`thresholds` of the store's repository.
+    ``now_s``: the wall clock (unix seconds, default now) for ``load_age_s``; ``event_now_s``: the
+    clock of the events for ``lag_s`` and ``state`` (default ``now_s``; a server replaying history,
+    ``recfeast serve --as-of``, passes its as-of time so a replayed catalog is not 28 years behind).
 
     Raises:
         StoreError: the record cannot be read. ConfigError: bad thresholds.
@@ -205,6 +209,7 @@ def report(store, limits: dict[str, float] | None = None, now_s: float | None = 
 
     limits = thresholds(Path(store.repo_path)) if limits is None else limits
     now_s = time.time() if now_s is None else now_s
+    event_now_s = now_s if event_now_s is None else event_now_s
     rec = FreshnessRecord(store).read()
     views = sorted({fv.name for fv in store.list_feature_views()} | set(rec))
     iso = lambda us: None if us is None else pd.Timestamp(us, unit="us", tz="UTC").isoformat()  # noqa: E731
@@ -212,7 +217,7 @@ def report(store, limits: dict[str, float] | None = None, now_s: float | None = 
     for view in views:
         r = rec.get(view, {})
         newest, loaded = r.get("newest_event_us"), r.get("loaded_us")
-        lag = None if newest is None else round(now_s - newest / 1e6, 3)
+        lag = None if newest is None else round(event_now_s - newest / 1e6, 3)
         limit = limits.get(view)
         if loaded is None:
             state = "never loaded"

@@ -486,9 +486,11 @@ def create_app(service, metrics=None, ingestor_factory=None, settings=None, keys
 
 
 def _freshness_report(service) -> list[dict]:
+    """:func:`recfeast.freshness.report` with the events' clock at the service's ``as_of`` when it
+    replays history (``recfeast serve --as-of``), else now."""
     from recfeast.freshness import report
 
-    return report(service.client.store)
+    return report(service.client.store, event_now_s=getattr(getattr(service, "cfg", None), "as_of", None))
 
 
 def freshness_health(service) -> dict:

@@ -145,6 +145,10 @@ def test_freshness_record_on_both_stores(tmp_path, kind):
     assert 7199 <= views["item_content"]["lag_s"] <= 7201 and views["item_content"]["max_lag_s"] == 3600
     rt = views["user_realtime"]
     assert (rt["rows"], rt["state"]) == (5, "ok") and 29 <= rt["lag_s"] <= 31
+    # a server replaying history (--as-of) measures lag on the events' clock, load age on the wall clock
+    replay = {v["view"]: v for v in report(fs, now_s=now, event_now_s=now - 7000)}
+    assert 199 <= replay["item_content"]["lag_s"] <= 201 and replay["item_content"]["state"] == "ok"
+    assert replay["item_content"]["load_age_s"] == views["item_content"]["load_age_s"]
     vis = rt["visibility"]
     assert vis["count"] == 4 and abs(vis["sum_s"] - 400.324) < 1e-5
     assert dict(vis["buckets"]) == {b: sum(s <= b for s in (0.004, 0.02, 0.3, 400.0)) for b in VIS_BUCKETS}

@@ -70,6 +70,12 @@ def test_answers(api, small_data):
 
     tables = Path(svc.client.store.repo_path) / "data" / "tables"
     assert h.json()["online_load"]["rows"]["item_content"] == pq.read_metadata(tables / "item_content.parquet").num_rows
+    # freshness lag on the replay's clock (--as-of), not 28 years behind the wall clock
+    import pandas as pd
+
+    newest = pd.read_parquet(tables / "item_content.parquet", columns=["event_timestamp"]).event_timestamp.max()
+    lag = h.json()["freshness"]["views"]["item_content"]["lag_s"]
+    assert lag == pytest.approx(TS - pd.Timestamp(newest).timestamp(), abs=1.0)
     assert TestClient(client.app).get("/health").status_code == 200   # open: no key needed
     trained = svc.ranker.embedding_models["sequence_model"]
     svc.ranker.embedding_models["sequence_model"] = ["sequence-gru@sha256:000000000000|other"]   # a promotion
