@@ -108,15 +108,17 @@ class FreshnessRecord:
 
     Args:
         store: a ``feast.FeatureStore`` whose online store is Redis or SQLite.
+        client: the Redis client to use (default Feast's, which retries with backoff for seconds
+            when Redis is down; serving passes its fast-failing reader client).
 
     Raises:
         StoreError: the online store is of another kind, or refused the write/read.
     """
 
-    def __init__(self, store):
+    def __init__(self, store, client=None):
         self.kind, self.project = store.config.online_store.type, store.config.project
         if self.kind == "redis":
-            self.client = store._get_provider().online_store._get_client(store.config.online_store)
+            self.client = client or store._get_provider().online_store._get_client(store.config.online_store)
             self.key = f"recfeast:{self.project}:freshness"
             self._ops = self.client.register_script(_OPS_LUA)
         elif self.kind == "sqlite":
@@ -189,7 +191,7 @@ class FreshnessRecord:
 
 
 def report(store, limits: dict[str, float] | None = None, now_s: float | None = None,
-           event_now_s: float | None = None) -> list[dict]:
+           event_now_s: float | None = None, client=None) -> list[dict]:
     """One dict per feature view of ``store`` (and per view in the record), sorted by name:
 
     ``view``, ``rows``, ``newest_event`` (ISO UTC or None), ``lag_s`` (now - newest event, seconds),
@@ -201,6 +203,7 @@ def report(store, limits: dict[str, float] | None = None, now_s: float | None = 
     ``now_s``: the wall clock (unix seconds, default now) for ``load_age_s``; ``event_now_s``: the
     clock of the events for ``lag_s`` and ``state`` (default ``now_s``; a server replaying history,
     ``recfeast serve --as-of``, passes its as-of time so a replayed catalog is not 28 years behind).
+    ``client``: the Redis client to read with (see :class:`FreshnessRecord`).
 
     Raises:
         StoreError: the record cannot be read. ConfigError: bad thresholds.
@@ -210,7 +213,7 @@ def report(store, limits: dict[str, float] | None = None, now_s: float | None = 
     limits = thresholds(Path(store.repo_path)) if limits is None else limits
     now_s = time.time() if now_s is None else now_s
     event_now_s = now_s if event_now_s is None else event_now_s
-    rec = FreshnessRecord(store).read()
+    rec = FreshnessRecord(store, client).read()
     views = sorted({fv.name for fv in store.list_feature_views()} | set(rec))
     iso = lambda us: None if us is None else pd.Timestamp(us, unit="us", tz="UTC").isoformat()  # noqa: E731
     out = []

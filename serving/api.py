@@ -487,10 +487,14 @@ def create_app(service, metrics=None, ingestor_factory=None, settings=None, keys
 
 def _freshness_report(service) -> list[dict]:
     """:func:`recfeast.freshness.report` with the events' clock at the service's ``as_of`` when it
-    replays history (``recfeast serve --as-of``), else now."""
+    replays history (``recfeast serve --as-of``), else now; on Redis read with the online reader's
+    client, which fails in about a second when Redis is down (Feast's retries for ~8 s: /health and
+    /metrics would wait that long)."""
     from recfeast.freshness import report
 
-    return report(service.client.store, event_now_s=getattr(getattr(service, "cfg", None), "as_of", None))
+    reader = service.client.reader
+    return report(service.client.store, event_now_s=getattr(getattr(service, "cfg", None), "as_of", None),
+                  client=reader.client if reader.kind == "redis" else None)
 
 
 def freshness_health(service) -> dict:

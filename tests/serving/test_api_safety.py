@@ -229,6 +229,49 @@ def test_health_notices_tables_newer_than_the_load(repo_copy, small_model, own_r
     assert http.get("/health").json()["status"] == "ok"
 
 
+def test_health_and_metrics_fail_fast_when_redis_goes_down(repo_copy, small_model, keys):
+    """A Redis that stops while the server runs: /health answers 503 and /metrics 200 after one
+    connection attempt and one retry per read (the reader's client), not Feast's client's 3 retries
+    with backoff (~8 s per read). Counted at redis-py's connect, which still runs for real."""
+    from redis.connection import Connection
+
+    from recfeast import store
+    from recfeast.materialize import online
+
+    port = REDIS_PORT + 1
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() == b"PONG":
+                break
+            time.sleep(0.1)
+        repo, project = repo_copy
+        addr = f"127.0.0.1:{port}"
+        with mock.patch.dict(os.environ, {"REDIS_CONNECTION_STRING": addr}):
+            online.load(store.feature_store(repo, "redis", project), repo / "data" / "tables", quiet=True)
+        svc = _redis_service(repo, project, small_model, addr)
+        http = TestClient(create_app(svc, settings=keys[0]), raise_server_exceptions=False,
+                          headers={"X-API-Key": keys[1]})
+        assert http.get("/health").json()["status"] == "ok"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    connects = []
+    real = Connection._connect
+
+    def counting(self, *a, **kw):
+        connects.append(self.port)
+        return real(self, *a, **kw)
+
+    with mock.patch.object(Connection, "_connect", counting):
+        assert http.get("/metrics").status_code == 200
+        assert connects == [port] * (1 + svc.client.reader.retries)     # the freshness record, read once
+        h = http.get("/health")
+    assert h.status_code == 503 and h.json()["status"] == "unavailable"
+    assert "freshness record" in h.json()["freshness"]["error"]
+
+
 @pytest.mark.usefixtures("redis_fails_fast")
 @pytest.mark.parametrize("addr", ["redis://:hunter2@127.0.0.1:1", "127.0.0.1:1,password=hunter2"])
 def test_no_password_in_answers_or_logs(repo_copy, small_model, keys, addr, caplog):
