@@ -150,13 +150,14 @@ class UserRows:
             or str, None when the store has none; it tells the item cache whether a load happened.
     """
 
-    def __init__(self, user_id, request_ts: int, feature_service: str, decoded: dict, recent_items: list):
+    def __init__(self, user_id, request_ts: int, feature_service: str, decoded: dict, recent_items: list,
+                 load_stamp=None):
         self.user_id, self.request_ts, self.feature_service = user_id, request_ts, feature_service
         self._decoded = decoded   # view name -> (state (1,), {feature: 1-row column})
         self.status = {name: str(state[0]) for name, (state, _) in decoded.items()}
         self.known = any(s != MISSING for s in self.status.values())
         self.recent_items = recent_items
-        self.load_stamp = None   # the online store's load sentinel as read with the user (item cache validity)
+        self.load_stamp = load_stamp
 
     def value(self, feature: str):
         """The user's value of ``feature``: a vector ``(d,)`` float32, a float, an int, a str or a list;
@@ -388,9 +389,7 @@ class OnlineFeatureClient:
         rows, stamp = self.reader.read({"user_id": [user_id]}, views, stamp=True)
         recent = _recent(rows.pop(_HISTORY)) if _HISTORY in rows else []
         decoded = {v.name: self._decode(v, rows[v.name], ts) for v in views if v.name != _HISTORY}
-        user = UserRows(user_id, ts, self.service.name, decoded, recent)
-        user.load_stamp = stamp
-        return user
+        return UserRows(user_id, ts, self.service.name, decoded, recent, load_stamp=stamp)
 
     @property
     def feature_names(self) -> list[str]:
@@ -445,10 +444,12 @@ class OnlineFeatureClient:
                             ordered=len(keys["item_id"]) == len(item_ids))
 
     def get_item_features(self, user: UserRows, item_ids) -> RankingFeatures:
-        """Features of the user read by :meth:`read_user` paired with each of ``item_ids``: one more
-        round trip, for the items' views only (one Redis pipeline of one HMGET per distinct item, or
-        one SQLite statement); the user's rows are reused, not read again. The answer equals
-        :meth:`get_features` (``user.user_id``, ``item_ids``, ``user.request_ts``) on an unchanged store.
+        """Features of the user read by :meth:`read_user` paired with each of ``item_ids``: the items'
+        views only, from the item cache when the client has one (valid for the load sentinel read
+        with ``user``) and one more round trip for the items it lacks (one Redis pipeline of one
+        HMGET per distinct item, or one SQLite statement); the user's rows are reused, not read
+        again. The answer equals :meth:`get_features` (``user.user_id``, ``item_ids``,
+        ``user.request_ts``) on an unchanged store.
 
         Raises:
             FeatureLookupError: no items, too many, or an item key not of the spec's type.
