@@ -18,6 +18,7 @@ those entities' online rows for that view before writing.
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -395,8 +396,6 @@ def load(store, tables_dir: Path, quiet: bool = False, sequence_model: str | Non
 def _mark_interrupted(store) -> None:
     """:func:`recfeast.health.mark_sentinel` with ``interrupted_at_s``; a store that cannot be
     written now (the usual reason the load failed) is left as it is."""
-    import time
-
     from recfeast import health
 
     try:

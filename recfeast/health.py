@@ -18,6 +18,7 @@ features); SQLite, the table ``recfeast_load_sentinel(project, value)`` in the o
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -102,8 +103,6 @@ def mark_sentinel(store, **fields) -> bool:
     Raises:
         Exception from the store client.
     """
-    import sqlite3
-
     cfg = store.config
     online = store._get_provider().online_store
     if cfg.online_store.type == "redis":
