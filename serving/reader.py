@@ -7,6 +7,7 @@ views in pandas; here every view of every entity goes out together and the raw b
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recfeast import health
 from recfeast.errors import StoreError
 from recfeast.layout import ViewSpec, entity_key_bytes
 
@@ -82,10 +84,8 @@ class RedisReader:
         Raises:
             StoreError: Redis cannot be reached.
         """
-        from recfeast import health
-
         try:
-            return health.decode(self.client.get(health.redis_key(self.project.decode())))
+            return health.decode(self.client.get(self._sentinel_key))
         except Exception as exc:
             raise StoreError(f"online read from redis failed: {exc}") from exc
 
@@ -137,8 +137,6 @@ class RedisReader:
 
     @property
     def _sentinel_key(self) -> bytes:
-        from recfeast import health
-
         return health.redis_key(self.project.decode())
 
     def _exchange(self, keys: dict[str, list], fields: dict[str, list[bytes]], get: bytes | None = None) -> list:
@@ -223,10 +221,6 @@ class SqliteReader:
 
     def sentinel(self) -> dict | None:
         """The last online load's record (:mod:`recfeast.health`), None when the database has none."""
-        import sqlite3
-
-        from recfeast import health
-
         try:
             row = self._conn().execute(f"SELECT value FROM {health.SQLITE_TABLE} WHERE project = ?",
                                        (self.project,)).fetchone()
@@ -235,8 +229,6 @@ class SqliteReader:
         return health.decode(row[0]) if row else None
 
     def _conn(self):
-        import sqlite3
-
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
@@ -266,33 +258,28 @@ class SqliteReader:
             if len(keys[v.join_key]):
                 parts.append(f'SELECT {n}, k.pos, t.feature_name, t.value, t.event_ts FROM k_{v.join_key} k '
                              f'JOIN "{v.table}" t ON t.entity_key = k.ek')
-        rows, sentinel = [], None
-        if stamp:
-            from recfeast import health
-
-            parts.append(f"SELECT -1, 0, NULL, value, NULL FROM {health.SQLITE_TABLE} WHERE project = ?")
-        if parts:
-            sql = f"{'WITH ' + ', '.join(ctes) if ctes else ''} {' UNION ALL '.join(parts)}"
+        sentinel_part = f"SELECT -1, 0, NULL, value, NULL FROM {health.SQLITE_TABLE} WHERE project = ?"
+        try:
+            if not stamp:
+                return self._rows(self._query(ctes, parts, params), keys, views)
             try:
-                try:
-                    rows = self._conn().execute(sql, params + [self.project] if stamp else params).fetchall()
-                except Exception as exc:
-                    if not (stamp and "recfeast_load_sentinel" in str(exc)):
-                        raise
-                    stamp = False   # never loaded by a recfeast with sentinels
-                    parts.pop()
-                    if parts:
-                        sql = f"WITH {', '.join(ctes)} {' UNION ALL '.join(parts)}"
-                        rows = self._conn().execute(sql, params).fetchall()
-                    return self._rows(rows, keys, views), None
-            except Exception as exc:  # sqlite3.OperationalError: no such table, database locked, ...
-                raise StoreError(f"online read from sqlite {self.path} failed: {exc} "
-                                 "(run `recfeast materialize` or `feast apply` for this project)") from exc
-        if stamp:
-            sentinel = next((r[3] for r in rows if r[0] == -1), None)
-            rows = [r for r in rows if r[0] != -1]
-            return self._rows(rows, keys, views), sentinel
-        return self._rows(rows, keys, views)
+                rows = self._query(ctes, parts + [sentinel_part], params + [self.project])
+            except sqlite3.OperationalError as exc:
+                if health.SQLITE_TABLE not in str(exc):
+                    raise
+                rows = self._query(ctes, parts, params)   # never loaded by a recfeast with sentinels
+        except Exception as exc:  # sqlite3.OperationalError: no such table, database locked, ...
+            raise StoreError(f"online read from sqlite {self.path} failed: {exc} "
+                             "(run `recfeast materialize` or `feast apply` for this project)") from exc
+        sentinel = next((r[3] for r in rows if r[0] == -1), None)
+        return self._rows([r for r in rows if r[0] != -1], keys, views), sentinel
+
+    def _query(self, ctes: list[str], parts: list[str], params: list) -> list[tuple]:
+        """``WITH <ctes> <parts joined by UNION ALL>`` on this thread's connection; [] without parts."""
+        if not parts:
+            return []
+        with_ = f"WITH {', '.join(ctes)} " if ctes else ""
+        return self._conn().execute(with_ + " UNION ALL ".join(parts), params).fetchall()
 
     @staticmethod
     def _rows(rows: list, keys: dict, views: list) -> dict[str, ViewRows]:
