@@ -11,9 +11,7 @@ Run: .venv/bin/python -m bench.bench_image --data-dir ../shared/data/movielens-1
 """
 
 import argparse
-import os
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,7 @@ def main():
     args = ap.parse_args()
 
     import torch
-    from bench.common import save
+    from bench.common import interleaved_rates, save
     from recfeast.encoders import ImageEncoder
     from recfeast.encoders.text import cpu_has_bf16
 
@@ -38,15 +36,8 @@ def main():
         encoders["bf16"] = ImageEncoder(precision="bf16")
     for enc in encoders.values():
         enc.encode(paths[:8])
-    rates = {k: [] for k in encoders}
-    loads, emb = [], {}
-    for r in range(args.rounds):
-        loads.append(round(os.getloadavg()[0], 2))
-        for name, enc in encoders.items():
-            t = time.perf_counter()
-            emb[name] = enc.encode(paths, args.batch_size).embeddings
-            rates[name].append(len(paths) / (time.perf_counter() - t))
-            print(f"round {r} {name}: {rates[name][-1]:.1f} images/s (load {os.getloadavg()[0]:.2f})", flush=True)
+    fns = {name: (lambda enc=enc: enc.encode(paths, args.batch_size).embeddings) for name, enc in encoders.items()}
+    rates, loads, emb = interleaved_rates(fns, len(paths), args.rounds, unit="images")
     anchor = emb["before"]
     result = {"what": "MovieLens posters (92x138 JPEG) -> resize 256, crop 224, EfficientNet-Lite0 1280-d",
               "n_images": len(paths), "batch_size": args.batch_size, "rounds": args.rounds,

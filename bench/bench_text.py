@@ -11,7 +11,6 @@ Run: .venv/bin/python -m bench.bench_text --data-dir ../shared/data/movielens-10
 """
 
 import argparse
-import os
 import statistics
 import time
 
@@ -42,7 +41,7 @@ def main():
     args = ap.parse_args()
 
     import torch
-    from bench.common import save
+    from bench.common import interleaved_rates, save
     from recfeast.adapters import read_catalog
     from recfeast.cleaning import clean
     from recfeast.encoders import TextEncoder
@@ -65,15 +64,7 @@ def main():
         enc.encode(texts[:64])
     st.encode(texts[:64])
 
-    rates = {name: [] for name in encode}
-    loads, emb = [], {}
-    for r in range(args.rounds):
-        loads.append(round(os.getloadavg()[0], 2))
-        for name, fn in encode.items():
-            t = time.perf_counter()
-            emb[name] = np.asarray(fn(), dtype=np.float32)
-            rates[name].append(len(texts) / (time.perf_counter() - t))
-            print(f"round {r} {name}: {rates[name][-1]:.1f} items/s (load {os.getloadavg()[0]:.2f})", flush=True)
+    rates, loads, emb = interleaved_rates(encode, len(texts), args.rounds)
     anchor = emb["sentence_transformers"]
     # Work per pass, to read items/s against the GEMM ceiling: tokens the model runs on (recfeast's
     # length-sorted batches padded to each batch's longest) times the linear layers' FLOPs per token

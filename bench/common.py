@@ -81,3 +81,25 @@ def raw_hmget(client, project: str):
             return p.execute()
 
     return read
+
+
+def interleaved_rates(fns: dict, n_items: int, rounds: int, unit: str = "items") -> tuple[dict, list, dict]:
+    """Run each of ``fns`` (name -> ``() -> (n_items, d)`` embeddings) once per round, the paths
+    interleaved so that machine noise hits them alike, printing each pass.
+
+    Returns:
+        ``(rates, loads, last)``: name -> ``n_items`` / seconds of each round (``unit``/s), the
+        1-minute load average at the start of each round, name -> the last pass's output as
+        float32 ``(n_items, d)``.
+    """
+    rates = {name: [] for name in fns}
+    loads, last = [], {}
+    for r in range(rounds):
+        loads.append(round(os.getloadavg()[0], 2))
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            last[name] = np.asarray(fn(), dtype=np.float32)
+            rates[name].append(n_items / (time.perf_counter() - t))
+            print(f"round {r} {name}: {rates[name][-1]:.1f} {unit}/s (load {os.getloadavg()[0]:.2f})", flush=True)
+    return rates, loads, last
+
